@@ -1,0 +1,1 @@
+"""Bi-Factorial Preference Optimization: objectives, labeling, data, the causal LM and its evaluation."""

@@ -1,0 +1,360 @@
+"""The one training loop every launcher uses.
+
+``train(cfg, task)`` builds the mesh, initialises or restores the sharded train state, and runs the task's pure
+step under ``jax.jit`` with explicit in/out shardings and a donated state. Around it: gradient-accumulation
+batch layout, a progress bar (step/s and the main metrics), metrics as JSONL and TensorBoard events, periodic
+evaluations, checkpoints every N steps and on SIGTERM/SIGINT, ``--resume``, a NaN/Inf guard, a final summary
+and a plot of the logged metrics.
+
+Metrics of step t are fetched after step t+1 has been dispatched, so the host never stalls the device
+pipeline; they are always fetched (and checked) before a checkpoint is written, so a checkpoint never holds a
+state reached through a non-finite loss.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+from tqdm.auto import tqdm
+
+from runtime import batches as batches_lib
+from runtime import metrics as metrics_lib
+from runtime import sharding as sharding_lib
+from runtime.checkpoint import Checkpointer
+from runtime.errors import RuntimeConfigError
+from runtime.mesh import DistributedConfig, MeshConfig, initialize_distributed, make_mesh
+from runtime.train_state import TrainState
+
+
+class RunError(RuntimeConfigError):
+    """The run cannot start or continue as configured (e.g. an existing run directory without --resume)."""
+
+
+class NonFiniteMetricError(FloatingPointError):
+    """A logged metric became NaN or Inf; the message names the step and the metric."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """Loop settings shared by every launcher."""
+
+    out_dir: str = "runs/run"
+    """Directory for checkpoints, metrics.jsonl, TensorBoard events, summary.json and plots."""
+    steps: int = 100
+    """Total optimizer steps (a resumed run continues up to this number)."""
+    grad_accum: int = 1
+    """Micro-batches per step; the global batch is split into this many and the gradients are summed."""
+    log_every: int = 10
+    eval_every: int = 0
+    """Run the evaluations every N steps (0: only at the end)."""
+    checkpoint_every: int = 0
+    """Checkpoint every N steps (0: only at the end and on a signal)."""
+    keep_checkpoints: int = 3
+    resume: bool = False
+    """Continue from the latest checkpoint in out_dir."""
+    seed: int = 0
+    mesh: MeshConfig = MeshConfig()
+    distributed: DistributedConfig = DistributedConfig()
+    nan_guard: bool = True
+    progress: bool = True
+    tensorboard: bool = True
+    plot: bool = True
+    async_checkpoint: bool = True
+
+    def __post_init__(self):
+        for name in ("steps", "grad_accum", "log_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise RunError(f"RunConfig.{name}={getattr(self, name)}: must be at least 1")
+        for name in ("eval_every", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise RunError(f"RunConfig.{name}={getattr(self, name)}: must be 0 (off) or positive")
+
+
+Evaluation = Callable[[TrainState], Mapping[str, float]]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Task:
+    """What a launcher hands the loop. Everything but ``data`` is pure.
+
+    ``state_spec(mesh)`` returns (abstract state, shardings) without allocating; ``init_state(mesh)`` returns
+    the initialised state on those shardings; ``step_fn(state, batch) -> (state, metrics)`` is jitted by the
+    loop; ``data`` yields global host batches and has a restorable position; ``batch_axes`` maps a batch (as
+    split for accumulation) to the logical axes of its leaves.
+    """
+
+    name: str
+    state_spec: Callable[[jax.sharding.Mesh], tuple[TrainState, TrainState]]
+    init_state: Callable[[jax.sharding.Mesh], TrainState]
+    step_fn: Callable[[TrainState, Any], tuple[TrainState, Mapping[str, metrics_lib.Metric]]]
+    data: batches_lib.BatchIterator
+    evals: Sequence[Evaluation] = ()
+    batch_axes: Callable[[Any, int], Any] = batches_lib.batch_axes
+    config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    main_metrics: Sequence[str] = ("loss",)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSummary:
+    out_dir: str
+    steps_done: int
+    stopped: str  # "completed" | "signal"
+    wall_seconds: float
+    steps_per_second: float
+    train_metrics: dict[str, float]
+    eval_metrics: dict[str, float]
+    checkpoint: str | None
+    plot: str | None
+
+
+def to_jsonable(config: Any) -> Any:
+    """A dataclass config as plain JSON data (for the checkpoint metadata)."""
+    if dataclasses.is_dataclass(config):
+        return {f.name: to_jsonable(getattr(config, f.name)) for f in dataclasses.fields(config)}
+    if isinstance(config, Mapping):
+        return {str(k): to_jsonable(v) for k, v in config.items()}
+    if isinstance(config, (list, tuple)):
+        return [to_jsonable(v) for v in config]
+    if isinstance(config, (str, int, float, bool)) or config is None:
+        return config
+    return repr(config)
+
+
+class _StopFlag:
+    """SIGTERM/SIGINT set a flag the loop checks between steps; a second SIGINT interrupts at once."""
+
+    def __init__(self):
+        self.signal_name: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handler(self, signum, frame):
+        if self.signal_name is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal_name = signal.Signals(signum).name
+
+    def __enter__(self) -> "_StopFlag":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class _Writers:
+    """JSONL + TensorBoard on process 0; nothing elsewhere."""
+
+    def __init__(self, out_dir: Path, enabled: bool, tensorboard: bool):
+        self.enabled = enabled
+        self.jsonl = None
+        self.tb = None
+        if not enabled:
+            return
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.jsonl = open(out_dir / "metrics.jsonl", "a")
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self.tb = SummaryWriter(str(out_dir / "tensorboard"))
+
+    def write(self, step: int, split: str, values: Mapping[str, float]) -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, "split": split, "time": time.time(), **values}
+        self.jsonl.write(json.dumps(record) + "\n")
+        self.jsonl.flush()
+        if self.tb is not None:
+            for key, value in values.items():
+                self.tb.add_scalar(f"{split}/{key}", value, step)
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.jsonl is not None:
+            self.jsonl.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _check_finite(step: int, values: Mapping[str, float], checkpointer: Checkpointer) -> None:
+    for key, value in values.items():
+        if not math.isfinite(value):
+            raise NonFiniteMetricError(
+                f"step {step}: metric {key!r} is {value}; training stopped before any checkpoint of this state "
+                f"was written (latest checkpoint: step {checkpointer.latest_step()})"
+            )
+
+
+def train(cfg: RunConfig, task: Task) -> RunSummary:
+    """Runs ``task`` for ``cfg.steps`` steps (or resumes it) and returns the summary."""
+    initialize_distributed(cfg.distributed)
+    mesh = make_mesh(cfg.mesh)
+    out_dir = Path(cfg.out_dir).absolute()
+    is_main = jax.process_index() == 0
+    checkpointer = Checkpointer(str(out_dir / "checkpoints"), keep=cfg.keep_checkpoints, async_save=cfg.async_checkpoint)
+    config_json = to_jsonable(task.config)
+
+    latest = checkpointer.latest_step()
+    if latest is not None and not cfg.resume:
+        raise RunError(
+            f"{checkpointer.directory} already holds a checkpoint (step {latest}); pass --run.resume to continue "
+            "that run, or choose another --run.out-dir"
+        )
+    with sharding_lib.activate(mesh):
+        if latest is not None:
+            abstract, shardings = task.state_spec(mesh)
+            state, meta = checkpointer.restore(abstract, shardings)
+            task.data.set_state(meta["data"])
+            if meta.get("config") != config_json and is_main:
+                tqdm.write(f"[{task.name}] resuming with a config that differs from the checkpoint's")
+        else:
+            _, shardings = task.state_spec(mesh)
+            state = task.init_state(mesh)
+
+    start = int(jax.device_get(state.step))
+    writers = _Writers(out_dir, is_main, cfg.tensorboard)
+    window = metrics_lib.HostAccumulator()
+    last_train: dict[str, float] = {}
+    eval_values: dict[str, float] = {}
+    step_jit = None
+    batch_shardings = None
+    stopped = "completed"
+    t_start = time.perf_counter()
+    t_window, window_steps = t_start, 0
+
+    def meta() -> dict[str, Any]:
+        return {"data": task.data.get_state(), "config": config_json, "task": task.name}
+
+    def flush(pending) -> None:
+        nonlocal window_steps
+        step_number, device_metrics = pending
+        values = jax.device_get(device_metrics)
+        window.add(values)
+        window_steps += 1
+        if cfg.nan_guard:
+            _check_finite(step_number, metrics_lib.to_host(values), checkpointer)
+
+    def log(step_number: int) -> None:
+        nonlocal t_window, window_steps, last_train
+        if not window:
+            return
+        now = time.perf_counter()
+        last_train = window.means()
+        last_train["steps_per_second"] = window_steps / max(now - t_window, 1e-9)
+        writers.write(step_number, "train", last_train)
+        pbar.set_postfix({k: f"{last_train[k]:.4g}" for k in task.main_metrics if k in last_train})
+        window.reset()
+        t_window, window_steps = now, 0
+
+    def evaluate(step_number: int) -> None:
+        nonlocal eval_values
+        values: dict[str, float] = {}
+        with sharding_lib.activate(mesh):
+            for evaluation in task.evals:
+                values.update({k: float(v) for k, v in evaluation(state).items()})
+        if values:
+            eval_values = values
+            writers.write(step_number, "eval", values)
+            if is_main:
+                tqdm.write(f"[{task.name}] step {step_number} eval " + " ".join(f"{k}={v:.4g}" for k, v in values.items()))
+
+    pbar = tqdm(
+        total=cfg.steps, initial=start, unit="step", desc=task.name, disable=not (cfg.progress and is_main),
+        dynamic_ncols=True,
+    )
+    pending = None
+    done = start
+    try:
+        with _StopFlag() as stop:
+            for step_index in range(start, cfg.steps):
+                host_batch = batches_lib.split_microbatches(next(task.data), cfg.grad_accum)
+                if step_jit is None:
+                    axes = task.batch_axes(host_batch, cfg.grad_accum)
+                    batch_shardings = batches_lib.batch_shardings(host_batch, axes, mesh)
+                    step_jit = jax.jit(
+                        task.step_fn,
+                        in_shardings=(shardings, batch_shardings),
+                        out_shardings=(shardings, sharding_lib.replicated(mesh)),
+                        donate_argnums=0,
+                    )
+                batch = batches_lib.put_batch(host_batch, batch_shardings)
+                with sharding_lib.activate(mesh):
+                    state, device_metrics = step_jit(state, batch)
+                if pending is not None:
+                    flush(pending)
+                pending = (step_index + 1, device_metrics)
+                done = step_index + 1
+                pbar.update(1)
+                save_now = cfg.checkpoint_every and done % cfg.checkpoint_every == 0
+                if save_now or done % cfg.log_every == 0 or stop.signal_name:
+                    flush(pending)
+                    pending = None
+                if done % cfg.log_every == 0:
+                    log(done)
+                if save_now:
+                    checkpointer.save(state, meta(), step=done)
+                if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
+                    evaluate(done)
+                if stop.signal_name:
+                    stopped = "signal"
+                    if is_main:
+                        tqdm.write(f"[{task.name}] {stop.signal_name} at step {done}: checkpointing and stopping")
+                    break
+            if pending is not None:
+                flush(pending)
+                pending = None
+            log(done)
+            checkpointer.save(state, meta(), step=done)
+            checkpointer.wait()
+            if stopped == "completed":
+                evaluate(done)
+    finally:
+        pbar.close()
+        writers.close()
+        checkpointer.close()
+
+    wall = time.perf_counter() - t_start
+    plot_path = None
+    if is_main and cfg.plot:
+        from experiments.plots import plot_metrics
+
+        plot_path = plot_metrics(out_dir / "metrics.jsonl", out_dir / "metrics.png")
+    summary = RunSummary(
+        out_dir=str(out_dir),
+        steps_done=done,
+        stopped=stopped,
+        wall_seconds=wall,
+        steps_per_second=(done - start) / max(wall, 1e-9),
+        train_metrics=last_train,
+        eval_metrics=eval_values,
+        checkpoint=f"{checkpointer.directory}/{done}",
+        plot=None if plot_path is None else str(plot_path),
+    )
+    if is_main:
+        (out_dir / "summary.json").write_text(json.dumps(dataclasses.asdict(summary), indent=2) + "\n")
+        print(format_summary(task.name, summary), flush=True)
+    return summary
+
+
+def format_summary(name: str, s: RunSummary) -> str:
+    lines = [
+        f"[{name}] {s.stopped} at step {s.steps_done} in {s.wall_seconds:.1f}s ({s.steps_per_second:.2f} step/s)",
+        "  train: " + " ".join(f"{k}={v:.4g}" for k, v in s.train_metrics.items()),
+    ]
+    if s.eval_metrics:
+        lines.append("  eval:  " + " ".join(f"{k}={v:.4g}" for k, v in s.eval_metrics.items()))
+    lines.append(f"  run directory: {s.out_dir}")
+    lines.append(f"  checkpoint:    {s.checkpoint}")
+    if s.plot:
+        lines.append(f"  plot:          {s.plot}")
+    return "\n".join(lines)

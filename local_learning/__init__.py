@@ -1,0 +1,1 @@
+"""Gradient-isolated local learning with successive gradient reconciliation."""

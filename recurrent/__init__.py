@@ -1,0 +1,1 @@
+"""LSRL: programs that compile to the weights of fully recurrent models."""

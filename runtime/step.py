@@ -1,0 +1,82 @@
+"""The generic supervised train step: gradients of the trainable parameters, accumulation, optimizer update.
+
+A loss function has the signature ``loss_fn(params, batch, rng) -> (loss, metrics)`` where ``metrics`` is a dict
+of ``Metric`` and must contain ``metrics["loss"]`` with ``loss == total / count``. The count is the loss's
+denominator (examples, tokens, pairs), and the step uses it to weight micro-batches, so that
+
+    grad = sum_i grad(total_i) / sum_i count_i
+
+is the exact gradient of the mean over the whole batch, whatever the split into micro-batches and however the
+count varies between them (token-weighted losses included).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from runtime.errors import RuntimeConfigError
+from runtime.metrics import Metric
+from runtime.metrics import merge as merge_metrics
+from runtime.train_state import TrainState, merge_by_mask
+
+LossFn = Callable[[Any, Any, jax.Array], tuple[jax.Array, dict[str, Metric]]]
+StepFn = Callable[[TrainState, Any], tuple[TrainState, dict[str, Metric]]]
+
+
+def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, *, grad_accum: int = 1) -> StepFn:
+    """``step(state, batch) -> (state, metrics)``, pure and ready for ``jax.jit``.
+
+    With ``grad_accum > 1`` every batch leaf has a leading micro-batch axis of that size and the step scans
+    over it, holding one micro-batch's activations at a time.
+    """
+    if grad_accum < 1:
+        raise RuntimeConfigError(f"grad_accum={grad_accum}: must be at least 1")
+
+    def weighted_loss(train, frozen, batch, rng):
+        loss, metrics = loss_fn(merge_by_mask(train, frozen), batch, rng)
+        if "loss" not in metrics:
+            raise RuntimeConfigError(
+                "loss_fn must return metrics['loss'] = Metric(total, count) with loss == total / count; "
+                f"got metric keys {sorted(metrics)}"
+            )
+        count = jax.lax.stop_gradient(metrics["loss"].count)
+        return loss * count, metrics
+
+    grad_fn = jax.grad(weighted_loss, has_aux=True)
+
+    def step(state: TrainState, batch: Any) -> tuple[TrainState, dict[str, Metric]]:
+        rng = jax.random.fold_in(state.rng, state.step)
+        train, frozen = state.split_params()
+        if grad_accum == 1:
+            grads, metrics = grad_fn(train, frozen, batch, rng)
+        else:
+            leading = {x.shape[0] for x in jax.tree.leaves(batch)}
+            if leading != {grad_accum}:
+                raise RuntimeConfigError(
+                    f"grad_accum={grad_accum} needs a leading micro-batch axis of that size on every batch leaf; "
+                    f"got leading sizes {sorted(leading)}"
+                )
+            first = jax.tree.map(lambda x: x[0], batch)
+            grads0, metrics0 = jax.eval_shape(grad_fn, train, frozen, first, rng)
+            zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (grads0, metrics0))
+
+            def body(carry, xs):
+                g_acc, m_acc = carry
+                micro, index = xs
+                g, m = grad_fn(train, frozen, micro, jax.random.fold_in(rng, index))
+                return (jax.tree.map(jnp.add, g_acc, g), merge_metrics(m_acc, m)), None
+
+            (grads, metrics), _ = jax.lax.scan(body, zeros, (batch, jnp.arange(grad_accum)))
+        total_count = metrics["loss"].count
+        grads = jax.tree.map(lambda g: g / total_count.astype(g.dtype), grads)
+        new_state = state.apply_gradients(grads, tx)
+        metrics = dict(metrics)
+        metrics["grad_norm"] = Metric.scalar(optax.global_norm(grads))
+        return new_state, metrics
+
+    return step

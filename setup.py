@@ -1,0 +1,50 @@
+"""Installs the five packages of this repository. Every version is pinned here, and only here."""
+
+from setuptools import setup
+
+# The CPU build of JAX. On a GPU host install the CUDA build of the same release on top:
+#   pip install "jax[cuda13]==0.10.2"        (TPU: pip install "jax[tpu]==0.10.2")
+INSTALL_REQUIRES = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "chex==0.1.92",
+    "numpy==2.4.6",
+    "transformers==5.23.0",
+    "tokenizers==0.23.3",
+    "safetensors==0.8.0",
+    "jinja2==3.1.6",
+    "tensorflow-datasets==4.9.10",
+    "importlib_resources==7.1.0",
+    "tyro==1.0.16",
+    "tqdm==4.70.1",
+    "matplotlib==3.11.2",
+    "tensorboardX==2.6.5",
+]
+
+EXTRAS_REQUIRE = {
+    "test": ["pytest==9.2.0", "hypothesis==6.170.15"],
+    # Reference implementations for parity tests only (CPU build).
+    "parity": ["torch==2.13.0"],
+    "gguf": ["gguf==0.19.0"],
+}
+
+setup(
+    name="bfpo-local-lsrl",
+    version="0.1.0",
+    description="JAX/Flax research code: BFPO preference optimisation, local learning with SGR, and LSRL",
+    python_requires=">=3.11",
+    packages=[
+        "runtime",
+        "bfpo",
+        "local_learning",
+        "recurrent",
+        "experiments",
+        "experiments.configs",
+        "experiments.bench",
+    ],
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+)
