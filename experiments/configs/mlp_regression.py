@@ -49,5 +49,5 @@ class MLPRegressionConfig:
     @classmethod
     def smoke(cls, out_dir: str, **run_overrides) -> "MLPRegressionConfig":
         """A few-second configuration for tests and benchmarks."""
-        run = RunConfig(out_dir=out_dir, steps=20, log_every=5, progress=False, **run_overrides)
+        run = RunConfig(**{"out_dir": out_dir, "steps": 20, "log_every": 5, "progress": False, **run_overrides})
         return cls(run=run, batch_size=32)
