@@ -17,14 +17,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import tyro
 from flax import nnx
 
 from experiments.configs.mlp_regression import MLPConfig, MLPRegressionConfig
-from experiments.run import Task, train
+from experiments.run import Task, cli, train
 from runtime import sharding as sharding_lib
 from runtime.batches import IndexedBatches
-from runtime.metrics import Metric
+from runtime.metrics import Metric, to_host
 from runtime.step import make_train_step
 from runtime.train_state import init_train_state, train_state_spec
 
@@ -121,9 +120,7 @@ def make_task(cfg: MLPRegressionConfig) -> Task:
     eval_jit = jax.jit(lambda params, batch: loss(params, batch, None)[1])
 
     def evaluate(state) -> dict[str, float]:
-        from runtime.metrics import to_host
-
-        return {f"eval_{k}": v for k, v in to_host(eval_jit(state.params, eval_batch)).items()}
+        return to_host(eval_jit(state.params, eval_batch))
 
     return Task(
         name="mlp_regression",
@@ -141,4 +138,4 @@ def main(cfg: MLPRegressionConfig):
 
 
 if __name__ == "__main__":
-    main(tyro.cli(MLPRegressionConfig))
+    cli(MLPRegressionConfig, main)

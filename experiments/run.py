@@ -17,6 +17,7 @@ import dataclasses
 import json
 import math
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import tyro
 from tqdm.auto import tqdm
 
 from runtime import batches as batches_lib
@@ -358,3 +360,17 @@ def format_summary(name: str, s: RunSummary) -> str:
     if s.plot:
         lines.append(f"  plot:          {s.plot}")
     return "\n".join(lines)
+
+
+def cli(config_type: type, main: Callable[[Any], Any], expected_errors: tuple[type[BaseException], ...] = ()) -> Any:
+    """Parses ``config_type`` from the command line (tyro) and runs ``main``.
+
+    Configuration and data errors (``RuntimeConfigError`` and the launcher's ``expected_errors``) and the NaN
+    guard end the process with a one-line message and exit status 2 instead of a traceback.
+    """
+    cfg = tyro.cli(config_type, description=sys.modules[main.__module__].__doc__)
+    try:
+        return main(cfg)
+    except (RuntimeConfigError, NonFiniteMetricError, *expected_errors) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)

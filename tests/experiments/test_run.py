@@ -134,7 +134,7 @@ def test_run_writes_metrics_events_plot_and_summary(small_run):
     assert summary.plot and Path(summary.plot).stat().st_size > 10_000
     assert json.loads((out / "summary.json").read_text())["steps_done"] == 20
     assert checkpoint_steps(out) == [10, 20]
-    assert summary.eval_metrics["eval_loss"] < records[0]["loss"]
+    assert summary.eval_metrics["loss"] < records[0]["loss"]
 
 
 def test_existing_run_directory_needs_resume(small_run):
