@@ -1,0 +1,469 @@
+"""The LSRL language: six primitives that build a DAG evaluated once per token, and ``ForEach``, the program.
+
+Semantics at token t, with u the value of a node's input at the same token (Petrov et al., 2024, Sec. 3):
+
+    Input(dim)                          x_t
+    Linear(input, A, b)                 A u + b
+    Slice(input, start, end), x[i]      u[start:end]                 (a Linear with a 0/1 selection matrix)
+    Concat([v1, v2, ...])               [v1; v2; ...]
+    ReLU(input)                         max(u, 0)
+    LinState(input, A, B, init_state, bias)
+                                        s_t = A s_{t-1} + B u_t + bias,  s_0 = init_state; outputs s_t
+    Multiplicative(input)               u[:h] * u[h:],  h = dim(u) / 2
+
+The names and call signatures are those of the published language, so its programs port by changing the
+import. Operators build nodes: ``x + y`` and ``x - y`` (equal dims) are a Concat and a Linear [I, +-I];
+``x + c``, ``c - x``, ``x * c``, ``x / c`` with a scalar c are Linears; ``x[i]``, ``x[a:b]`` are Slices.
+A variable times a variable is not an operator (use ``Multiplicative``).
+
+Constructors do not raise on inconsistent shapes: ``ForEach`` validates the whole DAG and raises one
+``CompileError`` listing every problem (no or several Inputs, a cycle, a dimension mismatch, a non-finite
+weight, an odd-width Multiplicative, a slice out of range).
+
+Weights are stored as float64 arrays (``b``, ``init_state`` and ``bias`` as vectors); column vectors (the
+published (n, 1) convention) are accepted and flattened.
+"""
+
+from __future__ import annotations
+
+import itertools
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from recurrent.errors import CompileError
+
+_ids = itertools.count()
+
+
+def _is_scalar(x: Any) -> bool:
+    if isinstance(x, Variable) or isinstance(x, (str, bytes)):
+        return False
+    if isinstance(x, numbers.Number):
+        return True
+    if isinstance(x, np.ndarray):
+        return x.ndim == 0
+    # sympy numbers and other numeric scalars convert with float() but are not numbers.Number subclasses
+    return hasattr(x, "__float__") and not hasattr(x, "__len__")
+
+
+def _scalar(x: Any, what: str) -> float:
+    if not _is_scalar(x):
+        raise CompileError(f"{what}: expected a scalar (int, float, Fraction), got {type(x).__name__}")
+    return float(x)
+
+
+class Variable:
+    """A node of an LSRL program: its output dimension ``dim`` and its inputs; operators build new nodes.
+
+    ``always_positive`` is the published hint that the value is never negative. The compiler does not trust it
+    (it derives signs itself); it is kept so that ported programs run unchanged.
+    """
+
+    # numpy scalars on the left of an operator defer to the Variable's reflected operator
+    __array_ufunc__ = None
+
+    def __init__(self, dim: int, name: str):
+        self.dim = int(dim)
+        self.name = name
+        self.uid = next(_ids)
+        self.always_positive = False
+        # Problems noticed while building (e.g. a sum of unequal dims); reported by validation with the rest.
+        self.construction_problems: list[str] = []
+
+    # --- graph ---------------------------------------------------------------------------------------------
+    @property
+    def inputs(self) -> tuple["Variable", ...]:
+        inp = getattr(self, "input", None)
+        if inp is None:
+            return ()
+        if isinstance(inp, Variable):
+            return (inp,)
+        return tuple(inp)
+
+    def label(self) -> str:
+        kind = type(self).__name__
+        return f"{kind}#{self.uid}" if self.name == kind else f"{kind}#{self.uid} {self.name!r}"
+
+    def __repr__(self) -> str:
+        return f"<{self.label()} dim={self.dim}>"
+
+    def problems(self) -> list[str]:
+        """Shape and value problems of this node alone (its inputs must exist; they are checked separately)."""
+        return list(self.construction_problems)
+
+    def __hash__(self) -> int:
+        return self.uid
+
+    def __eq__(self, other: object) -> bool:  # identity: operators must not be confused with comparisons
+        return self is other
+
+    # --- operators -----------------------------------------------------------------------------------------
+    def __add__(self, other: Any) -> "Variable":
+        if isinstance(other, Variable):
+            r = _combine(self, other, 1.0, "Sum")
+            r.always_positive = self.always_positive and other.always_positive
+            return r
+        c = _scalar(other, f"{self.label()} + scalar")
+        r = Linear(self, np.eye(self.dim), np.full(self.dim, c), name="Sum")
+        r.always_positive = self.always_positive and c >= 0
+        return r
+
+    def __radd__(self, other: Any) -> "Variable":
+        return self.__add__(other)
+
+    def __sub__(self, other: Any) -> "Variable":
+        if isinstance(other, Variable):
+            return _combine(self, other, -1.0, "Sub")
+        c = _scalar(other, f"{self.label()} - scalar")
+        return Linear(self, np.eye(self.dim), np.full(self.dim, -c), name="Sub")
+
+    def __rsub__(self, other: Any) -> "Variable":
+        c = _scalar(other, f"scalar - {self.label()}")
+        return Linear(self, -np.eye(self.dim), np.full(self.dim, c), name="Sub")
+
+    def __neg__(self) -> "Variable":
+        return self * -1
+
+    def __mul__(self, other: Any) -> "Variable":
+        if isinstance(other, Variable):
+            raise CompileError(
+                f"{self.label()} * {other.label()}: a variable times a variable is not an operator; "
+                "use Multiplicative(Concat([x, y]))"
+            )
+        c = _scalar(other, f"{self.label()} * scalar")
+        r = Linear(self, c * np.eye(self.dim), np.zeros(self.dim), name="Scale")
+        r.always_positive = self.always_positive and c >= 0
+        return r
+
+    def __rmul__(self, other: Any) -> "Variable":
+        return self.__mul__(other)
+
+    def __truediv__(self, other: Any) -> "Variable":
+        c = _scalar(other, f"{self.label()} / scalar")
+        if c == 0:
+            raise CompileError(f"{self.label()} / 0: division by zero")
+        r = Linear(self, np.eye(self.dim) / c, np.zeros(self.dim), name="Scale")
+        r.always_positive = self.always_positive and c > 0
+        return r
+
+    def __getitem__(self, key: int | slice) -> "Variable":
+        if isinstance(key, (int, np.integer)):
+            k = int(key)
+            if k < 0:
+                k += self.dim
+            return Slice(self, k, k + 1)
+        if isinstance(key, slice):
+            if key.step not in (None, 1):
+                raise CompileError(f"{self.label()}[{key}]: slices with a step are not part of LSRL")
+            start, stop, _ = key.indices(self.dim)
+            return Slice(self, start, stop)
+        raise CompileError(f"{self.label()}[{key!r}]: index with an int or a slice")
+
+
+def _combine(x: Variable, y: Variable, sign: float, name: str) -> "Linear":
+    both = Concat([x, y])
+    r = Linear(both, np.hstack([np.eye(x.dim), sign * np.eye(x.dim)]), np.zeros(x.dim), name=name)
+    if x.dim != y.dim:
+        r.construction_problems.append(
+            f"{r.label()}: {'sum' if sign > 0 else 'difference'} of {x.label()} (dim {x.dim}) and "
+            f"{y.label()} (dim {y.dim}); both operands must have the same dim"
+        )
+    return r
+
+
+def _matrix(value: Any, node: Variable, field: str) -> np.ndarray:
+    try:
+        a = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        a = np.asarray([[float(v) for v in row] for row in np.asarray(value, dtype=object)], dtype=np.float64)
+    if a.ndim != 2:
+        node.construction_problems.append(f"{node.label()}: {field} must be a 2-D matrix, got shape {a.shape}")
+        a = np.zeros((0, 0))
+    return a
+
+
+def _vector(value: Any, node: Variable, field: str) -> np.ndarray:
+    try:
+        a = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        a = np.asarray([float(v) for v in np.asarray(value, dtype=object).reshape(-1)], dtype=np.float64)
+    if a.ndim == 2 and a.shape[1] == 1:
+        a = a[:, 0]
+    elif a.ndim == 0:
+        a = a.reshape(1)
+    if a.ndim != 1:
+        node.construction_problems.append(f"{node.label()}: {field} must be a vector, got shape {a.shape}")
+        a = np.zeros(0)
+    return a
+
+
+def _finite(node: Variable, **arrays: np.ndarray) -> list[str]:
+    out = []
+    for field, a in arrays.items():
+        bad = ~np.isfinite(a)
+        if bad.any():
+            idx = tuple(int(i) for i in np.argwhere(bad)[0])
+            out.append(f"{node.label()}: {field} has {int(bad.sum())} non-finite entries (first at {idx})")
+    return out
+
+
+class Input(Variable):
+    """The program's token x_t (exactly one per program)."""
+
+    def __init__(self, dim: int, name: str = "Input"):
+        super().__init__(dim, name)
+        if int(dim) < 1:
+            self.construction_problems.append(f"{self.label()}: dim must be at least 1, got {dim}")
+
+
+class Linear(Variable):
+    """A u + b (affine, no activation)."""
+
+    def __init__(self, input: Variable, A: Any, b: Any = None, name: str = "Linear"):
+        super().__init__(0, name)
+        self.A = _matrix(A, self, "A")
+        self.dim = self.A.shape[0]
+        self.b = np.zeros(self.dim) if b is None else _vector(b, self, "b")
+        self.input = input
+
+    def problems(self) -> list[str]:
+        out = super().problems()
+        if self.A.shape[1] != self.input.dim:
+            out.append(
+                f"{self.label()}: A has {self.A.shape[1]} columns but its input {self.input.label()} has dim "
+                f"{self.input.dim}"
+            )
+        if self.b.shape != (self.dim,):
+            out.append(f"{self.label()}: b has {self.b.shape[0]} entries, expected {self.dim} (the rows of A)")
+        return out + _finite(self, A=self.A, b=self.b)
+
+
+class Slice(Linear):
+    """u[start:end], a Linear with a 0/1 selection matrix."""
+
+    def __init__(self, input: Variable, start: int, end: int, name: str | None = None):
+        self.start, self.end = int(start), int(end)
+        width = max(self.end - self.start, 0)
+        A = np.zeros((width, input.dim))
+        if 0 <= self.start and self.end <= input.dim:
+            A[np.arange(width), self.start + np.arange(width)] = 1.0
+        super().__init__(input, A, np.zeros(width), name=name or f"Slice[{self.start}:{self.end}]")
+        self.always_positive = input.always_positive
+
+    def problems(self) -> list[str]:
+        out = Variable.problems(self)
+        if not (0 <= self.start < self.end <= self.input.dim):
+            out.append(
+                f"{self.label()}: slice [{self.start}:{self.end}] is empty or outside its input "
+                f"{self.input.label()} of dim {self.input.dim}"
+            )
+        elif self.A.shape[1] != self.input.dim:
+            out.append(f"{self.label()}: its input {self.input.label()} changed dim to {self.input.dim}")
+        return out
+
+
+class Concat(Variable):
+    """[v1; v2; ...]; the same variable may appear several times."""
+
+    def __init__(self, inputs: Sequence[Variable], name: str = "Concat"):
+        inputs = list(inputs)
+        super().__init__(sum(i.dim for i in inputs), name)
+        self.input = inputs
+        self.always_positive = bool(inputs) and all(i.always_positive for i in inputs)
+
+    def problems(self) -> list[str]:
+        out = super().problems()
+        if not self.input:
+            out.append(f"{self.label()}: needs at least one input")
+        elif self.dim != sum(i.dim for i in self.input):
+            out.append(f"{self.label()}: dim {self.dim} is not the sum of its inputs' dims")
+        return out
+
+
+class ReLU(Variable):
+    """max(u, 0) elementwise."""
+
+    def __init__(self, input: Variable, name: str = "ReLU"):
+        super().__init__(input.dim, name)
+        self.input = input
+        self.always_positive = True
+
+    def problems(self) -> list[str]:
+        out = super().problems()
+        if self.dim != self.input.dim:
+            out.append(f"{self.label()}: dim {self.dim} differs from its input's {self.input.dim}")
+        return out
+
+
+class LinState(Variable):
+    """s_t = A s_{t-1} + B u_t + bias with s_0 = init_state; outputs the updated s_t (the only stateful node)."""
+
+    def __init__(
+        self, input: Variable, A: Any, B: Any, init_state: Any, name: str = "LinState", bias: Any = None
+    ):
+        super().__init__(0, name)
+        self.A = _matrix(A, self, "A")
+        self.dim = self.A.shape[0]
+        self.B = _matrix(B, self, "B")
+        self.init_state = _vector(init_state, self, "init_state")
+        self.bias = np.zeros(self.dim) if bias is None else _vector(bias, self, "bias")
+        self.input = input
+
+    def problems(self) -> list[str]:
+        out = super().problems()
+        d = self.dim
+        if self.A.shape != (d, d):
+            out.append(f"{self.label()}: A must be square, got shape {self.A.shape}")
+        if self.B.shape != (d, self.input.dim):
+            out.append(
+                f"{self.label()}: B has shape {self.B.shape}, expected ({d}, {self.input.dim}) for state dim {d} "
+                f"and input {self.input.label()} of dim {self.input.dim}"
+            )
+        if self.init_state.shape != (d,):
+            out.append(f"{self.label()}: init_state has {self.init_state.shape[0]} entries, expected {d}")
+        if self.bias.shape != (d,):
+            out.append(f"{self.label()}: bias has {self.bias.shape[0]} entries, expected {d}")
+        return out + _finite(self, A=self.A, B=self.B, init_state=self.init_state, bias=self.bias)
+
+
+class Multiplicative(Variable):
+    """u[:h] * u[h:] with h = dim(u) / 2 (the input dim must be even)."""
+
+    def __init__(self, input: Variable, name: str = "Multiplicative"):
+        super().__init__(input.dim // 2, name)
+        self.input = input
+
+    def problems(self) -> list[str]:
+        out = super().problems()
+        if self.input.dim % 2:
+            out.append(
+                f"{self.label()}: its input {self.input.label()} has odd dim {self.input.dim}; Multiplicative "
+                "multiplies the two halves of an even-width input"
+            )
+        elif self.dim != self.input.dim // 2:
+            out.append(f"{self.label()}: its input {self.input.label()} changed dim to {self.input.dim}")
+        return out
+
+
+def f_relu_identity(x: Variable) -> Variable:
+    """x = ReLU(x) - ReLU(-x): the identity built from ReLUs (exact in floating point, one of the terms is 0)."""
+    d = x.dim
+    both = Concat([ReLU(x), ReLU(Linear(x, -np.eye(d), np.zeros(d), name="FlipSign"))])
+    return Linear(both, np.hstack([np.eye(d), -np.eye(d)]), np.zeros(d), name="PosAndNegFuse")
+
+
+# --- the program --------------------------------------------------------------------------------------------
+
+
+def topological_order(output: Variable) -> tuple[list[Variable], list[str]]:
+    """Nodes reachable backwards from ``output``, inputs before consumers, and the cycles found (as messages)."""
+    order: list[Variable] = []
+    state: dict[int, int] = {}  # 1 = on the stack, 2 = done
+    problems: list[str] = []
+    stack: list[tuple[Variable, int]] = [(output, 0)]
+    path: list[Variable] = []
+    while stack:
+        node, i = stack.pop()
+        if i == 0:
+            if state.get(node.uid) == 2:
+                continue
+            state[node.uid] = 1
+            path.append(node)
+        ins = node.inputs
+        if i < len(ins):
+            stack.append((node, i + 1))
+            child = ins[i]
+            if not isinstance(child, Variable):
+                problems.append(f"{node.label()}: input {i} is a {type(child).__name__}, not an LSRL variable")
+            elif state.get(child.uid) == 1:
+                cyc = path[path.index(child):] + [child]
+                problems.append("cycle: " + " -> ".join(n.label() for n in reversed(cyc)))
+            elif state.get(child.uid) != 2:
+                stack.append((child, 0))
+        else:
+            state[node.uid] = 2
+            path.pop()
+            order.append(node)
+    return order, problems
+
+
+def validate(output: Variable) -> list[Variable]:
+    """Every node of the program in topological order; raises one ``CompileError`` listing every problem."""
+    if not isinstance(output, Variable):
+        raise CompileError(f"ForEach: the output must be an LSRL variable, got {type(output).__name__}")
+    nodes, problems = topological_order(output)
+    acyclic = not problems
+    inputs = [n for n in nodes if isinstance(n, Input)]
+    if not inputs:
+        problems.append("the program has no Input node; exactly one is required")
+    elif len(inputs) > 1:
+        problems.append(
+            f"the program has {len(inputs)} Input nodes ({', '.join(n.label() for n in inputs)}); exactly one "
+            "is required"
+        )
+    for n in nodes:  # shape checks read input dims, which need an acyclic graph of variables
+        problems.extend(n.problems() if acyclic else n.construction_problems)
+    if problems:
+        raise CompileError(problems)
+    return nodes
+
+
+class ForEach:
+    """An LSRL program: the DAG reachable backwards from ``output``, validated on construction.
+
+    Calling it follows the published convention: ``x`` is a (dim, T) matrix whose columns are tokens; the
+    states are reset and the (out_dim, T) outputs returned. A single column continues from the current state
+    (streaming). ``recurrent.lsrl.interpreter`` holds the batched reference semantics used everywhere else.
+    """
+
+    def __init__(self, output: Variable, keep_graph_history: bool = False, verbose: bool = False):
+        self.output = output
+        self.nodes = validate(output)
+        self.input = next(n for n in self.nodes if isinstance(n, Input))
+        self.verbose = verbose
+        self._stream_state: dict[int, np.ndarray] | None = None
+
+    @property
+    def in_dim(self) -> int:
+        return self.input.dim
+
+    @property
+    def out_dim(self) -> int:
+        return self.output.dim
+
+    def state_variables(self) -> list[LinState]:
+        return [n for n in self.nodes if isinstance(n, LinState)]
+
+    def reset(self) -> None:
+        self._stream_state = None
+
+    def parameter_count(self) -> int:
+        """Dense sizes of A, b of every Linear/Slice and A, B, bias of every LinState (the published count)."""
+        total = 0
+        for n in self.nodes:
+            if isinstance(n, Linear):
+                total += n.A.size + n.b.size
+            elif isinstance(n, LinState):
+                total += n.A.size + n.B.size + n.bias.size
+        return total
+
+    def __call__(self, x: Any) -> np.ndarray:
+        from recurrent.lsrl import interpreter  # the language does not depend on its interpreter at import
+
+        x = np.asarray(x, dtype=np.float64)
+        if x.ndim == 0:
+            x = x.reshape(1, 1)
+        if x.ndim == 1:
+            x = x[:, None]
+        if x.ndim != 2 or x.shape[0] != self.in_dim:
+            raise CompileError(f"ForEach: expected input of shape ({self.in_dim}, T), got {x.shape}")
+        if x.shape[1] == 1:
+            y, self._stream_state = interpreter.run(
+                self, x.T[None], initial_states=self._stream_state, return_states=True
+            )
+            return y[0].T
+        self.reset()
+        return interpreter.run(self, x.T[None])[0].T
