@@ -1,0 +1,290 @@
+"""A Llama-family causal LM in ``flax.nnx`` (Llama 2/3, Mistral, Qwen2, SmolLM2), stacked over layers.
+
+One decoder layer (pre-norm, Touvron et al. 2023) maps the residual stream x [B, T, D] to
+
+    a = x + Attn(RMSNorm(x)),        out = a + W_down (silu(W_gate n) * (W_up n)),   n = RMSNorm(a),
+
+with RMSNorm(x) = x / sqrt(mean(x^2) + eps) * g (Zhang & Sennrich 2019), rotary grouped-query attention
+(Ainslie et al. 2023: K key/value heads each shared by G = H / K query heads)
+
+    Attn(h)_t = sum_s softmax_s(q_t . k_s / sqrt(E) + m_ts) v_s,  m_ts = 0 if s may be seen from t else -inf,
+
+where s may be seen from t when it is a real (non-padding) token, s <= t, and t - s < window for a
+sliding-window model (Mistral). Qwen2 adds a bias to q, k and v. Logits are RMSNorm(x_L) W_out with W_out the
+transposed embedding when the embeddings are tied.
+
+The weights of all layers are stacked along a leading ``layers`` axis and applied by ``lax.scan`` (or a Python
+loop over the same arrays), so compile time does not grow with depth and checkpoints do not depend on that
+choice. Every parameter carries logical axis names (``runtime.sharding``); the parameter paths mirror the
+Hugging Face names (``layers/mlp/down_proj/kernel``), so path regexes such as ``down_proj`` select the same
+weights as in PyTorch code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx, struct
+
+from bfpo.model.config import LlamaConfig
+from bfpo.model.rope import apply_rotary, rotary_tables
+from runtime.sharding import constrain, logical
+
+NEG_INF = float(jnp.finfo(jnp.float32).min)
+
+
+def _param(rngs: nnx.Rngs, init, shape: tuple[int, ...], axes: tuple[str, ...], dtype) -> nnx.Param:
+    return nnx.Param(logical(init, *axes)(rngs.params(), shape, dtype))
+
+
+class RMSNorm(nnx.Module):
+    """Root-mean-square norm scale g [*(L,), D]."""
+
+    def __init__(self, cfg: LlamaConfig, *, stacked: bool, rngs: nnx.Rngs):
+        lead, lead_axes = ((cfg.num_layers,), ("layers",)) if stacked else ((), ())
+        self.scale = _param(rngs, nnx.initializers.ones_init(), lead + (cfg.hidden_size,), lead_axes + ("norm",),
+                            cfg.weight_dtype)
+
+
+class Projection(nnx.Module):
+    """A stacked linear map: kernel [L, *in, *out] and an optional bias [L, *out]."""
+
+    def __init__(self, cfg: LlamaConfig, shape: tuple[int, ...], axes: tuple[str, ...], *, out_rank: int,
+                 bias: bool, rngs: nnx.Rngs):
+        init = nnx.initializers.normal(cfg.initializer_range)
+        self.kernel = _param(rngs, init, (cfg.num_layers,) + shape, ("layers",) + axes, cfg.weight_dtype)
+        self.bias = (
+            _param(rngs, nnx.initializers.zeros_init(), (cfg.num_layers,) + shape[-out_rank:],
+                   ("layers",) + axes[-out_rank:], cfg.weight_dtype)
+            if bias else None
+        )
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+        d, h, k, e = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        b = cfg.attention_bias
+        self.q_proj = Projection(cfg, (d, h, e), ("embed", "heads", "head_dim"), out_rank=2, bias=b, rngs=rngs)
+        self.k_proj = Projection(cfg, (d, k, e), ("embed", "kv_heads", "head_dim"), out_rank=2, bias=b, rngs=rngs)
+        self.v_proj = Projection(cfg, (d, k, e), ("embed", "kv_heads", "head_dim"), out_rank=2, bias=b, rngs=rngs)
+        self.o_proj = Projection(cfg, (h, e, d), ("heads", "head_dim", "embed"), out_rank=1, bias=False, rngs=rngs)
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+        d, f = cfg.hidden_size, cfg.intermediate_size
+        self.gate_proj = Projection(cfg, (d, f), ("embed", "mlp"), out_rank=1, bias=False, rngs=rngs)
+        self.up_proj = Projection(cfg, (d, f), ("embed", "mlp"), out_rank=1, bias=False, rngs=rngs)
+        self.down_proj = Projection(cfg, (f, d), ("mlp", "embed"), out_rank=1, bias=False, rngs=rngs)
+
+
+class DecoderLayers(nnx.Module):
+    """The weights of all decoder layers, stacked along the leading ``layers`` axis."""
+
+    def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+        self.input_layernorm = RMSNorm(cfg, stacked=True, rngs=rngs)
+        self.self_attn = Attention(cfg, rngs=rngs)
+        self.post_attention_layernorm = RMSNorm(cfg, stacked=True, rngs=rngs)
+        self.mlp = MLP(cfg, rngs=rngs)
+
+    def weights(self) -> dict[str, jax.Array | None]:
+        """The stacked arrays as a flat dict (the scan's per-layer inputs)."""
+        a, m = self.self_attn, self.mlp
+        get = lambda p: None if p is None else p[...]  # noqa: E731
+        return {
+            "input_norm": self.input_layernorm.scale[...],
+            "q": a.q_proj.kernel[...], "q_bias": get(a.q_proj.bias),
+            "k": a.k_proj.kernel[...], "k_bias": get(a.k_proj.bias),
+            "v": a.v_proj.kernel[...], "v_bias": get(a.v_proj.bias),
+            "o": a.o_proj.kernel[...],
+            "post_norm": self.post_attention_layernorm.scale[...],
+            "gate": m.gate_proj.kernel[...], "up": m.up_proj.kernel[...], "down": m.down_proj.kernel[...],
+        }
+
+
+@struct.dataclass
+class KVCache:
+    """Keys and values of every layer at ``slots`` positions, and which slots hold real tokens.
+
+    ``index`` is the next slot to write; all rows write at the same slot, which is why prompts are left-padded.
+    """
+
+    k: jax.Array  # [L, B, S, K, E]
+    v: jax.Array  # [L, B, S, K, E]
+    valid: jax.Array  # [B, S] bool
+    index: jax.Array  # int32 scalar
+
+    @classmethod
+    def empty(cls, cfg: LlamaConfig, batch: int, slots: int) -> "KVCache":
+        shape = (cfg.num_layers, batch, slots, cfg.num_kv_heads, cfg.head_dim)
+        return cls(k=jnp.zeros(shape, cfg.compute_dtype), v=jnp.zeros(shape, cfg.compute_dtype),
+                   valid=jnp.zeros((batch, slots), bool), index=jnp.zeros((), jnp.int32))
+
+
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
+    """x / sqrt(mean(x^2) + eps) in float32, cast back to x's dtype, times the scale (the Hugging Face order)."""
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + eps)
+    return normed.astype(x.dtype) * scale.astype(x.dtype)
+
+
+def attention_mask(q_slots_T: jax.Array, k_slots_S: jax.Array, k_valid_BxS: jax.Array,
+                   window: int | None) -> jax.Array:
+    """[B, T, S] bool: key s is a real token, not in the future of query t, and within the sliding window."""
+    causal = k_slots_S[None, :] <= q_slots_T[:, None]
+    if window is not None:
+        causal &= q_slots_T[:, None] - k_slots_S[None, :] < window
+    return causal[None] & k_valid_BxS[:, None, :]
+
+
+def grouped_attention(q_BxTxHxE: jax.Array, k_BxSxKxE: jax.Array, v_BxSxKxE: jax.Array,
+                      allowed_BxTxS: jax.Array) -> jax.Array:
+    """Softmax attention with G query heads per key/value head; scores and softmax in float32.
+
+    A query with no visible key (a padding row) gets a uniform average instead of NaN; its output is masked
+    downstream.
+    """
+    b, t, h, e = q_BxTxHxE.shape
+    k_heads = k_BxSxKxE.shape[2]
+    q = q_BxTxHxE.reshape(b, t, k_heads, h // k_heads, e)
+    scores = jnp.einsum("btkge,bske->bkgts", q, k_BxSxKxE, preferred_element_type=jnp.float32)
+    scores = scores * (e ** -0.5)
+    scores = jnp.where(allowed_BxTxS[:, None, None], scores, NEG_INF)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v_BxSxKxE.dtype)
+    out = jnp.einsum("bkgts,bske->btkge", probs, v_BxSxKxE)
+    return out.reshape(b, t, h, e)
+
+
+def decoder_layer(cfg: LlamaConfig, w: dict[str, jax.Array], x_BxTxD: jax.Array, cos: jax.Array, sin: jax.Array,
+                  allowed_BxTxS: jax.Array, kv: tuple[jax.Array, jax.Array] | None, index: jax.Array | None):
+    """One pre-norm layer; with a per-layer cache (k, v) [B, S, K, E] writes this step's keys at ``index``."""
+    dt = cfg.compute_dtype
+    act = ("batch", "seq", "act_embed")
+    h = rms_norm(x_BxTxD, w["input_norm"], cfg.rms_norm_eps)
+
+    def project(name, heads_axis):
+        y = jnp.einsum("btd,dhe->bthe", h, w[name].astype(dt))
+        if w[name + "_bias"] is not None:
+            y = y + w[name + "_bias"].astype(dt)
+        return constrain(y, ("batch", "seq", heads_axis, None))
+
+    q = apply_rotary(project("q", "act_heads"), cos, sin)
+    k = apply_rotary(project("k", "act_kv_heads"), cos, sin)
+    v = project("v", "act_kv_heads")
+    if kv is not None:
+        k = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), (0, index, 0, 0))
+        v = jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), (0, index, 0, 0))
+    attn = grouped_attention(q, k.astype(dt), v.astype(dt), allowed_BxTxS)
+    x = x_BxTxD + constrain(jnp.einsum("bthe,hed->btd", attn, w["o"].astype(dt)), act)
+    h = rms_norm(x, w["post_norm"], cfg.rms_norm_eps)
+    gate = constrain(jnp.einsum("btd,df->btf", h, w["gate"].astype(dt)), ("batch", "seq", "act_mlp"))
+    up = constrain(jnp.einsum("btd,df->btf", h, w["up"].astype(dt)), ("batch", "seq", "act_mlp"))
+    x = x + constrain(jnp.einsum("btf,fd->btd", jax.nn.silu(gate) * up, w["down"].astype(dt)), act)
+    return x, (None if kv is None else (k, v))
+
+
+def _remat(fn, mode: str):
+    if mode == "none":
+        return fn
+    policy = None if mode == "full" else jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+    return jax.checkpoint(fn, policy=policy)
+
+
+class LlamaForCausalLM(nnx.Module):
+    """The decoder with its token embedding, final norm and (untied) output projection."""
+
+    def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+        self.config = cfg
+        init = nnx.initializers.normal(cfg.initializer_range)
+        self.embed_tokens = nnx.Embed(
+            cfg.vocab_size, cfg.hidden_size, embedding_init=logical(init, "vocab", "embed"),
+            param_dtype=cfg.weight_dtype, dtype=cfg.compute_dtype, rngs=rngs,
+        )
+        self.layers = DecoderLayers(cfg, rngs=rngs)
+        self.norm = RMSNorm(cfg, stacked=False, rngs=rngs)
+        self.lm_head = (
+            None if cfg.tie_word_embeddings
+            else _param(rngs, init, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), cfg.weight_dtype)
+        )
+
+    def output_embedding(self) -> jax.Array:
+        """W_out [D, V]: the untied head, or the transposed token embedding."""
+        if self.lm_head is None:
+            return self.embed_tokens.embedding[...].T
+        return self.lm_head[...]
+
+    def backbone(self, tokens_BxT: jax.Array, positions_BxT: jax.Array, allowed_BxTxS: jax.Array,
+                 cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
+        """Final-norm hidden states [B, T, D] (compute dtype) and the updated cache."""
+        cfg = self.config
+        x = constrain(self.embed_tokens(tokens_BxT).astype(cfg.compute_dtype), ("batch", "seq", "act_embed"))
+        cos, sin = rotary_tables(cfg, positions_BxT)
+        weights = self.layers.weights()
+        index = None if cache is None else cache.index
+
+        def body(x, xs):
+            w, kv = xs
+            return decoder_layer(cfg, w, x, cos, sin, allowed_BxTxS, kv, index)
+
+        body = _remat(body, cfg.remat)
+        kv_all = None if cache is None else (cache.k, cache.v)
+        if cfg.scan_layers:
+            x, new_kv = jax.lax.scan(body, x, (weights, kv_all))
+        else:
+            outs = []
+            for layer in range(cfg.num_layers):
+                take = lambda a: None if a is None else a[layer]  # noqa: E731
+                x, kv = body(x, jax.tree.map(take, (weights, kv_all), is_leaf=lambda a: a is None))
+                outs.append(kv)
+            new_kv = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *outs)
+        h = rms_norm(x, self.norm.scale[...], cfg.rms_norm_eps)
+        if cache is not None:
+            t = tokens_BxT.shape[1]
+            cache = KVCache(k=new_kv[0], v=new_kv[1], valid=cache.valid, index=cache.index + t)
+        return h, cache
+
+    def project(self, h_BxTxD: jax.Array) -> jax.Array:
+        """Logits [B, T, V] in float32 from final hidden states."""
+        w = self.output_embedding().astype(self.config.compute_dtype)
+        logits = jnp.einsum("btd,dv->btv", h_BxTxD, w, preferred_element_type=jnp.float32)
+        return constrain(logits, ("batch", "seq", "act_vocab"))
+
+    def hidden_states(self, tokens_BxT: jax.Array, mask_BxT: jax.Array | None = None,
+                      positions_BxT: jax.Array | None = None) -> jax.Array:
+        """Full-sequence final hidden states. Positions default to (number of real tokens before) - 1, so any
+        amount of left or right padding gives the real tokens the same positions."""
+        b, t = tokens_BxT.shape
+        mask = jnp.ones((b, t), bool) if mask_BxT is None else mask_BxT.astype(bool)
+        if positions_BxT is None:
+            positions_BxT = positions_from_mask(mask)
+        slots = jnp.arange(t)
+        allowed = attention_mask(slots, slots, mask, self.config.sliding_window)
+        return self.backbone(tokens_BxT, positions_BxT, allowed)[0]
+
+    def __call__(self, tokens_BxT: jax.Array, mask_BxT: jax.Array | None = None,
+                 positions_BxT: jax.Array | None = None) -> jax.Array:
+        """Logits [B, T, V] (float32) of the next token at every position."""
+        return self.project(self.hidden_states(tokens_BxT, mask_BxT, positions_BxT))
+
+    def decode(self, tokens_BxT: jax.Array, mask_BxT: jax.Array, positions_BxT: jax.Array,
+               cache: KVCache) -> tuple[jax.Array, KVCache]:
+        """Runs T new tokens against the cache (a prefill when T > 1), returning their logits and the cache."""
+        t = tokens_BxT.shape[1]
+        valid = jax.lax.dynamic_update_slice(cache.valid, mask_BxT.astype(bool), (0, cache.index))
+        cache = cache.replace(valid=valid)
+        q_slots = cache.index + jnp.arange(t)
+        allowed = attention_mask(q_slots, jnp.arange(valid.shape[1]), valid, self.config.sliding_window)
+        h, cache = self.backbone(tokens_BxT, positions_BxT, allowed, cache)
+        return self.project(h), cache
+
+
+def positions_from_mask(mask_BxT: jax.Array) -> jax.Array:
+    """Position of each token among the real tokens of its row (0 at the first real token)."""
+    return jnp.maximum(jnp.cumsum(mask_BxT.astype(jnp.int32), axis=1) - 1, 0)
+
+
+def init_params(cfg: LlamaConfig, seed: int = 0) -> Any:
+    """The ``nnx.Param`` state of a freshly initialised model (trace it under jit to build it sharded)."""
+    return nnx.state(LlamaForCausalLM(cfg, rngs=nnx.Rngs(seed)), nnx.Param)

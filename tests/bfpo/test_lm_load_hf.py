@@ -1,0 +1,102 @@
+"""The safetensors loader: dtype conversion, sharded placement, and errors that name the tensor and the file."""
+
+import dataclasses
+import json
+
+import jax
+import ml_dtypes
+import numpy as np
+import pytest
+from flax import nnx
+
+from bfpo import ModelError
+from bfpo.model import safetensors_io
+from bfpo.model.config import LlamaConfig
+from bfpo.model.llama import LlamaForCausalLM
+from bfpo.model.load_hf import load_hf, save_hf
+from runtime import make_mesh
+
+CFG = LlamaConfig.tiny(tie_word_embeddings=False)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    model = LlamaForCausalLM(CFG, rngs=nnx.Rngs(3))
+    directory = save_hf(model, tmp_path_factory.mktemp("tiny"))
+    return model, directory
+
+
+def params_of(model):
+    return [np.asarray(x) for x in jax.tree.leaves(nnx.state(model, nnx.Param))]
+
+
+def rewrite(directory, edit):
+    """Rewrites model.safetensors with ``edit(dict name -> array)`` applied."""
+    f = safetensors_io.SafetensorsFile(directory / "model.safetensors")
+    tensors = edit({name: np.array(f.get(name)) for name in f.keys()})
+    safetensors_io.write(directory / "model.safetensors",
+                         [(n, a.shape, a.dtype) for n, a in tensors.items()], tensors.__getitem__)
+
+
+@pytest.fixture
+def copy(saved, tmp_path):
+    for p in saved[1].iterdir():
+        (tmp_path / p.name).write_bytes(p.read_bytes())
+    return tmp_path
+
+
+def test_loads_onto_a_mesh_with_target_shardings_and_dtype(saved):
+    model, directory = saved
+    mesh = make_mesh({"fsdp": 2, "tensor": 4})
+    loaded = load_hf(directory, mesh, param_dtype="bfloat16")
+    assert loaded.config == dataclasses.replace(CFG, param_dtype="bfloat16")
+    q = loaded.layers.self_attn.q_proj.kernel[...]
+    assert q.dtype == jax.numpy.bfloat16
+    assert q.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor", None)
+    assert q.addressable_shards[0].data.shape == (2, 32, 2, 8)
+    for got, want in zip(params_of(loaded), params_of(model)):
+        np.testing.assert_array_equal(got, want.astype(ml_dtypes.bfloat16))
+
+
+def test_saves_bfloat16_files(saved, tmp_path):
+    model, _ = saved
+    save_hf(model, tmp_path, dtype="bfloat16")
+    f = safetensors_io.SafetensorsFile(tmp_path / "model.safetensors")
+    assert f.header["model.layers.1.mlp.down_proj.weight"]["dtype"] == "BF16"
+    assert json.loads((tmp_path / "config.json").read_text())["dtype"] == "bfloat16"
+    np.testing.assert_array_equal(
+        f.get("model.layers.1.mlp.down_proj.weight"),
+        np.asarray(model.layers.mlp.down_proj.kernel[...][1]).T.astype(ml_dtypes.bfloat16))
+
+
+def test_missing_tensor_names_tensor_and_file(copy):
+    rewrite(copy, lambda t: {k: v for k, v in t.items() if k != "model.layers.1.self_attn.k_proj.weight"})
+    with pytest.raises(ModelError, match=r"'model.layers.1.self_attn.k_proj.weight' .* missing from .*model.safetensors"):
+        load_hf(copy)
+
+
+def test_unexpected_tensor_names_tensor_and_file(copy):
+    rewrite(copy, lambda t: {**t, "model.layers.0.self_attn.o_proj.bias": np.zeros(64, np.float32)})
+    with pytest.raises(ModelError, match=r"model.safetensors: unexpected tensor 'model.layers.0.self_attn.o_proj.bias'"):
+        load_hf(copy)
+
+
+def test_shape_mismatch_names_tensor_and_file(copy):
+    rewrite(copy, lambda t: {**t, "model.norm.weight": np.ones(63, np.float32)})
+    with pytest.raises(ModelError, match=r"model.safetensors: tensor 'model.norm.weight' has shape \(63,\), "
+                                         r"the config expects \(64,\)"):
+        load_hf(copy)
+
+
+def test_bad_config_names_file_and_field(copy):
+    raw = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**raw, "num_key_value_heads": 3}))
+    with pytest.raises(ModelError, match=r"config.json: LlamaConfig.num_heads=8 is not a multiple of num_kv_heads=3"):
+        load_hf(copy)
+
+
+def test_hub_id_offline_asks_for_a_local_directory(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(ModelError, match="not a local directory .* pass that directory"):
+        load_hf("mistralai/Mistral-7B-v0.1")

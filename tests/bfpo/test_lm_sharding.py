@@ -1,0 +1,136 @@
+"""The tiny LM's parameters shard as pinned; forward and a gradient step on (fsdp 8) and (fsdp 2 x tensor 4)
+meshes equal one device; layer scanning and rematerialisation do not change the numbers."""
+
+import dataclasses
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+from jax.sharding import PartitionSpec as P
+
+from bfpo.logprobs import sequence_logprobs
+from bfpo.model.config import LlamaConfig
+from bfpo.model.llama import LlamaForCausalLM
+from runtime import make_mesh
+from runtime import sharding as sh
+from runtime.batches import batch_axes, batch_shardings, put_batch
+from runtime.metrics import Metric
+from runtime.step import make_train_step
+from runtime.train_state import init_train_state, leaf_paths
+
+CFG = LlamaConfig.tiny(attention_bias=True, tie_word_embeddings=False)
+PINNED = {
+    "embed_tokens/embedding": P("tensor", "fsdp"),
+    "layers/input_layernorm/scale": P(None, None),
+    "layers/mlp/down_proj/kernel": P(None, "tensor", "fsdp"),
+    "layers/mlp/gate_proj/kernel": P(None, "fsdp", "tensor"),
+    "layers/mlp/up_proj/kernel": P(None, "fsdp", "tensor"),
+    "layers/post_attention_layernorm/scale": P(None, None),
+    "layers/self_attn/k_proj/bias": P(None, "tensor", None),
+    "layers/self_attn/k_proj/kernel": P(None, "fsdp", "tensor", None),
+    "layers/self_attn/o_proj/kernel": P(None, "tensor", None, "fsdp"),
+    "layers/self_attn/q_proj/bias": P(None, "tensor", None),
+    "layers/self_attn/q_proj/kernel": P(None, "fsdp", "tensor", None),
+    "layers/self_attn/v_proj/bias": P(None, "tensor", None),
+    "layers/self_attn/v_proj/kernel": P(None, "fsdp", "tensor", None),
+    "lm_head": P("fsdp", "tensor"),
+    "norm/scale": P(None),
+}
+
+
+def init(cfg):
+    return lambda: nnx.state(LlamaForCausalLM(cfg, rngs=nnx.Rngs(0)), nnx.Param)
+
+
+def batch():
+    rng = np.random.default_rng(1)
+    tokens = rng.integers(0, CFG.vocab_size, (8, 12)).astype(np.int32)
+    mask = np.ones_like(tokens, bool)
+    mask[:3, :4] = False  # left padding
+    mask[5:, 9:] = False  # right padding
+    score = np.zeros_like(mask)
+    score[:, 6:] = True
+    return {"tokens": tokens, "mask": mask, "score": score}
+
+
+def make_loss(cfg):
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: LlamaForCausalLM(cfg, rngs=nnx.Rngs(0))))
+
+    def loss(params, b, rng):
+        del rng
+        total, count = sequence_logprobs(nnx.merge(graphdef, params), b["tokens"], b["mask"], b["score"], chunk=4)
+        metric = Metric(total=-jnp.sum(total), count=jnp.sum(count))
+        return metric.total / metric.count, {"loss": metric}
+
+    return graphdef, loss
+
+
+def run(axes, cfg=CFG):
+    mesh = make_mesh(axes)
+    tx = optax.sgd(1.0)
+    state, shardings = init_train_state(init(cfg), tx, mesh, seed=0)
+    graphdef, loss = make_loss(cfg)
+    host = batch()
+    bsh = batch_shardings(host, batch_axes(host), mesh)
+    chex.clear_trace_counter()  # counts are kept per code object, across runs
+    step = jax.jit(chex.assert_max_traces(make_train_step(loss, tx), n=1),
+                   in_shardings=(shardings, bsh), out_shardings=(shardings, sh.replicated(mesh)))
+    with sh.activate(mesh):
+        logits = jax.jit(lambda p, t, m: nnx.merge(graphdef, p)(t, m))(state.params, *(
+            put_batch(host, bsh)[k] for k in ("tokens", "mask")))
+        for _ in range(2):
+            state, metrics = step(state, put_batch(host, bsh))
+    return state, jax.device_get(metrics), np.asarray(logits)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return _single_device()
+
+
+def _single_device():
+    mesh = make_mesh({"data": 1}, devices=jax.devices()[:1])
+    tx = optax.sgd(1.0)
+    state, shardings = init_train_state(init(CFG), tx, mesh, seed=0)
+    graphdef, loss = make_loss(CFG)
+    host = {k: jnp.asarray(v) for k, v in batch().items()}
+    logits = np.asarray(nnx.merge(graphdef, state.params)(host["tokens"], host["mask"]))
+    step = jax.jit(make_train_step(loss, tx))
+    for _ in range(2):
+        state, metrics = step(state, host)
+    return state, jax.device_get(metrics), logits
+
+
+def test_partition_specs_are_pinned():
+    abstract = jax.eval_shape(init(CFG))
+    shardings = sh.state_shardings(abstract, make_mesh({"fsdp": 2, "tensor": 4}))
+    specs = {p: s.get_value().spec for p, s in zip(
+        leaf_paths(abstract), jax.tree.leaves(shardings, is_leaf=lambda x: isinstance(x, nnx.Variable)))}
+    assert specs == PINNED
+
+
+@pytest.mark.parametrize("axes", [{"fsdp": 8}, {"fsdp": 2, "tensor": 4}])
+def test_sharded_forward_and_step_equal_one_device(axes, reference):
+    state, metrics, logits = run(axes)
+    ref_state, ref_metrics, ref_logits = reference
+    np.testing.assert_allclose(logits, ref_logits, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(metrics["loss"].compute(), ref_metrics["loss"].compute(), rtol=1e-5)
+    chex.assert_trees_all_close(jax.device_get(state.params), jax.device_get(ref_state.params), rtol=1e-4,
+                                atol=1e-5)
+    kernel = state.params["layers"]["self_attn"]["q_proj"]["kernel"].get_value()
+    assert kernel.sharding.spec == PINNED["layers/self_attn/q_proj/kernel"]
+
+
+def test_unrolled_and_rematerialised_layers_give_the_same_gradients(reference):
+    host = {k: jnp.asarray(v) for k, v in batch().items()}
+    params = init(CFG)()
+    grads = []
+    for cfg in (CFG, dataclasses.replace(CFG, scan_layers=False, remat="full"), dataclasses.replace(CFG, remat="dots")):
+        _, loss = make_loss(cfg)
+        grads.append(jax.jit(jax.grad(lambda p: loss(p, host, None)[0]))(params))
+    for g in grads[1:]:
+        chex.assert_trees_all_close(g, grads[0], rtol=1e-5, atol=1e-7)
