@@ -25,7 +25,7 @@ from recurrent.passes.split_states import split_states
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class CompileConfig:
-    max_fused_weight: float = 1e4
+    max_fused_weight: float = 1e5
     """Folding never creates a weight above this that neither folded factor had (numerics-aware folding)."""
     optimize: bool = True
     """Constant-lane removal, CSE and dead-lane removal (off: the lowered graph is scheduled as it is)."""

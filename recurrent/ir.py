@@ -201,10 +201,10 @@ def evaluate(graph: Graph, x_BxTxD: np.ndarray) -> np.ndarray:
     order = list(graph.lanes)
 
     def value(row: Row, vals: dict[int, np.ndarray]) -> np.ndarray:
-        acc = np.full(batch, row.bias)
+        acc = np.zeros(batch)
         for k, c in row.terms:
             acc = acc + c * vals[k]
-        return acc
+        return acc + row.bias  # the bias last, as a layer adds it (small biases survive large sums)
 
     outs = []
     for t in range(steps):

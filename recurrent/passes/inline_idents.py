@@ -29,7 +29,7 @@ def _inline(row: Row, idents: dict[int, Row], bound: float) -> Row:
     return row.substitute(chosen) if chosen else row
 
 
-def inline_idents(graph: Graph, max_fused_weight: float = 1e4) -> Graph:
+def inline_idents(graph: Graph, max_fused_weight: float = 1e5) -> Graph:
     idents: dict[int, Row] = {}
     lanes = {}
     groups = {}

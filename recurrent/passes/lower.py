@@ -55,7 +55,7 @@ class _Builder:
         return fused
 
 
-def lower(program: ForEach, max_fused_weight: float = 1e4) -> Graph:
+def lower(program: ForEach, max_fused_weight: float = 1e5) -> Graph:
     """The lane graph of a validated program (see the module docstring)."""
     if not max_fused_weight > 0:
         raise CompileError(f"lower: max_fused_weight must be positive, got {max_fused_weight}")
