@@ -1,0 +1,125 @@
+"""Tokenizers for the causal LM: transformers' fast tokenizers from a local directory (or built from GGUF
+metadata, see ``bfpo.model.load_gguf``), chat templates applied through them, and an in-repo byte-level
+tokenizer for tests that needs no files at all.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from bfpo.errors import DataError
+
+Message = dict[str, str]
+
+# ChatML, the format of SmolLM2-Instruct and Qwen2 chat models.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+BYTE_SPECIALS = ("<|pad|>", "<|bos|>", "<|eos|>", "<|im_start|>", "<|im_end|>", "<|reserved_0|>",
+                 "<|reserved_1|>", "<|reserved_2|>")
+
+
+def byte_alphabet() -> list[str]:
+    """The printable stand-in character of each byte 0..255 used by byte-level BPE (Radford et al. 2019):
+    printable Latin-1 bytes map to themselves, the others to the code points from 256 upwards, in order."""
+    printable = set(range(ord("!"), ord("~") + 1)) | set(range(0xA1, 0xAC + 1)) | set(range(0xAE, 0xFF + 1))
+    out, extra = [], 0
+    for b in range(256):
+        if b in printable:
+            out.append(chr(b))
+        else:
+            out.append(chr(256 + extra))
+            extra += 1
+    return out
+
+
+class Tokenizer:
+    """A transformers fast tokenizer plus the ids generation and batching need."""
+
+    def __init__(self, hf_tokenizer, *, stop_tokens: Sequence[str] = ()):
+        self.hf = hf_tokenizer
+        if self.hf.eos_token_id is None:
+            raise DataError("tokenizer has no eos_token; set one so that generation can stop")
+        stops = {self.hf.eos_token_id}
+        for token in stop_tokens:
+            token_id = self.hf.convert_tokens_to_ids(token)
+            if token_id is None or token_id == self.hf.unk_token_id:
+                raise DataError(f"stop token {token!r} is not in the vocabulary")
+            stops.add(token_id)
+        self.stop_ids: tuple[int, ...] = tuple(sorted(stops))
+
+    @classmethod
+    def from_directory(cls, path: str | os.PathLike, *, stop_tokens: Sequence[str] = ()) -> "Tokenizer":
+        """From a local directory holding ``tokenizer.json`` (and its config); nothing is downloaded."""
+        from transformers import AutoTokenizer
+
+        path = Path(path)
+        if not path.is_dir():
+            raise DataError(f"{path}: not a local tokenizer directory (tokenizers are loaded from local files only)")
+        try:
+            hf = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        except (OSError, ValueError) as e:
+            raise DataError(f"{path}: could not load a tokenizer ({e})") from e
+        return cls(hf, stop_tokens=stop_tokens)
+
+    @classmethod
+    def byte_level(cls) -> "Tokenizer":
+        """256 byte tokens (id = byte value) and 8 specials (256..263): pad, bos, eos, ChatML markers, reserved.
+
+        Exact and lossless on any UTF-8 text, with a ChatML chat template; it matches ``LlamaConfig.tiny()``.
+        """
+        from tokenizers import Tokenizer as RawTokenizer
+        from tokenizers import decoders, models, pre_tokenizers
+        from transformers import PreTrainedTokenizerFast
+
+        vocab = {char: i for i, char in enumerate(byte_alphabet())}
+        raw = RawTokenizer(models.BPE(vocab=vocab, merges=[]))
+        raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+        raw.decoder = decoders.ByteLevel()
+        raw.add_special_tokens(list(BYTE_SPECIALS))
+        hf = PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="<|pad|>", bos_token="<|bos|>",
+                                     eos_token="<|eos|>")
+        hf.chat_template = CHATML_TEMPLATE
+        return cls(hf, stop_tokens=("<|im_end|>",))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.hf)
+
+    @property
+    def pad_id(self) -> int:
+        """The padding id (the EOS id when the tokenizer defines none: padded positions are masked anyway)."""
+        return self.hf.pad_token_id if self.hf.pad_token_id is not None else self.hf.eos_token_id
+
+    @property
+    def eos_id(self) -> int:
+        return self.hf.eos_token_id
+
+    @property
+    def bos_id(self) -> int | None:
+        return self.hf.bos_token_id
+
+    def encode(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
+        return list(self.hf.encode(text, add_special_tokens=add_special_tokens))
+
+    def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
+        return self.hf.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def chat_text(self, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> str:
+        """The conversation rendered by the tokenizer's chat template."""
+        if not self.hf.chat_template:
+            raise DataError("tokenizer has no chat_template; set one or format the prompt yourself")
+        for i, message in enumerate(messages):
+            if not isinstance(message, dict) or not {"role", "content"} <= set(message):
+                raise DataError(f"messages[{i}]: expected a dict with 'role' and 'content', got {message!r}")
+        return self.hf.apply_chat_template(list(messages), tokenize=False,
+                                           add_generation_prompt=add_generation_prompt)
+
+    def encode_chat(self, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> list[int]:
+        """Token ids of the rendered conversation; special tokens come from the template, none are added."""
+        return self.encode(self.chat_text(messages, add_generation_prompt=add_generation_prompt))
