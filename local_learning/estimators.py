@@ -1,0 +1,148 @@
+"""Per-module gradient estimators: how one module turns its local objective into a parameter update.
+
+Each estimator receives the module's sum-reduced loss ``loss_fn(params, h_in, probe) -> (L_k, LocalAux)``
+(see ``network.local_loss``), its stop-gradient input h_in, the zero probe at its head's input, the target
+t = sg[g_out^(k-1)] handed forward by the previous module (None for module 1), and returns a ``ModuleGrads``:
+the gradient (or its estimate) of
+
+    J_k = L_k / B + lambda * D(g_in^(k), t)                     (reconcile.py)
+
+w.r.t. the module's parameters, g_in^(k) = dL_k/dh_in, and g_out^(k) = dL_k/dprobe to hand forward.
+
+* ``backprop`` (local BP, the default): exact, by reverse mode inside the module; the SGR term by the jvp form
+  or the direct double-reverse form.
+* ``forward_gradient`` (BP-free; Baydin et al., 2022, "Gradients without backpropagation"): with v ~ N(0, I)
+  over the parameters, the unbiased estimate (dJ/dtheta . v) v from one forward-mode pass. The boundary
+  gradients are estimated the same way, g_in ~ (dL/dh . u) u and g_out ~ (dL/dp . w) w with u, w ~ N(0, I),
+  so the SGR term uses forward mode only (forward over forward).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from local_learning import reconcile
+from local_learning.errors import ConfigError
+
+ESTIMATOR_NAMES = ("backprop", "forward_gradient")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ReconcileConfig:
+    weight: float = 0.0
+    """lambda: the weight of the SGR term (0 turns it off)."""
+    distance: str = "sq_l2"
+    """D: ``sq_l2``, ``l2`` or ``cosine``."""
+    impl: str = "jvp"
+    """``jvp`` (reverse over forward) or ``direct`` (reverse over reverse); both exact."""
+    placement: str = "input_side"
+    """``input_side``: module k pulls g_in^(k) toward g_out^(k-1); ``output_side``: the reverse, on module k-1."""
+
+    def __post_init__(self):
+        if not self.weight >= 0:
+            raise ConfigError(f"ReconcileConfig.weight={self.weight}: must be >= 0")
+        if self.distance not in reconcile.DISTANCES:
+            raise ConfigError(f"ReconcileConfig.distance={self.distance!r}: expected one of {sorted(reconcile.DISTANCES)}")
+        if self.impl not in reconcile.SGR_IMPLS:
+            raise ConfigError(f"ReconcileConfig.impl={self.impl!r}: expected one of {reconcile.SGR_IMPLS}")
+        if self.placement not in reconcile.PLACEMENTS:
+            raise ConfigError(f"ReconcileConfig.placement={self.placement!r}: expected one of {reconcile.PLACEMENTS}")
+
+    @property
+    def active(self) -> bool:
+        return self.weight > 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ModuleGrads:
+    grads: Any
+    loss_sum: jax.Array
+    aux: Any  # network.LocalAux
+    g_in: jax.Array | None
+    g_out: jax.Array
+    term: jax.Array  # D (0 where the term is off)
+
+
+jax.tree_util.register_dataclass(
+    ModuleGrads, data_fields=["grads", "loss_sum", "aux", "g_in", "g_out", "term"], meta_fields=[]
+)
+
+LossFn = Callable[[Any, jax.Array, jax.Array], tuple[jax.Array, Any]]
+
+
+def local_backprop(loss_fn: LossFn, params, h_in, probe, target, *, scale: float, rc: ReconcileConfig,
+                   need_g_in: bool, rng: jax.Array | None = None) -> ModuleGrads:
+    """Exact gradient of J_k by reverse mode inside the module."""
+    del rng
+    sgr = rc.active and rc.placement == "input_side" and target is not None
+    zero = jnp.zeros((), jnp.float32)
+    if sgr and rc.impl == "direct":
+        distance = reconcile.get_distance(rc.distance)
+
+        def objective(p):
+            (loss, aux), (g_in, g_out) = jax.value_and_grad(loss_fn, argnums=(1, 2), has_aux=True)(p, h_in, probe)
+            d = distance(g_in, target)
+            return loss * scale + rc.weight * d, (loss, aux, g_in, g_out, d)
+
+        (_, (loss, aux, g_in, g_out, d)), grads = jax.value_and_grad(objective, has_aux=True)(params)
+        return ModuleGrads(grads, loss, aux, g_in, g_out, d)
+
+    argnums = (0, 1, 2) if (need_g_in or sgr) else (0, 2)
+    (loss, aux), grads_all = jax.value_and_grad(loss_fn, argnums=argnums, has_aux=True)(params, h_in, probe)
+    grads = jax.tree.map(lambda g: g * scale, grads_all[0])
+    g_out = grads_all[-1]
+    g_in = grads_all[1] if len(argnums) == 3 else None
+    d = zero
+    if sgr:
+        scalar = lambda p, x: loss_fn(p, x, probe)[0]  # noqa: E731
+        d, term_grads = reconcile.term_jvp(scalar, params, h_in, g_in, target, reconcile.get_distance(rc.distance))
+        grads = jax.tree.map(lambda a, b: a + rc.weight * b, grads, term_grads)
+    return ModuleGrads(grads, loss, aux, g_in, g_out, d)
+
+
+def _normal_like(rng, tree):
+    leaves, treedef = jax.tree.flatten(tree)
+    keys = jax.random.split(rng, max(len(leaves), 1))
+    return treedef.unflatten([jax.random.normal(k, x.shape, jnp.float32).astype(x.dtype) for k, x in zip(keys, leaves)])
+
+
+def forward_gradient(loss_fn: LossFn, params, h_in, probe, target, *, scale: float, rc: ReconcileConfig,
+                     need_g_in: bool, rng: jax.Array | None = None) -> ModuleGrads:
+    """Unbiased forward-mode estimate (dJ/dtheta . v) v, v ~ N(0, I); no reverse pass anywhere."""
+    if rng is None:
+        raise ConfigError("estimator 'forward_gradient' needs a random key (rng)")
+    k_v, k_u, k_w = jax.random.split(rng, 3)
+    v = _normal_like(k_v, params)
+    u = _normal_like(k_u, h_in)
+    w = _normal_like(k_w, probe)
+    sgr = rc.active and rc.placement == "input_side" and target is not None
+    distance = reconcile.get_distance(rc.distance)
+
+    def g_in_estimate(p):
+        dl = jax.jvp(lambda x: loss_fn(p, x, probe)[0], (h_in,), (u,))[1]
+        return dl * u
+
+    def objective(p):
+        loss, aux = loss_fn(p, h_in, probe)
+        d = distance(g_in_estimate(p), target) if sgr else jnp.zeros((), jnp.float32)
+        return loss * scale + rc.weight * d, (loss, aux, d)
+
+    (_, (loss, aux, d)), (dj, _) = jax.jvp(objective, (params,), (v,))
+    grads = jax.tree.map(lambda x: dj.astype(x.dtype) * x, v)
+    g_out = jax.jvp(lambda z: loss_fn(params, h_in, z)[0], (probe,), (w,))[1] * w
+    g_in = g_in_estimate(params) if (need_g_in or sgr) else None
+    return ModuleGrads(grads, loss, aux, g_in, g_out, d)
+
+
+ESTIMATORS = {"backprop": local_backprop, "forward_gradient": forward_gradient}
+
+
+def get_estimator(name: str):
+    if name not in ESTIMATORS:
+        raise ConfigError(f"estimator {name!r}: expected one of {sorted(ESTIMATORS)}")
+    return ESTIMATORS[name]

@@ -1,0 +1,120 @@
+"""Successive gradient reconciliation (SGR): the gradient-distance regulariser between neighbouring modules.
+
+Yang et al., "Towards Interpretable Deep Local Learning with Successive Gradient Reconciliation", ICML 2024.
+With L_k the sum-reduced local loss of module k and h_{k-1} its (stop-gradient) input, the two gradients at the
+boundary are
+
+    g_in^(k)    = dL_k / dh_{k-1}        (through f_k and a_k; a function of theta_k, phi_k)
+    g_out^(k-1) = dL_{k-1} / dh_{k-1}    (through a_{k-1} only; handed forward by module k-1 as a constant)
+
+and module k >= 2 minimises (``placement="input_side"``)
+
+    J_k = L_k / B + lambda * D(g_in^(k), sg[g_out^(k-1)]).
+
+With ``placement="output_side"`` the term sits on module k-1 instead: D(g_out^(k-1), sg[g_in^(k)]) is added to
+J_{k-1}. Gradients of *sum*-reduced losses make the per-example gradients, and so D (a mean over examples),
+independent of the batch size.
+
+Distances D(g, t) over examples i (each g_i, t_i flattened):
+    sq_l2:  mean_i ||g_i - t_i||^2
+    l2:     mean_i ||g_i - t_i||
+    cosine: mean_i (1 - <g_i, t_i> / (||g_i|| ||t_i||))
+
+Two exact ways to get dJ_k/dtheta for the regulariser:
+* ``direct``: reverse over reverse, the gradient of a function that itself takes ``jax.grad`` w.r.t. h.
+* ``jvp``: with u = sg[dD/dg] at g = g_in,  d/dtheta D(g_in(theta), t) = d/dtheta <g_in(theta), u>, and
+  <dL/dh, u> is the directional derivative of L along u, a ``jax.jvp``; so the term's gradient is reverse
+  over forward of one scalar, after an ordinary backward pass has produced g_in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from local_learning.errors import ConfigError
+
+Distance = Callable[[jax.Array, jax.Array], jax.Array]
+
+_TINY = 1e-30
+
+
+def _per_example(x):
+    return x.reshape(x.shape[0], -1).astype(jnp.float32)
+
+
+def _safe_norm(x_BxF):
+    """||x|| with a zero (not NaN) derivative at x = 0."""
+    sq = jnp.sum(jnp.square(x_BxF), axis=-1)
+    positive = sq > _TINY
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
+
+
+def squared_l2(g, t):
+    """mean_i ||g_i - t_i||^2."""
+    return jnp.mean(jnp.sum(jnp.square(_per_example(g) - _per_example(t)), axis=-1))
+
+
+def l2(g, t):
+    """mean_i ||g_i - t_i||."""
+    return jnp.mean(_safe_norm(_per_example(g) - _per_example(t)))
+
+
+def cosine_similarity(g, t):
+    """Per-example cosine <g_i, t_i> / (||g_i|| ||t_i||), 0 where either vector is 0."""
+    g, t = _per_example(g), _per_example(t)
+    denom = _safe_norm(g) * _safe_norm(t)
+    return jnp.where(denom > 0, jnp.sum(g * t, axis=-1) / jnp.where(denom > 0, denom, 1.0), 0.0)
+
+
+def cosine(g, t):
+    """mean_i (1 - cos(g_i, t_i))."""
+    return jnp.mean(1.0 - cosine_similarity(g, t))
+
+
+DISTANCES: dict[str, Distance] = {"sq_l2": squared_l2, "l2": l2, "cosine": cosine}
+
+
+def get_distance(name: str) -> Distance:
+    if name not in DISTANCES:
+        raise ConfigError(f"SGR distance {name!r}: expected one of {sorted(DISTANCES)}")
+    return DISTANCES[name]
+
+
+def input_gradient(scalar_fn: Callable[[Any, jax.Array], jax.Array], params, x) -> jax.Array:
+    """d scalar_fn(params, x) / dx."""
+    return jax.grad(scalar_fn, argnums=1)(params, x)
+
+
+def term_direct(scalar_fn, params, x, target, distance: Distance) -> tuple[jax.Array, Any]:
+    """(D(dF/dx, t), dD/dparams) by reverse over reverse; ``scalar_fn(params, x)`` is the sum-reduced loss F."""
+
+    def term(p):
+        return distance(input_gradient(scalar_fn, p, x), target)
+
+    return jax.value_and_grad(term)(params)
+
+
+def term_jvp(scalar_fn, params, x, g, target, distance: Distance) -> tuple[jax.Array, Any]:
+    """(D(g, t), dD/dparams) by reverse over forward, given g = dF/dx at (params, x) from a previous pass.
+
+    Exact: dD/dtheta = (dg/dtheta)^T u with u = dD/dg, and (dg/dtheta)^T u = d/dtheta <dF/dx, u>, where
+    <dF/dx, u> = jvp of F along u in x.
+    """
+    value, u = jax.value_and_grad(distance)(g, target)
+    u = jax.lax.stop_gradient(u)
+    # Tie the second pass's inputs to u so XLA neither starts it before the first backward has finished nor
+    # merges its forward with the first pass's (which would keep both passes' activations alive at once).
+    params, x, u = jax.lax.optimization_barrier((params, x, u))
+
+    def directional(p):
+        return jax.jvp(lambda xx: scalar_fn(p, xx), (x,), (u.astype(x.dtype),))[1]
+
+    return value, jax.grad(directional)(params)
+
+
+SGR_IMPLS = ("jvp", "direct")
+PLACEMENTS = ("input_side", "output_side")

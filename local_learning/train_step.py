@@ -1,0 +1,287 @@
+"""Executors: one training step of a ``LocalNetwork`` under global BP, checkpointed BP, or local learning.
+
+Local learning (``make_local_step``): for k = 1..K, module k takes the stop-gradient pair
+(h_{k-1}, g_out^(k-1)) from module k-1, runs its own ``value_and_grad`` of J_k (estimators.py), and hands
+(sg[h_k], sg[g_out^(k)]) forward. No gradient crosses a module boundary. All modules update at once from the
+same batch (non-greedy, simultaneous training), with one optimizer step.
+
+Memory: module k's activations must be dead before module k+1 runs. Module k+1's forward needs only h_k, so
+inside one XLA program the scheduler could run every forward first and keep all modules' residuals alive at
+once; an ``optimization_barrier`` over (h_k, g_out^(k), module k's gradients) makes module k+1 wait for module
+k's backward. ``make_host_loop_step`` instead runs each module as its own compiled program (K + 1 programs per
+step), the layout whose peak is exactly the largest module's; the two give identical updates.
+
+Global BP (``make_bp_step``) backpropagates the last head's loss through every module (the auxiliary heads
+are unused), optionally with every block under ``jax.checkpoint`` (gradient checkpointing, the honest memory
+baseline). Variables are ``{"params": [...], "stats": [...]}`` as in network.py; the train state keeps the
+BatchNorm statistics as its frozen (non-trainable) leaves and each step writes the new ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from local_learning import network, reconcile
+from local_learning.errors import ConfigError
+from local_learning.estimators import ESTIMATOR_NAMES, ModuleGrads, ReconcileConfig, get_estimator
+from runtime.metrics import Metric
+from runtime.train_state import TrainState, merge_by_mask, split_by_mask
+
+Batch = dict[str, jax.Array]  # {"image": f32[B, H, W, C], "label": i32[B]}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LocalConfig:
+    reconcile: ReconcileConfig = ReconcileConfig()
+    estimator: str = "backprop"
+    """``backprop`` (local BP) or ``forward_gradient`` (BP-free)."""
+    ordered: bool = True
+    """Chain modules through an optimization barrier so that at most one module's activations are alive."""
+    diagnostics: bool = True
+    """Compute g_in^(k) for k >= 2 even without SGR, for the reconciliation cosine."""
+
+    def __post_init__(self):
+        if self.estimator not in ESTIMATOR_NAMES:
+            raise ConfigError(f"LocalConfig.estimator={self.estimator!r}: expected one of {ESTIMATOR_NAMES}")
+
+
+def trainable(path: str) -> bool:
+    """Trainable-mask predicate over train-state parameter paths: parameters train, BatchNorm statistics do not."""
+    return path.startswith("params/")
+
+
+def _accuracy(logits, labels):
+    return Metric.from_values((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
+
+
+def apply_update(state: TrainState, grads: list, new_stats: list, tx: optax.GradientTransformation) -> TrainState:
+    """One optimizer step on every module's parameters; the BatchNorm statistics are replaced by ``new_stats``."""
+    train, _ = state.split_params()
+    grads_full, _ = split_by_mask({"params": grads, "stats": state.params["stats"]}, state.trainable)
+    updates, opt_state = tx.update(grads_full, state.opt_state, train)
+    train = optax.apply_updates(train, updates)
+    _, frozen = split_by_mask({"params": state.params["params"], "stats": new_stats}, state.trainable)
+    return state.replace(step=state.step + 1, params=merge_by_mask(train, frozen), opt_state=opt_state)
+
+
+def module_gradients(netdef: network.NetworkDef, cfg: LocalConfig, k: int, params, stats, h_in, target, labels,
+                     rng) -> ModuleGrads:
+    """Module k's estimator on its local objective J_k (0-based k; ``target`` is None for the first module)."""
+    gdef = netdef.graphdefs[k]
+
+    def loss_fn(p, x, probe):
+        return network.local_loss(gdef, p, stats, x, probe, labels, train=True)
+
+    probe = _probe(gdef, params, stats, h_in)
+    estimator = get_estimator(cfg.estimator)
+    return estimator(loss_fn, params, h_in, probe, target, scale=1.0 / labels.shape[0], rc=cfg.reconcile,
+                     need_g_in=(cfg.diagnostics and k > 0) or cfg.reconcile.placement == "output_side", rng=rng)
+
+
+def _probe(gdef, params, stats, h_in):
+    out = jax.eval_shape(lambda p, s, x: network.module_features(gdef, p, s, x, train=True)[0], params, stats, h_in)
+    return jnp.zeros(out.shape, out.dtype)
+
+
+def _module_metrics(k: int, res: ModuleGrads, labels, target, cfg: LocalConfig) -> dict[str, Metric]:
+    b = labels.shape[0]
+    n = k + 1
+    out = {
+        f"loss_{n}": Metric.from_mean(res.loss_sum / b, b),
+        f"accuracy_{n}": _accuracy(res.aux.logits, labels),
+    }
+    if target is not None and res.g_in is not None:
+        out[f"cos_{n}"] = Metric.from_values(reconcile.cosine_similarity(res.g_in, target))
+    if cfg.reconcile.active and k > 0 and cfg.reconcile.placement == "input_side":
+        out[f"sgr_{n}"] = Metric.from_mean(res.term, b)
+    return out
+
+
+def output_side_terms(netdef, cfg: LocalConfig, k: int, params, stats, h_in, labels, target_g_in):
+    """(D(g_out^(k), sg[g_in^(k+1)]), its gradient w.r.t. module k's parameters): the ``output_side`` placement.
+
+    g_out^(k) depends on the module's blocks (through h_k) and on its head.
+    """
+    gdef = netdef.graphdefs[k]
+    probe = _probe(gdef, params, stats, h_in)
+    distance = reconcile.get_distance(cfg.reconcile.distance)
+
+    def scalar(p, z):
+        return network.local_loss(gdef, p, stats, h_in, z, labels, train=True)[0]
+
+    if cfg.reconcile.impl == "direct":
+        return reconcile.term_direct(scalar, params, probe, target_g_in, distance)
+    g_out = reconcile.input_gradient(scalar, params, probe)
+    return reconcile.term_jvp(scalar, params, probe, g_out, target_g_in, distance)
+
+
+def local_step_fn(netdef: network.NetworkDef, cfg: LocalConfig, params: list, stats: list, batch: Batch,
+                  rng: jax.Array) -> tuple[list, list, dict[str, Metric]]:
+    """(gradients, new statistics, metrics) of one local-learning step: the modules in sequence, isolated."""
+    labels = batch["label"]
+    h = batch["image"]
+    target = None
+    grads, new_stats, metrics, inputs, g_ins = [], [], {}, [], []
+    for k in range(netdef.num_modules):
+        h_in = jax.lax.stop_gradient(h)
+        res = module_gradients(netdef, cfg, k, params[k], stats[k], h_in, target, labels, jax.random.fold_in(rng, k))
+        metrics.update(_module_metrics(k, res, labels, target, cfg))
+        h_out, g_out, g = res.aux.h_out, res.g_out, res.grads
+        if cfg.ordered:
+            h_out, g_out, g = jax.lax.optimization_barrier((h_out, g_out, g))
+        grads.append(g)
+        new_stats.append(res.aux.stats)
+        inputs.append(h_in)
+        g_ins.append(res.g_in)
+        h, target = h_out, jax.lax.stop_gradient(g_out)
+    if cfg.reconcile.active and cfg.reconcile.placement == "output_side":
+        for k in range(netdef.num_modules - 1):
+            t = jax.lax.stop_gradient(g_ins[k + 1])
+            d, tg = output_side_terms(netdef, cfg, k, params[k], stats[k], inputs[k], labels, t)
+            grads[k] = jax.tree.map(lambda a, b: a + cfg.reconcile.weight * b, grads[k], tg)
+            metrics[f"sgr_{k + 1}"] = Metric.from_mean(d, labels.shape[0])
+    last = netdef.num_modules
+    metrics["loss"] = metrics[f"loss_{last}"]
+    metrics["accuracy"] = metrics[f"accuracy_{last}"]
+    return grads, new_stats, metrics
+
+
+def make_local_step(netdef: network.NetworkDef, cfg: LocalConfig, tx: optax.GradientTransformation):
+    """``step(state, batch) -> (state, metrics)``: one program, modules chained in order (see module docstring)."""
+
+    def step(state: TrainState, batch: Batch):
+        rng = jax.random.fold_in(state.rng, state.step)
+        grads, new_stats, metrics = local_step_fn(
+            netdef, cfg, state.params["params"], state.params["stats"], batch, rng)
+        new_state = apply_update(state, grads, new_stats, tx)
+        metrics["grad_norm"] = Metric.scalar(optax.global_norm(grads))
+        return new_state, metrics
+
+    return step
+
+
+def make_host_loop_step(netdef: network.NetworkDef, cfg: LocalConfig, tx: optax.GradientTransformation):
+    """``step(state, batch)`` that runs each module as its own jitted program, then one update program.
+
+    Returns (step, programs) where ``programs`` is the list of jitted module functions followed by the update,
+    for memory measurement. Supports the ``input_side`` placement only (``output_side`` needs module k+1's
+    gradient before module k can finish, which a host loop would have to hold on to).
+    """
+    if cfg.reconcile.active and cfg.reconcile.placement != "input_side":
+        raise ConfigError("make_host_loop_step supports ReconcileConfig.placement='input_side' only")
+
+    def module_program(k, params, stats, h_in, target, labels, rng):
+        res = module_gradients(netdef, cfg, k, params, stats, h_in, target, labels, rng)
+        return res, _module_metrics(k, res, labels, target, cfg)
+
+    programs = [jax.jit(functools.partial(module_program, k)) for k in range(netdef.num_modules)]
+
+    def update(state, grads, new_stats, metrics):
+        new_state = apply_update(state, grads, new_stats, tx)
+        metrics = dict(metrics)
+        metrics["grad_norm"] = Metric.scalar(optax.global_norm(grads))
+        return new_state, metrics
+
+    update_jit = jax.jit(update, donate_argnums=0)
+
+    def step(state: TrainState, batch: Batch):
+        rng = jax.random.fold_in(state.rng, state.step)
+        labels, h, target = batch["label"], batch["image"], None
+        grads, new_stats, metrics = [], [], {}
+        for k, program in enumerate(programs):
+            res, m = program(state.params["params"][k], state.params["stats"][k], h, target, labels,
+                             jax.random.fold_in(rng, k))
+            grads.append(res.grads)
+            new_stats.append(res.aux.stats)
+            metrics.update(m)
+            h, target = res.aux.h_out, res.g_out
+        last = netdef.num_modules
+        metrics["loss"] = metrics[f"loss_{last}"]
+        metrics["accuracy"] = metrics[f"accuracy_{last}"]
+        return update_jit(state, grads, new_stats, metrics)
+
+    return step, programs + [update_jit]
+
+
+def _run_block(block: nnx.Module, h, remat: bool):
+    if not remat:
+        return block(h, train=True)
+    gdef, st = nnx.split(block)
+
+    def call(st, h):
+        b = nnx.merge(gdef, st)
+        y = b(h, train=True)
+        return y, nnx.state(b)
+
+    y, new_st = jax.checkpoint(call)(st, h)
+    nnx.update(block, new_st)
+    return y
+
+
+def global_loss(netdef: network.NetworkDef, params: list, stats: list, batch: Batch, *, remat: bool = False):
+    """(mean CE of the last head through all modules, (logits, new statistics)): global BP's objective."""
+    h = batch["image"]
+    stages = [nnx.merge(g, p, s, copy=True) for g, p, s in zip(netdef.graphdefs, params, stats)]
+    for stage in stages:
+        for block in stage.blocks:
+            h = _run_block(block, h, remat)
+    logits = stages[-1].logits(h, train=True)
+    loss = jnp.mean(network.cross_entropy(logits, batch["label"]))
+    return loss, (logits, [nnx.state(s, nnx.BatchStat) for s in stages])
+
+
+def make_bp_step(netdef: network.NetworkDef, tx: optax.GradientTransformation, *, remat: bool = False):
+    """``step(state, batch)`` of global backpropagation (``remat=True``: every block gradient-checkpointed)."""
+
+    def step(state: TrainState, batch: Batch):
+        (loss, (logits, new_stats)), grads = jax.value_and_grad(
+            lambda p: global_loss(netdef, p, state.params["stats"], batch, remat=remat), has_aux=True
+        )(state.params["params"])
+        b = batch["label"].shape[0]
+        metrics = {"loss": Metric.from_mean(loss, b), "accuracy": _accuracy(logits, batch["label"]),
+                   "grad_norm": Metric.scalar(optax.global_norm(grads))}
+        return apply_update(state, grads, new_stats, tx), metrics
+
+    return step
+
+
+def local_objectives(netdef: network.NetworkDef, cfg: ReconcileConfig, params: list, stats: list,
+                     batch: Batch) -> list[jax.Array]:
+    """[J_1, ..., J_K] as functions of *all* modules' parameters, every module input and target behind
+    ``stop_gradient`` (``input_side`` placement).
+
+    A correctness reference: the gradient of sum_k J_k w.r.t. module k's parameters is module k's local
+    gradient, and dJ_k/dtheta_j = 0 for j != k. Not a memory-faithful way to train: one ``jax.grad`` of the sum
+    keeps every module's residuals alive.
+    """
+    labels = batch["label"]
+    b = labels.shape[0]
+    distance = reconcile.get_distance(cfg.distance)
+    h, target, out = batch["image"], None, []
+    for k, gdef in enumerate(netdef.graphdefs):
+        h_in = jax.lax.stop_gradient(h)
+        probe = _probe(gdef, params[k], stats[k], h_in)
+
+        def loss_fn(p, x, z, gdef=gdef, k=k):
+            return network.local_loss(gdef, p, stats[k], x, z, labels, train=True)
+
+        (loss, aux), (g_in, g_out) = jax.value_and_grad(loss_fn, argnums=(1, 2), has_aux=True)(params[k], h_in, probe)
+        objective = loss / b
+        if cfg.active and target is not None and cfg.placement == "input_side":
+            objective = objective + cfg.weight * distance(g_in, target)
+        out.append(objective)
+        h, target = aux.h_out, jax.lax.stop_gradient(g_out)
+    return out
+
+
+def make_predict(netdef: network.NetworkDef) -> Callable[[Any, jax.Array], list[jax.Array]]:
+    """Jitted ``predict(variables, images) -> [logits of each module's head]`` in inference mode."""
+    return jax.jit(lambda variables, x: network.predict(netdef, variables, x, train=False))
