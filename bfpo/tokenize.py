@@ -46,11 +46,11 @@ class Tokenizer:
         if self.hf.eos_token_id is None:
             raise DataError("tokenizer has no eos_token; set one so that generation can stop")
         stops = {self.hf.eos_token_id}
+        vocab = self.hf.get_vocab()
         for token in stop_tokens:
-            token_id = self.hf.convert_tokens_to_ids(token)
-            if token_id is None or token_id == self.hf.unk_token_id:
+            if token not in vocab:
                 raise DataError(f"stop token {token!r} is not in the vocabulary")
-            stops.add(token_id)
+            stops.add(vocab[token])
         self.stop_ids: tuple[int, ...] = tuple(sorted(stops))
 
     @classmethod

@@ -1,5 +1,7 @@
 """Reference models for the LM tests: transformers' PyTorch implementations on tiny random configs."""
 
+from pathlib import Path
+
 import numpy as np
 
 ARCHS = ("llama", "qwen2", "mistral")
@@ -45,3 +47,113 @@ def hf_logits(model, tokens: np.ndarray) -> np.ndarray:
 
     with torch.no_grad():
         return model(torch.as_tensor(np.asarray(tokens, np.int64))).logits.float().numpy()
+
+
+def llama_cpp_permute(w: np.ndarray, heads: int) -> np.ndarray:
+    """llama.cpp's converter layout for Q/K rows: per head, interleave the two rotary halves."""
+    return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+GGUF_NAMES = {
+    "input_layernorm.weight": "attn_norm.weight", "post_attention_layernorm.weight": "ffn_norm.weight",
+    "self_attn.q_proj.weight": "attn_q.weight", "self_attn.k_proj.weight": "attn_k.weight",
+    "self_attn.v_proj.weight": "attn_v.weight", "self_attn.o_proj.weight": "attn_output.weight",
+    "mlp.gate_proj.weight": "ffn_gate.weight", "mlp.up_proj.weight": "ffn_up.weight",
+    "mlp.down_proj.weight": "ffn_down.weight",
+}
+CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def tiny_bpe():
+    """A byte-level BPE vocabulary: 256 bytes, a few merges, three specials (ids 0-2), 264 tokens in all."""
+    from bfpo.tokenize import byte_alphabet
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    merges = [("h", "e"), ("l", "l"), ("he", "ll"), ("Ġ", "t"), ("o", "Ġ")]
+    tokens = specials + byte_alphabet() + ["".join(m) for m in merges]
+    return tokens, [3] * 3 + [1] * (len(tokens) - 3), [" ".join(m) for m in merges]
+
+
+def write_tiny_gguf(model, path, qtypes: dict[str, str], skip: tuple[str, ...] = ()):
+    """Writes a transformers Llama model as a llama.cpp-style GGUF file: permuted Q/K rows, each tensor in the
+    quantisation type of the first ``qtypes`` key that its GGUF name contains (F32 otherwise)."""
+    import gguf
+    from gguf import quants
+
+    cfg = model.config
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_rope_dimension_count(cfg.head_dim)
+    w.add_vocab_size(cfg.vocab_size)
+    tokens, types, merges = tiny_bpe()
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_chat_template(CHAT_TEMPLATE)
+    for name, tensor in model.state_dict().items():
+        x = tensor.float().numpy()
+        if name == "model.embed_tokens.weight":
+            g = "token_embd.weight"
+        elif name == "model.norm.weight":
+            g = "output_norm.weight"
+        elif name == "lm_head.weight":
+            g = "output.weight"
+        else:
+            parts = name.split(".")
+            g = f"blk.{parts[2]}." + GGUF_NAMES[".".join(parts[3:])]
+        if g in skip:
+            continue
+        if g.endswith("attn_q.weight"):
+            x = llama_cpp_permute(x, cfg.num_attention_heads)
+        elif g.endswith("attn_k.weight"):
+            x = llama_cpp_permute(x, cfg.num_key_value_heads)
+        kind = next((q for key, q in qtypes.items() if key in g), "F32")
+        qtype = getattr(gguf.GGMLQuantizationType, kind)
+        if kind == "F32":
+            w.add_tensor(g, x.astype(np.float32))
+        else:
+            data = quants.quantize(x, qtype)
+            w.add_tensor(g, data, raw_shape=data.shape, raw_dtype=qtype)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def transformers_from_gguf(path):
+    """transformers' own reading of a GGUF file (its dequantisation and Q/K un-permutation) as a PyTorch model.
+
+    ``from_pretrained(gguf_file=...)`` needs the accelerate package; without it the same reader is called
+    directly and the tensors are loaded with ``load_state_dict``.
+    """
+    import importlib.util
+
+    import torch
+    import transformers
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    path = str(path)
+    if importlib.util.find_spec("accelerate") is not None:
+        return transformers.AutoModelForCausalLM.from_pretrained(
+            str(Path(path).parent), gguf_file=Path(path).name, attn_implementation="eager").eval()
+    config = transformers.AutoConfig.from_pretrained(str(Path(path).parent), gguf_file=Path(path).name)
+    config._attn_implementation = "eager"
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    tensors = load_gguf_checkpoint(path, return_tensors=True, model_to_load=model)["tensors"]
+    state = {k: torch.as_tensor(np.asarray(v)) for k, v in tensors.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected and all("lm_head" in m for m in missing), (missing, unexpected)
+    if missing:
+        model.tie_weights()
+    return model

