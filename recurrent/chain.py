@@ -124,11 +124,12 @@ def summarize(chain: Chain) -> ChainSummary:
     )
 
 
-def evaluate(chain: Chain, x_BxTxD: np.ndarray) -> np.ndarray:
-    """The chain's outputs (B, T, O) in NumPy float64, layer by layer over whole sequences."""
-    h = np.asarray(x_BxTxD, dtype=np.float64)
+def evaluate(chain: Chain, x_BxTxD: np.ndarray, dtype=np.float64) -> np.ndarray:
+    """The chain's outputs (B, T, O) in NumPy (float64 by default), layer by layer over whole sequences."""
+    cast = lambda a: np.asarray(a, dtype=dtype)  # noqa: E731
+    h = cast(x_BxTxD)
     for layer in chain.layers:
-        z = h @ layer.weight.T + layer.bias
+        z = h @ cast(layer.weight).T + cast(layer.bias)
         if layer.kind == "relu":
             h = np.maximum(z, 0.0)
         elif layer.kind == "mul":
@@ -136,10 +137,11 @@ def evaluate(chain: Chain, x_BxTxD: np.ndarray) -> np.ndarray:
             h = z[..., :w] * z[..., w:]
         else:
             r = layer.recurrent
-            s = np.broadcast_to(layer.init, (z.shape[0], r)).copy()
-            states = np.empty(z.shape[:2] + (r,))
+            A = cast(layer.A)
+            s = np.broadcast_to(cast(layer.init), (z.shape[0], r)).copy()
+            states = np.empty(z.shape[:2] + (r,), dtype=dtype)
             for t in range(z.shape[1]):
-                s = s @ layer.A.T + z[:, t, :r]
+                s = s @ A.T + z[:, t, :r]
                 states[:, t] = s
             h = np.concatenate([states, z[..., r:]], axis=-1)
-    return h @ chain.readout_weight.T + chain.readout_bias
+    return h @ cast(chain.readout_weight).T + cast(chain.readout_bias)

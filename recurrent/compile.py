@@ -27,6 +27,8 @@ from recurrent.passes.split_states import split_states
 class CompileConfig:
     max_fused_weight: float = 1e5
     """Folding never creates a weight above this that neither folded factor had (numerics-aware folding)."""
+    exact_scaling: bool = True
+    """A row that subtracts lanes folds only into +-2^k coefficients (cancellation-aware folding, see lower)."""
     optimize: bool = True
     """Constant-lane removal, CSE and dead-lane removal (off: the lowered graph is scheduled as it is)."""
     max_rounds: int = 8
@@ -49,7 +51,7 @@ def optimize(graph: Graph, cfg: CompileConfig) -> Graph:
     for _ in range(cfg.max_rounds):
         before = len(graph.lanes)
         graph = constant_lanes(graph)
-        graph = inline_idents(graph, cfg.max_fused_weight)
+        graph = inline_idents(graph, cfg.max_fused_weight, cfg.exact_scaling)
         graph = cse(graph)
         graph = dead_lanes(graph)
         if len(graph.lanes) >= before:
@@ -61,7 +63,7 @@ def to_graph(program: ForEach | Variable, cfg: CompileConfig = CompileConfig()) 
     """The optimised lane graph of a program (everything but scheduling)."""
     if isinstance(program, Variable):
         program = ForEach(program)
-    graph = lower(program, cfg.max_fused_weight)
+    graph = lower(program, cfg.max_fused_weight, cfg.exact_scaling)
     if cfg.optimize:
         graph = optimize(graph, cfg)
     else:

@@ -21,6 +21,7 @@ subexpressions, dead lanes and constant lanes plain per-lane questions.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable, Mapping
 from typing import Union
 
@@ -78,6 +79,17 @@ class Row:
                 for j, cj in r.terms:
                     acc[j] = acc.get(j, 0.0) + c * cj
         return Row.from_dict(acc, bias)
+
+
+def exact_scale(c: float) -> bool:
+    """True when multiplying by c never rounds (c = 0 or +-2^k): scaling a sum then equals summing scaled terms."""
+    return c == 0.0 or math.frexp(abs(c))[0] == 0.5
+
+
+def cancels(row: Row) -> bool:
+    """True when the row subtracts lanes (terms of both signs), so its value may be far smaller than its terms."""
+    signs = {c > 0 for _, c in row.terms}
+    return len(signs) == 2
 
 
 def combine(weights: np.ndarray, rows: list[Row], bias: np.ndarray) -> list[Row]:

@@ -41,11 +41,17 @@ def f_constant(input: Variable, value: Any) -> Variable:
 
 
 def f_step(input: Variable, scale: float = 1000) -> Variable:
-    """step(x) = ReLU(scale x) - scale ReLU(x - 1/scale): 0 for x <= 0, 1 for x >= 1/scale, linear in between."""
+    """step(x) = ReLU(z) - ReLU(z - 1) with z = scale x: 0 for x <= 0, 1 for x >= 1/scale, linear in between.
+
+    The published form ReLU(scale x) - scale ReLU(x - 1/scale) is the same function, but it rounds x - 1/scale
+    (1/1000 is not a float) and multiplies that rounding by scale: for a counter x = 500 in float32 the step
+    is 1 +- 0.03, and the next step of that bit flips it. Here both ReLUs read the same z = scale x, and z - 1
+    is exact wherever z is (|z| < 2^24 in float32 for integer z), so the step of such an input is exactly 0 or 1.
+    """
     if not _is_scalar(scale) or not float(scale) > 0:
         raise CompileError(f"f_step: scale must be a positive number, got {scale!r}")
-    scale = float(scale)
-    r = ReLU(input * scale) - ReLU(input - 1.0 / scale) * scale
+    z = input * float(scale)
+    r = ReLU(z) - ReLU(z - 1.0)
     r.always_positive = True
     return r
 

@@ -8,6 +8,13 @@ Numerics-aware folding: composing W with rows multiplies their coefficients. Whe
 a coefficient above ``max_fused_weight`` that neither factor holds (the published compiler builds weights of
 scale^2 = 1e6 and lambda * scale = 1e13 this way, which is why its models fail in float32), the input rows
 are kept as lanes of their own (``IdentLane``) and W reads those instead.
+
+Cancellation-aware folding (``exact_scaling``): a row that subtracts lanes (a step's ReLU(z) - ReLU(z - 1),
+a difference of counters) can be far smaller than its terms. Scaling it after the subtraction, fl(w fl(a - b)),
+is accurate; folding the scale in, fl(fl(w a) - fl(w b)), rounds w a and w b at their own magnitude: a step of
+a counter at 1.4e5 scaled by 1000 is off by 8 in float32. Such a row is folded only into coefficients that are
++-2^k (scaling by them never rounds, so both orders give the same floats); otherwise it stays a lane. A step
+scale that is a power of two (1024) therefore folds freely.
 """
 
 from __future__ import annotations
@@ -15,7 +22,9 @@ from __future__ import annotations
 import numpy as np
 
 from recurrent.errors import CompileError
-from recurrent.ir import Graph, IdentLane, InputLane, MulLane, ReluLane, Row, StateGroup, StateLane, combine
+from recurrent.ir import (
+    Graph, IdentLane, InputLane, MulLane, ReluLane, Row, StateGroup, StateLane, cancels, combine, exact_scale,
+)
 from recurrent.lsrl.syntax import Concat, ForEach, Input, LinState, Linear, Multiplicative, ReLU
 
 
@@ -29,8 +38,9 @@ def fused_too_large(weights: np.ndarray, rows: list[Row], fused: list[Row], boun
 
 
 class _Builder:
-    def __init__(self, in_dim: int):
+    def __init__(self, in_dim: int, exact_scaling: bool):
         self.in_dim = in_dim
+        self.exact_scaling = exact_scaling
         self.lanes: dict = {}
         self.groups: dict[int, StateGroup] = {}
         self.next_id = 0
@@ -49,17 +59,24 @@ class _Builder:
         return out
 
     def affine(self, weights: np.ndarray, rows: list[Row], bias: np.ndarray, bound: float) -> list[Row]:
+        if self.exact_scaling:
+            rows = [
+                self.materialize([r])[0]
+                if cancels(r) and not all(exact_scale(float(w)) for w in weights[:, j])
+                else r
+                for j, r in enumerate(rows)
+            ]
         fused = combine(weights, rows, bias)
         if fused_too_large(weights, rows, fused, bound):
             fused = combine(weights, self.materialize(rows), bias)
         return fused
 
 
-def lower(program: ForEach, max_fused_weight: float = 1e5) -> Graph:
+def lower(program: ForEach, max_fused_weight: float = 1e5, exact_scaling: bool = True) -> Graph:
     """The lane graph of a validated program (see the module docstring)."""
     if not max_fused_weight > 0:
         raise CompileError(f"lower: max_fused_weight must be positive, got {max_fused_weight}")
-    b = _Builder(program.in_dim)
+    b = _Builder(program.in_dim, exact_scaling)
     values: dict[int, list[Row]] = {}
     for n in program.nodes:
         if isinstance(n, Input):
