@@ -3,6 +3,7 @@
 A program written for the published language runs unchanged after ``from recurrent.lsrl import *``.
 """
 
+from recurrent.lsrl.matrix import Matrix
 from recurrent.lsrl.sugar import (
     f_and,
     f_bump,
@@ -39,6 +40,7 @@ __all__ = [
     "ForEach",
     "Input",
     "LinState",
+    "Matrix",
     "Linear",
     "Multiplicative",
     "ReLU",

@@ -460,10 +460,12 @@ class ForEach:
             x = x[:, None]
         if x.ndim != 2 or x.shape[0] != self.in_dim:
             raise CompileError(f"ForEach: expected input of shape ({self.in_dim}, T), got {x.shape}")
+        from recurrent.lsrl.matrix import Matrix
+
         if x.shape[1] == 1:
             y, self._stream_state = interpreter.run(
                 self, x.T[None], initial_states=self._stream_state, return_states=True
             )
-            return y[0].T
+            return Matrix(y[0].T)
         self.reset()
-        return interpreter.run(self, x.T[None])[0].T
+        return Matrix(interpreter.run(self, x.T[None])[0].T)

@@ -130,3 +130,23 @@ def test_non_finite_and_shape_problems_in_linstate():
     text = "\n".join(problems)
     for fragment in ["B has shape (3, 1), expected (2, 1)", "bias has 1 entries, expected 2", "init_state has 1 non-finite"]:
         assert fragment in text
+
+
+def test_published_style_program_runs_unchanged():
+    """Weights built with Matrix constructors, (n, 1) columns, the (dim, T) call convention and .numpy()."""
+    from recurrent.lsrl import Matrix, f_constant, f_larger
+
+    x = Input(dim=1)
+    ones = LinState(input=x, A=Matrix.eye(1), B=Matrix.eye(1), init_state=Matrix.zeros(1, 1), name="Ones")
+    zeros = LinState(
+        input=f_constant(x, 1) - x, A=Matrix.eye(1), B=Matrix.eye(1), init_state=Matrix.zeros(1, 1), name="Zeros"
+    )
+    diff = Linear(input=Concat([ones, zeros]), A=Matrix.hstack(Matrix.eye(1), -1 * Matrix.eye(1)), b=Matrix.zeros(1, 1))
+    prog = ForEach(f_larger(diff, 0.5))
+    bits = np.array([[1, 1, 0, 0, 0, 1, 1, 1]], dtype=float)
+    out = prog(bits)
+    assert out.rows == 1 and out.cols == 8
+    counts = np.cumsum(bits[0])
+    np.testing.assert_allclose(out.numpy()[0], counts > np.arange(1, 9) - counts, atol=1e-12)
+    assert Matrix.SliceMatrix(4, 1, 3).tolist() == [[0, 1, 0, 0], [0, 0, 1, 0]]
+    assert Matrix.diag(1, [[2.0]]).tolist() == [[1, 0], [0, 2]]
