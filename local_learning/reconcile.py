@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from local_learning.errors import ConfigError
+from local_learning.ordering import after
 
 Distance = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -106,9 +107,9 @@ def term_jvp(scalar_fn, params, x, g, target, distance: Distance) -> tuple[jax.A
     """
     value, u = jax.value_and_grad(distance)(g, target)
     u = jax.lax.stop_gradient(u)
-    # Tie the second pass's inputs to u so XLA neither starts it before the first backward has finished nor
-    # merges its forward with the first pass's (which would keep both passes' activations alive at once).
-    params, x, u = jax.lax.optimization_barrier((params, x, u))
+    # Make the second pass's input depend on u, so that it neither starts before the first backward has
+    # finished nor shares its forward with the first pass (either would keep both passes' activations alive).
+    x = after(x, u)
 
     def directional(p):
         return jax.jvp(lambda xx: scalar_fn(p, xx), (x,), (u.astype(x.dtype),))[1]

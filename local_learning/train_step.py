@@ -7,8 +7,8 @@ same batch (non-greedy, simultaneous training), with one optimizer step.
 
 Memory: module k's activations must be dead before module k+1 runs. Module k+1's forward needs only h_k, so
 inside one XLA program the scheduler could run every forward first and keep all modules' residuals alive at
-once; an ``optimization_barrier`` over (h_k, g_out^(k), module k's gradients) makes module k+1 wait for module
-k's backward. ``make_host_loop_step`` instead runs each module as its own compiled program (K + 1 programs per
+once; making h_k depend on module k's gradients makes module k+1 wait for module k's backward (a data
+dependency: ordering.py explains why not a barrier). ``make_host_loop_step`` instead runs each module as its own compiled program (K + 1 programs per
 step), the layout whose peak is exactly the largest module's; the two give identical updates.
 
 Global BP (``make_bp_step``) backpropagates the last head's loss through every module (the auxiliary heads
@@ -31,6 +31,7 @@ from flax import nnx
 
 from local_learning import network, reconcile
 from local_learning.errors import ConfigError
+from local_learning.ordering import after
 from local_learning.estimators import ESTIMATOR_NAMES, ModuleGrads, ReconcileConfig, get_estimator
 from runtime.metrics import Metric
 from runtime.train_state import TrainState, merge_by_mask, split_by_mask
@@ -44,7 +45,7 @@ class LocalConfig:
     estimator: str = "backprop"
     """``backprop`` (local BP) or ``forward_gradient`` (BP-free)."""
     ordered: bool = True
-    """Chain modules through an optimization barrier so that at most one module's activations are alive."""
+    """Make module k+1 start after module k's backward (ordering.after), so one module's activations are alive."""
     diagnostics: bool = True
     """Compute g_in^(k) for k >= 2 even without SGR, for the reconciliation cosine."""
 
@@ -136,7 +137,7 @@ def local_step_fn(netdef: network.NetworkDef, cfg: LocalConfig, params: list, st
         metrics.update(_module_metrics(k, res, labels, target, cfg))
         h_out, g_out, g = res.aux.h_out, res.g_out, res.grads
         if cfg.ordered:
-            h_out, g_out, g = jax.lax.optimization_barrier((h_out, g_out, g))
+            h_out = after(h_out, g, g_out)
         grads.append(g)
         new_stats.append(res.aux.stats)
         inputs.append(h_in)
@@ -211,6 +212,32 @@ def make_host_loop_step(netdef: network.NetworkDef, cfg: LocalConfig, tx: optax.
     return step, programs + [update_jit]
 
 
+def ordered_checkpoint(fn: Callable[[Any, jax.Array], Any]) -> Callable[[Any, jax.Array], Any]:
+    """``fn(state, x)`` whose backward pass recomputes the forward instead of keeping its residuals.
+
+    Like ``jax.checkpoint``, with one difference that matters for memory: the recomputation is made to depend on
+    the incoming cotangent (ordering.after), so no scheduler can hoist every block's recomputation to the end
+    of the forward pass, which would hold all residuals at once again (measured on the CPU backend: per-block
+    ``jax.checkpoint`` left the compiled step's temp memory above global BP's).
+    """
+
+    @jax.custom_vjp
+    def call(state, x):
+        return fn(state, x)
+
+    def forward(state, x):
+        return fn(state, x), (state, x)
+
+    def backward(saved, ct):
+        state, x = saved
+        x = after(x, ct)
+        _, vjp = jax.vjp(fn, state, x)
+        return vjp(ct)
+
+    call.defvjp(forward, backward)
+    return call
+
+
 def _run_block(block: nnx.Module, h, remat: bool):
     if not remat:
         return block(h, train=True)
@@ -221,7 +248,7 @@ def _run_block(block: nnx.Module, h, remat: bool):
         y = b(h, train=True)
         return y, nnx.state(b)
 
-    y, new_st = jax.checkpoint(call)(st, h)
+    y, new_st = ordered_checkpoint(call)(st, h)
     nnx.update(block, new_st)
     return y
 
