@@ -288,3 +288,17 @@ def positions_from_mask(mask_BxT: jax.Array) -> jax.Array:
 def init_params(cfg: LlamaConfig, seed: int = 0) -> Any:
     """The ``nnx.Param`` state of a freshly initialised model (trace it under jit to build it sharded)."""
     return nnx.state(LlamaForCausalLM(cfg, rngs=nnx.Rngs(seed)), nnx.Param)
+
+
+def model_from_params(cfg: LlamaConfig, params: Any) -> LlamaForCausalLM:
+    """The model around a parameter state (e.g. ``TrainState.params``) without copying it."""
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: LlamaForCausalLM(cfg, rngs=nnx.Rngs(0))))
+    return nnx.merge(graphdef, params)
+
+
+def shard_model(model: LlamaForCausalLM, mesh: jax.sharding.Mesh, rules=None) -> LlamaForCausalLM:
+    """The same model with every parameter moved to the sharding its logical axes give on ``mesh``."""
+    from runtime.sharding import state_shardings
+
+    graphdef, params = nnx.split(model)
+    return nnx.merge(graphdef, jax.device_put(params, state_shardings(params, mesh, rules)))

@@ -11,8 +11,10 @@ from flax import nnx
 from bfpo import DataError
 from bfpo.generate import SamplingConfig, generate, generate_chat, left_pad, sample_token, top_p_filter
 from bfpo.model.config import LlamaConfig
-from bfpo.model.llama import LlamaForCausalLM
+from bfpo.model.llama import LlamaForCausalLM, shard_model
 from bfpo.tokenize import Tokenizer
+from runtime import make_mesh
+from runtime import sharding as sh
 
 N_NEW = 6
 
@@ -56,6 +58,16 @@ def test_greedy_with_cache_equals_full_forward_argmax(model, prompts, greedy):
     for i, prompt in enumerate(prompts):
         assert list(np.asarray(greedy.tokens[i])) == full_forward_greedy(model, prompt, N_NEW)
     np.testing.assert_array_equal(greedy.lengths, N_NEW)
+
+
+def test_sharded_generation_equals_one_device(model, prompts, greedy):
+    mesh = make_mesh({"fsdp": 2, "tensor": 4})
+    sharded = shard_model(model, mesh)
+    assert sharded.layers.mlp.up_proj.kernel[...].sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
+    tokens, mask = left_pad(prompts, pad_id=256, length=12)
+    with sh.activate(mesh):
+        out = generate(sharded, tokens, mask, SamplingConfig(max_new_tokens=N_NEW))
+    np.testing.assert_array_equal(out.tokens, greedy.tokens)
 
 
 def test_stop_tokens_end_rows_and_pad_after(model, prompts, greedy):
@@ -115,6 +127,17 @@ def test_byte_tokenizer_round_trips_and_renders_chatml():
     assert tok.stop_ids == (258, 260)
     with pytest.raises(DataError, match=r"messages\[0\]: expected a dict with 'role' and 'content'"):
         tok.chat_text([{"text": "hi"}])
+
+
+def test_tokenizer_from_a_local_directory(tmp_path):
+    tok = Tokenizer.byte_level()
+    tok.hf.save_pretrained(tmp_path)
+    again = Tokenizer.from_directory(tmp_path, stop_tokens=("<|im_end|>",))
+    chat = [{"role": "user", "content": "Ça va?"}]
+    assert again.encode_chat(chat) == tok.encode_chat(chat)
+    assert (again.pad_id, again.stop_ids) == (tok.pad_id, tok.stop_ids)
+    with pytest.raises(DataError, match="not a local tokenizer directory"):
+        Tokenizer.from_directory(tmp_path / "absent")
 
 
 def test_generate_chat_decodes_each_reply(model):

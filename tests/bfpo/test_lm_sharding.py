@@ -1,5 +1,5 @@
 """The tiny LM's parameters shard as pinned; forward and a gradient step on (fsdp 8) and (fsdp 2 x tensor 4)
-meshes equal one device; layer scanning and rematerialisation do not change the numbers."""
+meshes equal one device running the layers unrolled and rematerialised."""
 
 import dataclasses
 
@@ -80,11 +80,11 @@ def run(axes, cfg=CFG):
     step = jax.jit(chex.assert_max_traces(make_train_step(loss, tx), n=1),
                    in_shardings=(shardings, bsh), out_shardings=(shardings, sh.replicated(mesh)))
     with sh.activate(mesh):
-        logits = jax.jit(lambda p, t, m: nnx.merge(graphdef, p)(t, m))(state.params, *(
-            put_batch(host, bsh)[k] for k in ("tokens", "mask")))
+        losses = []
         for _ in range(2):
             state, metrics = step(state, put_batch(host, bsh))
-    return state, jax.device_get(metrics), np.asarray(logits)
+            losses.append(jax.device_get(metrics)["loss"].compute())
+    return state, losses
 
 
 @pytest.fixture(scope="module")
@@ -93,16 +93,19 @@ def reference():
 
 
 def _single_device():
+    """The reference also runs its layers unrolled and rematerialised: neither may change the numbers."""
+    cfg = dataclasses.replace(CFG, scan_layers=False, remat="full")
     mesh = make_mesh({"data": 1}, devices=jax.devices()[:1])
     tx = optax.sgd(1.0)
-    state, shardings = init_train_state(init(CFG), tx, mesh, seed=0)
-    graphdef, loss = make_loss(CFG)
+    state, shardings = init_train_state(init(cfg), tx, mesh, seed=0)
+    graphdef, loss = make_loss(cfg)
     host = {k: jnp.asarray(v) for k, v in batch().items()}
-    logits = np.asarray(nnx.merge(graphdef, state.params)(host["tokens"], host["mask"]))
     step = jax.jit(make_train_step(loss, tx))
+    losses = []
     for _ in range(2):
         state, metrics = step(state, host)
-    return state, jax.device_get(metrics), logits
+        losses.append(jax.device_get(metrics)["loss"].compute())
+    return state, losses
 
 
 def test_partition_specs_are_pinned():
@@ -115,22 +118,11 @@ def test_partition_specs_are_pinned():
 
 @pytest.mark.parametrize("axes", [{"fsdp": 8}, {"fsdp": 2, "tensor": 4}])
 def test_sharded_forward_and_step_equal_one_device(axes, reference):
-    state, metrics, logits = run(axes)
-    ref_state, ref_metrics, ref_logits = reference
-    np.testing.assert_allclose(logits, ref_logits, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(metrics["loss"].compute(), ref_metrics["loss"].compute(), rtol=1e-5)
+    state, losses = run(axes)
+    ref_state, ref_losses = reference
+    # The first loss is the sharded forward pass; the second follows a sharded gradient step.
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
     chex.assert_trees_all_close(jax.device_get(state.params), jax.device_get(ref_state.params), rtol=1e-4,
                                 atol=1e-5)
     kernel = state.params["layers"]["self_attn"]["q_proj"]["kernel"].get_value()
     assert kernel.sharding.spec == PINNED["layers/self_attn/q_proj/kernel"]
-
-
-def test_unrolled_and_rematerialised_layers_give_the_same_gradients(reference):
-    host = {k: jnp.asarray(v) for k, v in batch().items()}
-    params = init(CFG)()
-    grads = []
-    for cfg in (CFG, dataclasses.replace(CFG, scan_layers=False, remat="full"), dataclasses.replace(CFG, remat="dots")):
-        _, loss = make_loss(cfg)
-        grads.append(jax.jit(jax.grad(lambda p: loss(p, host, None)[0]))(params))
-    for g in grads[1:]:
-        chex.assert_trees_all_close(g, grads[0], rtol=1e-5, atol=1e-7)
