@@ -100,3 +100,14 @@ def test_hub_id_offline_asks_for_a_local_directory(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     with pytest.raises(ModelError, match="not a local directory .* pass that directory"):
         load_hf("mistralai/Mistral-7B-v0.1")
+
+
+def test_bfloat16_model_tracks_float32(saved):
+    model, directory = saved
+    low = load_hf(directory, dtype="bfloat16", param_dtype="bfloat16")
+    tokens = jax.numpy.asarray(np.random.default_rng(0).integers(0, 264, (2, 10)))
+    forward = jax.jit(lambda m, t: m(t))
+    full, half = np.asarray(forward(model, tokens)), np.asarray(forward(low, tokens))
+    assert half.dtype == np.float32  # logits are always float32
+    assert np.abs(half - full).max() < 0.02 * np.abs(full).max()
+    assert np.abs(half - full).max() > 0  # it really ran in bfloat16

@@ -1,0 +1,49 @@
+"""Presets have the published parameter counts, build abstractly and shard on the test meshes; invalid configs
+name the field at fault."""
+
+import dataclasses
+
+import jax
+import pytest
+from flax import nnx
+
+from bfpo import ModelError
+from bfpo.model.config import LlamaConfig, RopeScaling
+from bfpo.model.llama import LlamaForCausalLM
+from runtime import make_mesh
+from runtime import sharding as sh
+
+# Published sizes: SmolLM2-135M 134.5M, Mistral-7B-v0.1 7.24B, Llama-3.1-8B 8.03B, Qwen2.5-0.5B 494M.
+PUBLISHED = {"smollm2_135m": 134_515_008, "mistral_7b": 7_241_732_096, "llama3_8b": 8_030_261_248,
+             "qwen2_0_5b": 494_032_768}
+
+
+@pytest.mark.parametrize("preset", sorted(PUBLISHED))
+def test_presets_have_the_published_size_and_shard(preset):
+    cfg = getattr(LlamaConfig, preset)()
+    assert cfg.num_params == PUBLISHED[preset]
+    abstract = nnx.state(nnx.eval_shape(lambda: LlamaForCausalLM(cfg, rngs=nnx.Rngs(0))), nnx.Param)
+    assert sum(x.size for x in jax.tree.leaves(abstract)) == PUBLISHED[preset]
+    sh.state_shardings(abstract, make_mesh({"fsdp": 8}))  # every annotated dimension divides
+    if preset in ("mistral_7b", "llama3_8b"):
+        sh.state_shardings(abstract, make_mesh({"fsdp": 2, "tensor": 4}))
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("num_kv_heads", 3, "LlamaConfig.num_heads=8 is not a multiple of num_kv_heads=3"),
+    ("head_dim", 7, "LlamaConfig.head_dim=7: rotary embeddings need an even head_dim"),
+    ("sliding_window", 0, "LlamaConfig.sliding_window=0"),
+    ("dtype", "int8", "LlamaConfig.dtype='int8'"),
+    ("remat", "some", "LlamaConfig.remat='some'"),
+    ("vocab_size", 0, "LlamaConfig.vocab_size=0"),
+])
+def test_invalid_fields_are_named(field, value, message):
+    with pytest.raises(ModelError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        dataclasses.replace(LlamaConfig.tiny(), **{field: value})
+
+
+def test_rope_scaling_validation():
+    with pytest.raises(ModelError, match="RopeScaling.original_max_position_embeddings is required"):
+        RopeScaling(kind="llama3", factor=8.0)
+    with pytest.raises(ModelError, match="RopeScaling.kind='ntk'"):
+        RopeScaling(kind="ntk", factor=2.0)
