@@ -178,10 +178,12 @@ def _host_layer(array: jax.Array, layer: int | None) -> np.ndarray:
 
 
 def save_hf(model: LlamaForCausalLM, directory: str | os.PathLike, *, dtype: str | None = None,
-            max_shard_bytes: int = 5 * 2**30) -> Path:
+            max_shard_bytes: int = 5 * 2**30, tokenizer=None) -> Path:
     """Writes ``config.json`` and safetensors (sharded with an index above ``max_shard_bytes``) in the Hugging
-    Face layout, one layer's tensor in host memory at a time. ``dtype`` ("bfloat16", "float32", ...) converts
-    on the way out; by default the parameters keep their dtype. Every process takes part; process 0 writes."""
+    Face layout, one layer's tensor in host memory at a time, plus the tokenizer files when a
+    ``bfpo.tokenize.Tokenizer`` is given, so that other tools open the directory as a complete model.
+    ``dtype`` ("bfloat16", "float32", ...) converts on the way out; by default the parameters keep their dtype.
+    Every process takes part; process 0 writes."""
     cfg: LlamaConfig = model.config
     directory = Path(directory)
     out_dtype = np.dtype(jnp.dtype(dtype or cfg.param_dtype))
@@ -229,4 +231,6 @@ def save_hf(model: LlamaForCausalLM, directory: str | os.PathLike, *, dtype: str
     if writer and len(shards) > 1:
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         (directory / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+    if writer and tokenizer is not None:
+        tokenizer.hf.save_pretrained(str(directory))
     return directory

@@ -19,6 +19,7 @@ from lm_reference import ARCHS, hf_logits, random_hf_model  # noqa: E402
 
 from bfpo.model import hf_layout  # noqa: E402
 from bfpo.model.load_hf import load_hf, save_hf  # noqa: E402
+from bfpo.tokenize import Tokenizer  # noqa: E402
 
 TOKENS = np.random.default_rng(0).integers(0, 264, (2, 16))
 
@@ -47,11 +48,15 @@ def test_saved_checkpoint_reads_back_in_transformers(pair, tmp_path):
     import transformers
 
     arch, ref, _, ours = pair
-    save_hf(ours, tmp_path, max_shard_bytes=60_000)  # forces several shards and an index
+    tok = Tokenizer.byte_level()
+    save_hf(ours, tmp_path, max_shard_bytes=60_000, tokenizer=tok)  # forces several shards and an index
     assert (tmp_path / "model.safetensors.index.json").is_file()
     assert json.loads((tmp_path / "config.json").read_text())["model_type"] == arch
     back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="eager").eval()
     np.testing.assert_allclose(hf_logits(back, TOKENS), hf_logits(ref, TOKENS), rtol=1e-6, atol=1e-6)
+    chat = [{"role": "user", "content": "Hi"}]
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    assert hf_tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=False) == tok.chat_text(chat)
     # ...and our sharded-file loader reads the same parameters back.
     again = load_hf(tmp_path)
     a, b = nnx.state(again, nnx.Param), nnx.state(ours, nnx.Param)
