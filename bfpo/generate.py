@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx, struct
 
 from bfpo.errors import DataError
-from bfpo.model.llama import KVCache, LlamaForCausalLM
+from bfpo.model.llama import KVCache, LlamaForCausalLM, positions_from_mask
 from runtime.sharding import constrain
 
 
@@ -79,8 +79,7 @@ def _generate(graphdef: nnx.GraphDef, params: Any, prompt_BxP: jax.Array, mask_B
     cache_axes = ("layers", "batch", "kv_seq", "act_kv_heads", None)
     cache = cache.replace(k=constrain(cache.k, cache_axes), v=constrain(cache.v, cache_axes))
     mask = mask_BxP.astype(bool)
-    positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
-    logits, cache = model.decode(prompt_BxP, mask, positions, cache)
+    logits, cache = model.decode(prompt_BxP, mask, positions_from_mask(mask), cache)
     next_pos = jnp.sum(mask, axis=1).astype(jnp.int32)
     stops = jnp.asarray(cfg.stop_tokens or (-1,), jnp.int32)
 

@@ -59,7 +59,8 @@ GGUF_NAMES = {
     "self_attn.q_proj.weight": "attn_q.weight", "self_attn.k_proj.weight": "attn_k.weight",
     "self_attn.v_proj.weight": "attn_v.weight", "self_attn.o_proj.weight": "attn_output.weight",
     "mlp.gate_proj.weight": "ffn_gate.weight", "mlp.up_proj.weight": "ffn_up.weight",
-    "mlp.down_proj.weight": "ffn_down.weight",
+    "mlp.down_proj.weight": "ffn_down.weight", "self_attn.q_proj.bias": "attn_q.bias",
+    "self_attn.k_proj.bias": "attn_k.bias", "self_attn.v_proj.bias": "attn_v.bias",
 }
 CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
                  "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
@@ -76,13 +77,15 @@ def tiny_bpe():
 
 
 def write_tiny_gguf(model, path, qtypes: dict[str, str], skip: tuple[str, ...] = ()):
-    """Writes a transformers Llama model as a llama.cpp-style GGUF file: permuted Q/K rows, each tensor in the
-    quantisation type of the first ``qtypes`` key that its GGUF name contains (F32 otherwise)."""
+    """Writes a transformers Llama or Qwen2 model as a llama.cpp-style GGUF file (Q/K rows permuted for the
+    ``llama`` architecture), each tensor in the quantisation type of the first ``qtypes`` key that its GGUF
+    name contains (F32 otherwise)."""
     import gguf
     from gguf import quants
 
     cfg = model.config
-    w = gguf.GGUFWriter(str(path), "llama")
+    arch = "qwen2" if cfg.model_type == "qwen2" else "llama"
+    w = gguf.GGUFWriter(str(path), arch)
     w.add_block_count(cfg.num_hidden_layers)
     w.add_context_length(cfg.max_position_embeddings)
     w.add_embedding_length(cfg.hidden_size)
@@ -91,7 +94,7 @@ def write_tiny_gguf(model, path, qtypes: dict[str, str], skip: tuple[str, ...] =
     w.add_head_count_kv(cfg.num_key_value_heads)
     w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-    w.add_rope_dimension_count(cfg.head_dim)
+    w.add_rope_dimension_count(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
     w.add_vocab_size(cfg.vocab_size)
     tokens, types, merges = tiny_bpe()
     w.add_tokenizer_model("gpt2")
@@ -112,9 +115,11 @@ def write_tiny_gguf(model, path, qtypes: dict[str, str], skip: tuple[str, ...] =
         else:
             parts = name.split(".")
             g = f"blk.{parts[2]}." + GGUF_NAMES[".".join(parts[3:])]
-        if g in skip:
+        if g in skip or (name == "lm_head.weight" and cfg.tie_word_embeddings):
             continue
-        if g.endswith("attn_q.weight"):
+        if arch == "qwen2":
+            pass
+        elif g.endswith("attn_q.weight"):
             x = llama_cpp_permute(x, cfg.num_attention_heads)
         elif g.endswith("attn_k.weight"):
             x = llama_cpp_permute(x, cfg.num_key_value_heads)

@@ -64,10 +64,22 @@ def tiny_gguf(tmp_path_factory):
     return path
 
 
-def test_logits_equal_transformers_gguf_loading(tiny_gguf):
-    ref = transformers_from_gguf(tiny_gguf)
-    ours = load_gguf(tiny_gguf)
-    assert not ours.config.tie_word_embeddings and ours.config.num_kv_heads == 4
+@pytest.fixture(scope="module")
+def tiny_qwen2_gguf(tmp_path_factory):
+    ref = random_hf_model("qwen2", seed=7)
+    ref.config.rope_parameters = {"rope_type": "default", "rope_theta": 10000.0}
+    path = tmp_path_factory.mktemp("gguf") / "qwen2.gguf"
+    write_tiny_gguf(ref, path, QTYPES)
+    return path
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_logits_equal_transformers_gguf_loading(arch, request):
+    path = request.getfixturevalue("tiny_gguf" if arch == "llama" else "tiny_qwen2_gguf")
+    ref = transformers_from_gguf(path)
+    ours = load_gguf(path)
+    # llama: untied head and permuted Q/K; qwen2: tied head, q/k/v biases, no permutation.
+    assert ours.config.tie_word_embeddings == ours.config.attention_bias == (arch == "qwen2")
     tokens = np.random.default_rng(1).integers(0, 264, (2, 12))
     expected = hf_logits(ref, tokens)
     np.testing.assert_allclose(np.asarray(ours(jnp.asarray(tokens))), expected, rtol=1e-4,
