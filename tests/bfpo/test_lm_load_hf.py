@@ -67,6 +67,10 @@ def test_saves_bfloat16_files(saved, tmp_path):
     np.testing.assert_array_equal(
         f.get("model.layers.1.mlp.down_proj.weight"),
         np.asarray(model.layers.mlp.down_proj.kernel[...][1]).T.astype(ml_dtypes.bfloat16))
+    loaded = load_hf(tmp_path)  # a bfloat16 checkpoint computes in bfloat16 unless told otherwise
+    assert (loaded.config.dtype, loaded.config.param_dtype) == ("bfloat16", "bfloat16")
+    for got, want in zip(params_of(loaded), params_of(model)):
+        np.testing.assert_array_equal(got, want.astype(ml_dtypes.bfloat16))
 
 
 def test_missing_tensor_names_tensor_and_file(copy):
