@@ -56,7 +56,8 @@ class LlamaConfig:
     ``dtype`` is the compute dtype of matmuls (norms, softmax and log-probs always run in float32);
     ``param_dtype`` the storage dtype of the weights. ``remat`` recomputes each layer's activations in the
     backward pass ("full") or keeps only its matmul outputs ("dots"); ``scan_layers`` compiles one layer and
-    scans it over the stacked weights, which keeps compile time independent of depth.
+    scans it over the stacked weights, which keeps compile time independent of depth;
+    ``attention_query_chunk`` bounds the attention scores held at once to that many queries (long sequences).
     """
 
     vocab_size: int
@@ -77,6 +78,7 @@ class LlamaConfig:
     param_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     remat: Literal["none", "full", "dots"] = "none"
     scan_layers: bool = True
+    attention_query_chunk: int | None = None
     initializer_range: float = 0.02
 
     def __post_init__(self):
@@ -99,6 +101,8 @@ class LlamaConfig:
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in DTYPES:
                 raise ModelError(f"LlamaConfig.{name}={getattr(self, name)!r}: expected one of {sorted(DTYPES)}")
+        if self.attention_query_chunk is not None and self.attention_query_chunk < 1:
+            raise ModelError(f"LlamaConfig.attention_query_chunk={self.attention_query_chunk}: must be None or >= 1")
         if self.remat not in ("none", "full", "dots"):
             raise ModelError(f"LlamaConfig.remat={self.remat!r}: expected 'none', 'full' or 'dots'")
 

@@ -140,13 +140,25 @@ def attention_mask(q_slots_T: jax.Array, k_slots_S: jax.Array, k_valid_BxS: jax.
 
 
 def grouped_attention(q_BxTxHxE: jax.Array, k_BxSxKxE: jax.Array, v_BxSxKxE: jax.Array,
-                      allowed_BxTxS: jax.Array) -> jax.Array:
+                      allowed_BxTxS: jax.Array, query_chunk: int | None = None) -> jax.Array:
     """Softmax attention with G query heads per key/value head; scores and softmax in float32.
 
-    A query with no visible key (a padding row) gets a uniform average instead of NaN; its output is masked
-    downstream.
+    With ``query_chunk`` C < T the queries are processed C at a time in a rematerialised scan, so the scores
+    held at once are [B, K, G, C, S] instead of [B, K, G, T, S], in the backward pass too (exact, not an
+    approximation). A query with no visible key (a padding row) gets a uniform average instead of NaN; its
+    output is masked downstream.
     """
     b, t, h, e = q_BxTxHxE.shape
+    if query_chunk is not None and t > query_chunk:
+        pad = -t % query_chunk
+        q = jnp.pad(q_BxTxHxE, ((0, 0), (0, pad), (0, 0), (0, 0)))
+        allowed = jnp.pad(allowed_BxTxS, ((0, 0), (0, pad), (0, 0)))
+        n = (t + pad) // query_chunk
+        q_chunks = jnp.moveaxis(q.reshape(b, n, query_chunk, h, e), 1, 0)
+        allowed_chunks = jnp.moveaxis(allowed.reshape(b, n, query_chunk, -1), 1, 0)
+        one = jax.checkpoint(lambda qc, ac: grouped_attention(qc, k_BxSxKxE, v_BxSxKxE, ac))
+        _, out = jax.lax.scan(lambda c, xs: (c, one(*xs)), None, (q_chunks, allowed_chunks))
+        return jnp.moveaxis(out, 0, 1).reshape(b, t + pad, h, e)[:, :t]
     k_heads = k_BxSxKxE.shape[2]
     q = q_BxTxHxE.reshape(b, t, k_heads, h // k_heads, e)
     scores = jnp.einsum("btkge,bske->bkgts", q, k_BxSxKxE, preferred_element_type=jnp.float32)
@@ -176,7 +188,7 @@ def decoder_layer(cfg: LlamaConfig, w: dict[str, jax.Array], x_BxTxD: jax.Array,
     if kv is not None:
         k = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), (0, index, 0, 0))
         v = jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), (0, index, 0, 0))
-    attn = grouped_attention(q, k.astype(dt), v.astype(dt), allowed_BxTxS)
+    attn = grouped_attention(q, k.astype(dt), v.astype(dt), allowed_BxTxS, cfg.attention_query_chunk)
     x = x_BxTxD + constrain(jnp.einsum("bthe,hed->btd", attn, w["o"].astype(dt)), act)
     h = rms_norm(x, w["post_norm"], cfg.rms_norm_eps)
     gate = constrain(jnp.einsum("btd,df->btf", h, w["gate"].astype(dt)), ("batch", "seq", "act_mlp"))

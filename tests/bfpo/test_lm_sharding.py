@@ -1,5 +1,5 @@
 """The tiny LM's parameters shard as pinned; forward and a gradient step on (fsdp 8) and (fsdp 2 x tensor 4)
-meshes equal one device running the layers unrolled and rematerialised."""
+meshes equal one device running the layers unrolled and rematerialised, with chunked attention."""
 
 import dataclasses
 
@@ -93,8 +93,9 @@ def reference():
 
 
 def _single_device():
-    """The reference also runs its layers unrolled and rematerialised: neither may change the numbers."""
-    cfg = dataclasses.replace(CFG, scan_layers=False, remat="full")
+    """The reference also runs its layers unrolled and rematerialised, and its attention 5 queries at a time
+    (12 = 5 + 5 + 2 padded): none of these may change the numbers."""
+    cfg = dataclasses.replace(CFG, scan_layers=False, remat="full", attention_query_chunk=5)
     mesh = make_mesh({"data": 1}, devices=jax.devices()[:1])
     tx = optax.sgd(1.0)
     state, shardings = init_train_state(init(cfg), tx, mesh, seed=0)
@@ -126,3 +127,13 @@ def test_sharded_forward_and_step_equal_one_device(axes, reference):
                                 atol=1e-5)
     kernel = state.params["layers"]["self_attn"]["q_proj"]["kernel"].get_value()
     assert kernel.sharding.spec == PINNED["layers/self_attn/q_proj/kernel"]
+
+
+def test_chunked_attention_never_holds_all_scores():
+    cfg = dataclasses.replace(CFG, attention_query_chunk=4)
+    _, loss = make_loss(cfg)
+    host = {k: jnp.asarray(v) for k, v in batch().items()}
+    text = str(jax.make_jaxpr(jax.grad(lambda p: loss(p, host, None)[0]))(jax.eval_shape(init(cfg))))
+    b, t, k, g = 8, 12, cfg.num_kv_heads, cfg.num_groups
+    assert f"f32[{b},{k},{g},4,{t}]" in text
+    assert f"f32[{b},{k},{g},{t},{t}]" not in text
