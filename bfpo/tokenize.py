@@ -123,3 +123,55 @@ class Tokenizer:
     def encode_chat(self, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> list[int]:
         """Token ids of the rendered conversation; special tokens come from the template, none are added."""
         return self.encode(self.chat_text(messages, add_generation_prompt=add_generation_prompt))
+
+    def encode_prompt_response(self, messages: Sequence[Message], response: str) -> tuple[list[int], list[int]]:
+        """(prompt ids, response ids) for a conversation and the assistant reply that follows it.
+
+        The prompt is the conversation rendered with the generation prompt; the response is the rest of the
+        rendering of the conversation extended by the reply, so it carries the template's end-of-turn marker
+        (ChatML's ``<|im_end|>``, Zephyr's ``</s>``) and a model trained on it learns to stop.
+        """
+        prompt = self.chat_text(messages, add_generation_prompt=True)
+        full = self.chat_text(list(messages) + [{"role": "assistant", "content": response}],
+                              add_generation_prompt=False)
+        if not full.startswith(prompt):
+            raise DataError("the chat template renders the conversation with the reply differently from the "
+                            f"prompt alone; prompt ends {prompt[-40:]!r}, full text has {full[:len(prompt)][-40:]!r}")
+        return self.encode(prompt), self.encode(full[len(prompt):])
+
+
+def truncate_prompt_response(prompt: Sequence[int], response: Sequence[int], *, max_prompt_length: int,
+                             max_length: int) -> tuple[list[int], list[int]]:
+    """The alignment-handbook / TRL rule used by the official BFPO recipe: when prompt + response exceed
+    ``max_length``, keep the last ``max_prompt_length`` prompt tokens, then cut the response to fit."""
+    if not 0 < max_prompt_length < max_length:
+        raise DataError(f"need 0 < max_prompt_length ({max_prompt_length}) < max_length ({max_length})")
+    prompt, response = list(prompt), list(response)
+    if len(prompt) + len(response) > max_length:
+        prompt = prompt[-max_prompt_length:]
+        response = response[:max_length - len(prompt)]
+    return prompt, response
+
+
+def pack_prompt_response(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int,
+                         prompt_length: int | None = None, response_length: int | None = None) -> dict:
+    """Rows of [prompt, left-padded to P | response, right-padded to R]: ``tokens`` [N, P+R] int32, ``mask`` (real
+    tokens) and ``score_mask`` (response tokens), the layout ``bfpo.logprobs.sequence_logprobs`` scores."""
+    if len(prompts) != len(responses):
+        raise DataError(f"{len(prompts)} prompts but {len(responses)} responses")
+    import numpy as np
+
+    p_len = max(len(p) for p in prompts) if prompt_length is None else prompt_length
+    r_len = max(len(r) for r in responses) if response_length is None else response_length
+    tokens = np.full((len(prompts), p_len + r_len), pad_id, np.int32)
+    mask = np.zeros(tokens.shape, bool)
+    score = np.zeros(tokens.shape, bool)
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        if not p or len(p) > p_len or len(r) > r_len:
+            raise DataError(f"row {i}: prompt of {len(p)} and response of {len(r)} tokens do not fit lengths "
+                            f"{p_len} and {r_len} (a prompt needs at least one token)")
+        tokens[i, p_len - len(p):p_len] = p
+        tokens[i, p_len:p_len + len(r)] = r
+        mask[i, p_len - len(p):p_len + len(r)] = True
+        score[i, p_len:p_len + len(r)] = True
+    return {"tokens": tokens, "mask": mask, "score_mask": score}

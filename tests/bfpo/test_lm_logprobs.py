@@ -11,6 +11,7 @@ from flax import nnx
 from bfpo.logprobs import sequence_logprobs
 from bfpo.model.config import LlamaConfig
 from bfpo.model.llama import LlamaForCausalLM
+from bfpo.tokenize import pack_prompt_response
 
 CFG = LlamaConfig.tiny()
 RNG = np.random.default_rng(0)
@@ -20,17 +21,10 @@ PAIRS = [(RNG.integers(3, 264, p), RNG.integers(3, 264, r)) for p, r in [(5, 4),
 
 def pack(pairs, left: int, right: int):
     """Prompts left-padded to a common length plus ``left``, responses right-padded plus ``right``."""
-    p_len = max(len(p) for p, _ in pairs) + left
-    r_len = max(len(r) for _, r in pairs) + right
-    tokens = np.zeros((len(pairs), p_len + r_len), np.int32)
-    mask = np.zeros_like(tokens, bool)
-    score = np.zeros_like(tokens, bool)
-    for i, (p, r) in enumerate(pairs):
-        tokens[i, p_len - len(p):p_len] = p
-        tokens[i, p_len:p_len + len(r)] = r
-        mask[i, p_len - len(p):p_len + len(r)] = True
-        score[i, p_len:p_len + len(r)] = True
-    return jnp.asarray(tokens), jnp.asarray(mask), jnp.asarray(score)
+    prompts, responses = [list(p) for p, _ in pairs], [list(r) for _, r in pairs]
+    out = pack_prompt_response(prompts, responses, pad_id=0, prompt_length=max(map(len, prompts)) + left,
+                               response_length=max(map(len, responses)) + right)
+    return jnp.asarray(out["tokens"]), jnp.asarray(out["mask"]), jnp.asarray(out["score_mask"])
 
 
 @pytest.fixture(scope="module")
