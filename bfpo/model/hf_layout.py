@@ -27,7 +27,8 @@ class TensorLayout:
     """One parameter of ours (``path``) and the PyTorch tensor(s) it comes from.
 
     ``hf_name`` has a ``{layer}`` field when the parameter is stacked over layers; ``in_rank`` is the number of
-    leading input axes of a kernel (None for tensors that are not transposed).
+    leading input axes of a kernel (None for tensors that are not transposed); ``flat`` marks a tensor PyTorch
+    stores as a vector (a bias [H * E] that we keep as [H, E]).
     """
 
     path: str
@@ -35,11 +36,12 @@ class TensorLayout:
     shape: tuple[int, ...]  # our per-layer shape
     stacked: bool
     in_rank: int | None = None
+    flat: bool = False
 
     @property
     def hf_shape(self) -> tuple[int, ...]:
         if self.in_rank is None:
-            return (math.prod(self.shape),) if len(self.shape) > 1 and "bias" in self.path else self.shape
+            return (math.prod(self.shape),) if self.flat else self.shape
         return (math.prod(self.shape[self.in_rank:]), math.prod(self.shape[:self.in_rank]))
 
     def names(self, num_layers: int) -> list[str]:
@@ -66,7 +68,7 @@ def tensor_layouts(cfg: LlamaConfig) -> list[TensorLayout]:
                                 (d, heads, e), True, in_rank=1))
         if cfg.attention_bias:
             out.append(TensorLayout(f"layers/self_attn/{name}_proj/bias", layer + f"self_attn.{name}_proj.bias",
-                                    (heads, e), True))
+                                    (heads, e), True, flat=True))
     out.append(TensorLayout("layers/self_attn/o_proj/kernel", layer + "self_attn.o_proj.weight", (h, e, d), True,
                             in_rank=2))
     out.append(TensorLayout("layers/post_attention_layernorm/scale", layer + "post_attention_layernorm.weight",
