@@ -58,6 +58,8 @@ def make_optimizer(cfg: LocalLearningConfig) -> optax.GradientTransformation:
 def step_function(cfg: LocalLearningConfig, netdef: network.NetworkDef, tx):
     if cfg.executor == "local":
         return ts.make_local_step(netdef, cfg.local, tx)
+    if cfg.executor == "local_scan":
+        return ts.make_scan_local_step(netdef, cfg.local, tx)
     return ts.make_bp_step(netdef, tx, remat=cfg.executor == "bp_checkpoint")
 
 

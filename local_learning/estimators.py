@@ -42,6 +42,9 @@ class ReconcileConfig:
     """``jvp`` (reverse over forward) or ``direct`` (reverse over reverse); both exact."""
     placement: str = "input_side"
     """``input_side``: module k pulls g_in^(k) toward g_out^(k-1); ``output_side``: the reverse, on module k-1."""
+    remat: bool = False
+    """``jvp`` form only: run the term's reverse-over-forward pass block by block under gradient checkpointing,
+    so that the module's peak memory is that of its plain backward pass (at the cost of recomputation)."""
 
     def __post_init__(self):
         if not self.weight >= 0:
@@ -50,6 +53,8 @@ class ReconcileConfig:
             raise ConfigError(f"ReconcileConfig.distance={self.distance!r}: expected one of {sorted(reconcile.DISTANCES)}")
         if self.impl not in reconcile.SGR_IMPLS:
             raise ConfigError(f"ReconcileConfig.impl={self.impl!r}: expected one of {reconcile.SGR_IMPLS}")
+        if self.remat and self.impl != "jvp":
+            raise ConfigError("ReconcileConfig.remat=True needs impl='jvp'")
         if self.placement not in reconcile.PLACEMENTS:
             raise ConfigError(f"ReconcileConfig.placement={self.placement!r}: expected one of {reconcile.PLACEMENTS}")
 
@@ -76,8 +81,11 @@ LossFn = Callable[[Any, jax.Array, jax.Array], tuple[jax.Array, Any]]
 
 
 def local_backprop(loss_fn: LossFn, params, h_in, probe, target, *, scale: float, rc: ReconcileConfig,
-                   need_g_in: bool, rng: jax.Array | None = None) -> ModuleGrads:
-    """Exact gradient of J_k by reverse mode inside the module."""
+                   need_g_in: bool, rng: jax.Array | None = None, directional=None) -> ModuleGrads:
+    """Exact gradient of J_k by reverse mode inside the module.
+
+    ``directional(params, h, u)`` = <dL_k/dh, u> (network.directional_loss) is used by the jvp form when given.
+    """
     del rng
     sgr = rc.active and rc.placement == "input_side" and target is not None
     zero = jnp.zeros((), jnp.float32)
@@ -100,7 +108,8 @@ def local_backprop(loss_fn: LossFn, params, h_in, probe, target, *, scale: float
     d = zero
     if sgr:
         scalar = lambda p, x: loss_fn(p, x, probe)[0]  # noqa: E731
-        d, term_grads = reconcile.term_jvp(scalar, params, h_in, g_in, target, reconcile.get_distance(rc.distance))
+        d, term_grads = reconcile.term_jvp(scalar, params, h_in, g_in, target, reconcile.get_distance(rc.distance),
+                                           directional=directional)
         grads = jax.tree.map(lambda a, b: a + rc.weight * b, grads, term_grads)
     return ModuleGrads(grads, loss, aux, g_in, g_out, d)
 
@@ -112,8 +121,9 @@ def _normal_like(rng, tree):
 
 
 def forward_gradient(loss_fn: LossFn, params, h_in, probe, target, *, scale: float, rc: ReconcileConfig,
-                     need_g_in: bool, rng: jax.Array | None = None) -> ModuleGrads:
+                     need_g_in: bool, rng: jax.Array | None = None, directional=None) -> ModuleGrads:
     """Unbiased forward-mode estimate (dJ/dtheta . v) v, v ~ N(0, I); no reverse pass anywhere."""
+    del directional  # forward mode needs no reverse pass to checkpoint
     if rng is None:
         raise ConfigError("estimator 'forward_gradient' needs a random key (rng)")
     k_v, k_u, k_w = jax.random.split(rng, 3)

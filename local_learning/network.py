@@ -27,6 +27,7 @@ from flax import nnx
 from local_learning.errors import ConfigError
 from local_learning.heads import HeadConfig, make_aux_head
 from local_learning.memory import residual_bytes
+from local_learning.ordering import ordered_checkpoint
 from local_learning.models import ModelConfig, build_blocks
 from local_learning.partition import (
     PartitionConfig,
@@ -208,6 +209,35 @@ def local_loss(graphdef, params, stats, h_in, probe, labels_B, *, train: bool = 
     logits = stage.logits(h + probe.astype(h.dtype), train=train)
     loss = jnp.sum(cross_entropy(logits, labels_B))
     return loss, LocalAux(h_out=h, logits=logits, stats=nnx.state(stage, nnx.BatchStat))
+
+
+def directional_loss(graphdef, params, stats, h_in, u, probe, labels_B, *, remat: bool = True) -> jax.Array:
+    """<dL_k/dh_in, u>, the directional derivative of module k's loss along u, carried block by block.
+
+    Each block maps (x, x_dot) to its jvp (f(x), f'(x) x_dot); with ``remat`` each block runs under
+    ``ordered_checkpoint``, so the reverse pass over this function (the jvp form of the SGR term) keeps only
+    the blocks' inputs and one block's primal and tangent activations at a time, instead of the whole module's.
+    BatchNorm statistics are not updated here (the module's first pass already did).
+    """
+    stage = nnx.merge(graphdef, params, stats, copy=True)
+    x, x_dot = h_in, u
+    for block in stage.blocks:
+        block_def, block_state = nnx.split(block)
+
+        def block_jvp(state, xs, block_def=block_def):
+            # Modules are rebuilt inside each traced function: a BatchNorm may only update its statistics in
+            # the trace that created it.
+            return jax.jvp(lambda y: nnx.merge(block_def, state, copy=True)(y, train=True), (xs[0],), (xs[1],))
+
+        x, x_dot = (ordered_checkpoint(block_jvp) if remat else block_jvp)(block_state, (x, x_dot))
+
+    head_def, head_state = nnx.split(stage.head)
+
+    def head_loss(h):
+        head = nnx.merge(head_def, head_state, copy=True)
+        return jnp.sum(cross_entropy(head(h + probe.astype(h.dtype), train=True), labels_B))
+
+    return jax.jvp(head_loss, (x,), (x_dot,))[1]
 
 
 def predict(netdef: NetworkDef, variables, x, *, train: bool = False) -> list[jax.Array]:

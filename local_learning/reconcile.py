@@ -99,11 +99,12 @@ def term_direct(scalar_fn, params, x, target, distance: Distance) -> tuple[jax.A
     return jax.value_and_grad(term)(params)
 
 
-def term_jvp(scalar_fn, params, x, g, target, distance: Distance) -> tuple[jax.Array, Any]:
+def term_jvp(scalar_fn, params, x, g, target, distance: Distance, directional=None) -> tuple[jax.Array, Any]:
     """(D(g, t), dD/dparams) by reverse over forward, given g = dF/dx at (params, x) from a previous pass.
 
     Exact: dD/dtheta = (dg/dtheta)^T u with u = dD/dg, and (dg/dtheta)^T u = d/dtheta <dF/dx, u>, where
-    <dF/dx, u> = jvp of F along u in x.
+    <dF/dx, u> = jvp of F along u in x. ``directional(params, x, u)`` may supply that jvp (e.g. computed
+    block by block under gradient checkpointing, network.directional_loss); by default it is ``jax.jvp`` of F.
     """
     value, u = jax.value_and_grad(distance)(g, target)
     u = jax.lax.stop_gradient(u)
@@ -111,10 +112,12 @@ def term_jvp(scalar_fn, params, x, g, target, distance: Distance) -> tuple[jax.A
     # finished nor shares its forward with the first pass (either would keep both passes' activations alive).
     x = after(x, u)
 
-    def directional(p):
-        return jax.jvp(lambda xx: scalar_fn(p, xx), (x,), (u.astype(x.dtype),))[1]
+    u = u.astype(x.dtype)
+    if directional is None:
+        def directional(p, x, u):
+            return jax.jvp(lambda xx: scalar_fn(p, xx), (x,), (u,))[1]
 
-    return value, jax.grad(directional)(params)
+    return value, jax.grad(directional)(params, x, u)
 
 
 SGR_IMPLS = ("jvp", "direct")

@@ -31,7 +31,7 @@ from flax import nnx
 
 from local_learning import network, reconcile
 from local_learning.errors import ConfigError
-from local_learning.ordering import after
+from local_learning.ordering import after, ordered_checkpoint
 from local_learning.estimators import ESTIMATOR_NAMES, ModuleGrads, ReconcileConfig, get_estimator
 from runtime.metrics import Metric
 from runtime.train_state import TrainState, merge_by_mask, split_by_mask
@@ -82,9 +82,15 @@ def module_gradients(netdef: network.NetworkDef, cfg: LocalConfig, k: int, param
         return network.local_loss(gdef, p, stats, x, probe, labels, train=True)
 
     probe = _probe(gdef, params, stats, h_in)
+    directional = None
+    if cfg.reconcile.remat:
+        def directional(p, x, u):
+            return network.directional_loss(gdef, p, stats, x, u, probe, labels, remat=True)
+
     estimator = get_estimator(cfg.estimator)
     return estimator(loss_fn, params, h_in, probe, target, scale=1.0 / labels.shape[0], rc=cfg.reconcile,
-                     need_g_in=(cfg.diagnostics and k > 0) or cfg.reconcile.placement == "output_side", rng=rng)
+                     need_g_in=(cfg.diagnostics and k > 0) or cfg.reconcile.placement == "output_side", rng=rng,
+                     directional=directional)
 
 
 def _probe(gdef, params, stats, h_in):
@@ -92,18 +98,24 @@ def _probe(gdef, params, stats, h_in):
     return jnp.zeros(out.shape, out.dtype)
 
 
-def _module_metrics(k: int, res: ModuleGrads, labels, target, cfg: LocalConfig) -> dict[str, Metric]:
+def _module_metric_values(k: int, res: ModuleGrads, labels, target, cfg: LocalConfig) -> dict[str, Metric]:
+    """Module diagnostics by name (without the module number): local loss and accuracy, the reconciliation
+    cosine between g_in^(k) and g_out^(k-1), and the SGR term."""
     b = labels.shape[0]
-    n = k + 1
-    out = {
-        f"loss_{n}": Metric.from_mean(res.loss_sum / b, b),
-        f"accuracy_{n}": _accuracy(res.aux.logits, labels),
-    }
+    out = {"loss": Metric.from_mean(res.loss_sum / b, b), "accuracy": _accuracy(res.aux.logits, labels)}
     if target is not None and res.g_in is not None:
-        out[f"cos_{n}"] = Metric.from_values(reconcile.cosine_similarity(res.g_in, target))
+        out["cos"] = Metric.from_values(reconcile.cosine_similarity(res.g_in, target))
     if cfg.reconcile.active and k > 0 and cfg.reconcile.placement == "input_side":
-        out[f"sgr_{n}"] = Metric.from_mean(res.term, b)
+        out["sgr"] = Metric.from_mean(res.term, b)
     return out
+
+
+def _numbered(values: dict[str, Metric], n: int) -> dict[str, Metric]:
+    return {f"{name}_{n}": value for name, value in values.items()}
+
+
+def _module_metrics(k: int, res: ModuleGrads, labels, target, cfg: LocalConfig) -> dict[str, Metric]:
+    return _numbered(_module_metric_values(k, res, labels, target, cfg), k + 1)
 
 
 def output_side_terms(netdef, cfg: LocalConfig, k: int, params, stats, h_in, labels, target_g_in):
@@ -212,30 +224,62 @@ def make_host_loop_step(netdef: network.NetworkDef, cfg: LocalConfig, tx: optax.
     return step, programs + [update_jit]
 
 
-def ordered_checkpoint(fn: Callable[[Any, jax.Array], Any]) -> Callable[[Any, jax.Array], Any]:
-    """``fn(state, x)`` whose backward pass recomputes the forward instead of keeping its residuals.
+def scannable_modules(netdef: network.NetworkDef) -> bool:
+    """Whether modules 2..K share one structure (same blocks and head type), as needed by ``make_scan_local_step``."""
+    return netdef.num_modules >= 3 and all(g == netdef.graphdefs[1] for g in netdef.graphdefs[2:])
 
-    Like ``jax.checkpoint``, with one difference that matters for memory: the recomputation is made to depend on
-    the incoming cotangent (ordering.after), so no scheduler can hoist every block's recomputation to the end
-    of the forward pass, which would hold all residuals at once again (measured on the CPU backend: per-block
-    ``jax.checkpoint`` left the compiled step's temp memory above global BP's).
+
+def make_scan_local_step(netdef: network.NetworkDef, cfg: LocalConfig, tx: optax.GradientTransformation):
+    """``step(state, batch)``: module 1 unrolled, modules 2..K by ``lax.scan`` with each module's gradients
+    computed inside the scan body, carrying only the stop-gradient (h_k, g_out^(k)).
+
+    For stacks of identical modules (a ViT cut after the patch embedding into equal runs of transformer blocks,
+    with ``pool="mean"`` so that the last head has the auxiliary heads' structure): one compiled module body
+    instead of K - 1. Taking ``jax.grad`` of a summed loss over a scan would instead keep every iteration's
+    residuals; here the body's residuals die inside each iteration. Same updates as ``make_local_step``.
     """
+    if not scannable_modules(netdef):
+        raise ConfigError(
+            "make_scan_local_step needs K >= 3 and modules 2..K of identical structure (equal block counts, and "
+            "the model's classifier shaped like the auxiliary heads, e.g. a ViT with pool='mean')"
+        )
+    if cfg.reconcile.active and cfg.reconcile.placement != "input_side":
+        raise ConfigError("make_scan_local_step supports ReconcileConfig.placement='input_side' only")
+    k_rest = netdef.num_modules - 1
 
-    @jax.custom_vjp
-    def call(state, x):
-        return fn(state, x)
+    def step(state: TrainState, batch: Batch):
+        rng = jax.random.fold_in(state.rng, state.step)
+        labels = batch["label"]
+        params, stats = state.params["params"], state.params["stats"]
+        first = module_gradients(netdef, cfg, 0, params[0], stats[0], jax.lax.stop_gradient(batch["image"]), None,
+                                 labels, jax.random.fold_in(rng, 0))
+        metrics = _module_metrics(0, first, labels, None, cfg)
+        h = after(first.aux.h_out, first.grads, first.g_out) if cfg.ordered else first.aux.h_out
+        carry = (jax.lax.stop_gradient(h), jax.lax.stop_gradient(first.g_out))
+        stack = lambda trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees)  # noqa: E731
+        rngs = jnp.stack([jax.random.fold_in(rng, k) for k in range(1, netdef.num_modules)])
 
-    def forward(state, x):
-        return fn(state, x), (state, x)
+        def body(carry, xs):
+            h_in, target = carry
+            p, s, key = xs
+            res = module_gradients(netdef, cfg, 1, p, s, h_in, target, labels, key)
+            h_out = after(res.aux.h_out, res.grads, res.g_out) if cfg.ordered else res.aux.h_out
+            out = (res.grads, res.aux.stats, _module_metric_values(1, res, labels, target, cfg))
+            return (jax.lax.stop_gradient(h_out), jax.lax.stop_gradient(res.g_out)), out
 
-    def backward(saved, ct):
-        state, x = saved
-        x = after(x, ct)
-        _, vjp = jax.vjp(fn, state, x)
-        return vjp(ct)
+        _, (grads_st, stats_st, metrics_st) = jax.lax.scan(body, carry, (stack(params[1:]), stack(stats[1:]), rngs))
+        unstack = lambda tree: [jax.tree.map(lambda x: x[i], tree) for i in range(k_rest)]  # noqa: E731
+        grads = [first.grads] + unstack(grads_st)
+        new_stats = [first.aux.stats] + unstack(stats_st)
+        for i, m in enumerate(unstack(metrics_st)):
+            metrics.update(_numbered(m, i + 2))
+        last = netdef.num_modules
+        metrics["loss"] = metrics[f"loss_{last}"]
+        metrics["accuracy"] = metrics[f"accuracy_{last}"]
+        metrics["grad_norm"] = Metric.scalar(optax.global_norm(grads))
+        return apply_update(state, grads, new_stats, tx), metrics
 
-    call.defvjp(forward, backward)
-    return call
+    return step
 
 
 def _run_block(block: nnx.Module, h, remat: bool):

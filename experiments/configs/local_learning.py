@@ -15,7 +15,7 @@ from local_learning.train_step import LocalConfig
 
 ARCHS = ("resnet8", "resnet20", "resnet32", "resnet56", "resnet110", "resnet50", "resnet101", "deit_s", "deit_ti",
          "vit_tiny")
-EXECUTORS = ("local", "bp", "bp_checkpoint")
+EXECUTORS = ("local", "local_scan", "bp", "bp_checkpoint")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -71,7 +71,9 @@ class LocalLearningConfig:
     partition: PartitionConfig = PartitionConfig(num_modules=4)
     head: HeadConfig = HeadConfig()
     local: LocalConfig = LocalConfig(reconcile=ReconcileConfig(weight=0.0))
-    executor: Literal["local", "bp", "bp_checkpoint"] = "local"
+    executor: Literal["local", "local_scan", "bp", "bp_checkpoint"] = "local"
+    """``local``: modules in sequence in one program; ``local_scan``: modules 2..K by lax.scan (identical modules,
+    e.g. a ViT with pool='mean' and equal module sizes); ``bp`` / ``bp_checkpoint``: global BP baselines."""
     data: DataConfig = DataConfig(image_size=16)
     batch_size: int = 64
     eval_batch_size: int = 256

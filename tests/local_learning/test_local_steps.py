@@ -13,7 +13,7 @@ import pytest
 from local_learning import ConfigError, network
 from local_learning import train_step as ts
 from local_learning.estimators import ReconcileConfig, _normal_like, forward_gradient, local_backprop
-from local_learning.models import ResNetConfig
+from local_learning.models import ResNetConfig, ViTConfig
 from local_learning.partition import PartitionConfig
 from runtime.mesh import make_mesh
 from runtime.train_state import init_train_state
@@ -44,7 +44,8 @@ def grads_and_reference(net3):
     def run(params, stats, batch):
         out = {}
         for name, rc in (("plain", ReconcileConfig()), ("jvp", SGR),
-                         ("direct", ReconcileConfig(weight=SGR.weight, impl="direct"))):
+                         ("direct", ReconcileConfig(weight=SGR.weight, impl="direct")),
+                         ("remat", ReconcileConfig(weight=SGR.weight, remat=True))):
             cfg = ts.LocalConfig(reconcile=rc)
             out[name] = ts.local_step_fn(netdef, cfg, params, stats, batch, jax.random.PRNGKey(0))
         for name, rc in (("ref_plain", ReconcileConfig()), ("ref_sgr", SGR)):
@@ -66,6 +67,7 @@ def test_sgr_gradients_jvp_equal_direct_equal_reference(grads_and_reference):
     jvp, direct, ref = grads_and_reference["jvp"][0], grads_and_reference["direct"][0], grads_and_reference["ref_sgr"]
     chex.assert_trees_all_close(jvp, direct, rtol=1e-4, atol=1e-6)
     chex.assert_trees_all_close(jvp, ref, rtol=1e-4, atol=1e-6)
+    chex.assert_trees_all_close(grads_and_reference["remat"][0], jvp, rtol=1e-5, atol=1e-7)
     # The term really changes the update of modules 2 and 3, and not of module 1 (which has no predecessor).
     plain = grads_and_reference["plain"][0]
     chex.assert_trees_all_close(jvp[0], plain[0], rtol=1e-6, atol=1e-8)
@@ -130,9 +132,9 @@ def test_k1_local_learning_equals_global_bp_and_checkpointing():
     assert float(jnp.max(jnp.abs(jax.tree.leaves(s_bp.params["stats"])[0]))) > 0
 
 
-def test_host_loop_equals_single_program(net3):
-    netdef, _ = net3
-    plan = network.plan_partition(MODEL, PartitionConfig(num_modules=3))
+def test_host_loop_equals_single_program():
+    plan = network.plan_partition(MODEL, PartitionConfig(num_modules=2))
+    netdef, _ = network.abstract_network(MODEL, plan)
     tx = optax.adam(1e-2)
     cfg = ts.LocalConfig(reconcile=SGR)
     init = lambda: network.build(MODEL, plan, seed=1)[1]  # noqa: E731
@@ -186,3 +188,23 @@ def test_forward_gradient_is_directional_derivative_times_tangent(net3):
     dot = sum(jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(exact.grads), jax.tree.leaves(v)))
     chex.assert_trees_all_close(estimate.grads, jax.tree.map(lambda x: dot * x, v), rtol=1e-3, atol=1e-6)
     np.testing.assert_allclose(estimate.loss_sum, exact.loss_sum, rtol=1e-6)
+
+
+def test_scan_over_identical_modules_equals_sequential():
+    vit = ViTConfig(image_size=8, patch_size=4, width=8, depth=3, num_heads=2, mlp_ratio=2, pool="mean")
+    plan = network.plan_partition(vit, PartitionConfig(num_modules=3, split="explicit", split_points=(2, 3)))
+    netdef, _ = network.abstract_network(vit, plan)
+    assert ts.scannable_modules(netdef)
+    tx = optax.adam(1e-2)
+    cfg = ts.LocalConfig(reconcile=SGR)
+    init = lambda: network.build(vit, plan, seed=3)[1]  # noqa: E731
+    batch = make_batch(4, seed=8)
+    a, ma = jax.jit(ts.make_local_step(netdef, cfg, tx))(_state(init, tx), batch)
+    b, mb = jax.jit(chex.assert_max_traces(ts.make_scan_local_step(netdef, cfg, tx), n=1))(_state(init, tx), batch)
+    chex.assert_trees_all_close(a.params, b.params, rtol=1e-5, atol=1e-6)
+    assert set(ma) == set(mb)
+    for key in ma:
+        np.testing.assert_allclose(ma[key].compute(), mb[key].compute(), rtol=1e-4, atol=1e-6)
+    with pytest.raises(ConfigError, match="identical structure"):
+        ts.make_scan_local_step(network.abstract_network(MODEL, network.plan_partition(
+            MODEL, PartitionConfig(num_modules=3)))[0], cfg, tx)
