@@ -31,7 +31,7 @@ def config(tmp_path, **kw):
                       plot=False, async_checkpoint=False),
         arch="resnet8",
         partition=PartitionConfig(num_modules=2),
-        local=LocalConfig(reconcile=ReconcileConfig(weight=0.5)),
+        local=LocalConfig(reconcile=ReconcileConfig(weight=0.0)),
         data=DataConfig(source="cifar10", directory=str(tmp_path / "cifar"), image_size=32, eval_examples=12),
         batch_size=8,
         eval_batch_size=8,
@@ -49,7 +49,7 @@ def test_train_on_cifar_fixture_data_parallel(tmp_path):
         assert abs(summary.eval_metrics[key] * 12 - round(summary.eval_metrics[key] * 12)) < 1e-9
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["split"] == "train"]
-    assert {"loss_1", "loss_2", "cos_2", "sgr_2", "accuracy"} <= set(train[-1])
+    assert {"loss_1", "loss_2", "cos_2", "accuracy"} <= set(train[-1])
     assert all(np.isfinite(r["loss"]) for r in train)
 
 

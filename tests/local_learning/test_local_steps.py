@@ -18,7 +18,7 @@ from local_learning.partition import PartitionConfig
 from runtime.mesh import make_mesh
 from runtime.train_state import init_train_state
 
-MODEL = ResNetConfig(stage_blocks=(1, 1), widths=(4, 8), stem_width=4, image_size=8)  # stem + 2 blocks
+MODEL = ResNetConfig(stage_blocks=(2,), widths=(4,), stem_width=4, image_size=8)  # stem + 2 blocks
 SGR = ReconcileConfig(weight=0.7)
 
 
@@ -37,25 +37,31 @@ def net3():
 
 @pytest.fixture(scope="module")
 def grads_and_reference(net3):
-    """One compiled program: executor gradients (plain, SGR jvp, SGR direct) and the reference gradients."""
+    """One compiled program: executor gradients (plain, SGR jvp / direct / checkpointed), the reference gradients,
+    every dJ_k/dtheta_j, and the SGR step on a batch with every example duplicated."""
     netdef, var = net3
-    batch = make_batch(6)
+    batch = make_batch(4)
+    double = jax.tree.map(lambda x: jnp.concatenate([x, x]), batch)
 
-    def run(params, stats, batch):
+    def run(params, stats):
         out = {}
-        for name, rc in (("plain", ReconcileConfig()), ("jvp", SGR),
-                         ("direct", ReconcileConfig(weight=SGR.weight, impl="direct")),
-                         ("remat", ReconcileConfig(weight=SGR.weight, remat=True))):
+        for name, rc, b in (("plain", ReconcileConfig(), batch), ("jvp", SGR, batch),
+                            ("direct", ReconcileConfig(weight=SGR.weight, impl="direct"), batch),
+                            ("remat", ReconcileConfig(weight=SGR.weight, remat=True), batch),
+                            ("jvp_double", SGR, double)):
             cfg = ts.LocalConfig(reconcile=rc)
-            out[name] = ts.local_step_fn(netdef, cfg, params, stats, batch, jax.random.PRNGKey(0))
-        for name, rc in (("ref_plain", ReconcileConfig()), ("ref_sgr", SGR)):
-            out[name] = jax.grad(lambda p, rc=rc: sum(ts.local_objectives(netdef, rc, p, stats, batch)))(params)
-        # d J_k / d theta_j for every (k, j) with SGR on.
-        out["cross"] = [jax.grad(lambda p, k=k: ts.local_objectives(netdef, SGR, p, stats, batch)[k])(params)
-                        for k in range(netdef.num_modules)]
+            out[name] = ts.local_step_fn(netdef, cfg, params, stats, b, jax.random.PRNGKey(0))
+        out["ref_plain"] = jax.grad(lambda p: sum(ts.local_objectives(netdef, ReconcileConfig(), p, stats, batch)))(
+            params)
+        # Row k: d J_k / d theta_j for every module j, with SGR on; the rows sum to the reference gradient.
+        out["cross"] = jax.jacrev(lambda p: jnp.stack(ts.local_objectives(netdef, SGR, p, stats, batch)))(params)
         return out
 
-    return jax.jit(run)(var["params"], var["stats"], batch)
+    out = jax.jit(run)(var["params"], var["stats"])
+    k = netdef.num_modules
+    out["cross"] = [[jax.tree.map(lambda x, i=i: x[i], out["cross"][j]) for j in range(k)] for i in range(k)]
+    out["ref_sgr"] = [jax.tree.map(lambda *xs: sum(xs), *[out["cross"][i][j] for i in range(k)]) for j in range(k)]
+    return out
 
 
 def test_lambda_zero_gradients_equal_stop_gradient_sum(grads_and_reference):
@@ -91,16 +97,11 @@ def test_no_gradient_crosses_a_module_boundary(grads_and_reference):
                 assert any(bool(jnp.any(x != 0)) for x in leaves)
 
 
-def test_sgr_term_is_invariant_to_batch_size(net3):
+def test_sgr_term_is_invariant_to_batch_size(grads_and_reference):
     """Duplicating every example leaves BatchNorm statistics, the per-example gradients (of sum-reduced losses),
     the mean SGR term and the gradient of the mean objective unchanged."""
-    netdef, var = net3
-    cfg = ts.LocalConfig(reconcile=SGR)
-    step = jax.jit(lambda p, s, b: ts.local_step_fn(netdef, cfg, p, s, b, jax.random.PRNGKey(0)))
-    small = make_batch(4, seed=3)
-    double = jax.tree.map(lambda x: jnp.concatenate([x, x]), small)
-    g1, _, m1 = step(var["params"], var["stats"], small)
-    g2, _, m2 = step(var["params"], var["stats"], double)
+    g1, _, m1 = grads_and_reference["jvp"]
+    g2, _, m2 = grads_and_reference["jvp_double"]
     for k in (2, 3):
         np.testing.assert_allclose(m1[f"sgr_{k}"].compute(), m2[f"sgr_{k}"].compute(), rtol=1e-4)
     chex.assert_trees_all_close(g1, g2, rtol=1e-3, atol=1e-6)
@@ -116,15 +117,20 @@ def test_k1_local_learning_equals_global_bp_and_checkpointing():
     tx = optax.sgd(0.1, momentum=0.9)
     init = lambda: network.build(MODEL, plan, seed=2)[1]  # noqa: E731
     batch = make_batch(8, seed=4)
-    local = chex.assert_max_traces(ts.make_local_step(netdef, ts.LocalConfig(reconcile=SGR), tx), n=1)
-    local = jax.jit(local)
-    bp = jax.jit(ts.make_bp_step(netdef, tx))
-    remat = jax.jit(ts.make_bp_step(netdef, tx, remat=True))
-    s_local = s_bp = s_remat = _state(init, tx)
-    for _ in range(2):
-        s_local, m_local = local(s_local, batch)
-        s_bp, m_bp = bp(s_bp, batch)
-        s_remat, _ = remat(s_remat, batch)
+    local = ts.make_local_step(netdef, ts.LocalConfig(reconcile=SGR), tx)
+    bp = ts.make_bp_step(netdef, tx)
+    remat = ts.make_bp_step(netdef, tx, remat=True)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def two_steps(state):
+        out = []
+        for step in (local, bp, remat):
+            s, _ = step(state, batch)
+            out.append(step(s, batch))
+        return out
+
+    (s_local, m_local), (s_bp, m_bp), (s_remat, _) = two_steps(_state(init, tx))
     chex.assert_trees_all_close(s_local.params, s_bp.params, rtol=1e-5, atol=1e-6)
     chex.assert_trees_all_close(s_remat.params, s_bp.params, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(m_local["loss"].compute(), m_bp["loss"].compute(), rtol=1e-5)
@@ -136,7 +142,7 @@ def test_host_loop_equals_single_program():
     plan = network.plan_partition(MODEL, PartitionConfig(num_modules=2))
     netdef, _ = network.abstract_network(MODEL, plan)
     tx = optax.adam(1e-2)
-    cfg = ts.LocalConfig(reconcile=SGR)
+    cfg = ts.LocalConfig()  # the module programs are the single program's module functions; SGR is tested above
     init = lambda: network.build(MODEL, plan, seed=1)[1]  # noqa: E731
     batch = make_batch(8, seed=5)
     single = jax.jit(ts.make_local_step(netdef, cfg, tx))
@@ -199,8 +205,9 @@ def test_scan_over_identical_modules_equals_sequential():
     cfg = ts.LocalConfig(reconcile=SGR)
     init = lambda: network.build(vit, plan, seed=3)[1]  # noqa: E731
     batch = make_batch(4, seed=8)
-    a, ma = jax.jit(ts.make_local_step(netdef, cfg, tx))(_state(init, tx), batch)
-    b, mb = jax.jit(chex.assert_max_traces(ts.make_scan_local_step(netdef, cfg, tx), n=1))(_state(init, tx), batch)
+    sequential = ts.make_local_step(netdef, cfg, tx)
+    scanned = chex.assert_max_traces(ts.make_scan_local_step(netdef, cfg, tx), n=1)
+    (a, ma), (b, mb) = jax.jit(lambda s: (sequential(s, batch), scanned(s, batch)))(_state(init, tx))
     chex.assert_trees_all_close(a.params, b.params, rtol=1e-5, atol=1e-6)
     assert set(ma) == set(mb)
     for key in ma:
