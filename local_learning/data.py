@@ -26,6 +26,7 @@ from typing import Literal
 
 import numpy as np
 
+from local_learning.augment import rand_augment
 from local_learning.errors import DataError
 from runtime.batches import IndexedBatches
 
@@ -244,7 +245,7 @@ def normalize(images: np.ndarray, mean_std) -> np.ndarray:
     return (images.astype(np.float32) / 255.0 - mean) / std
 
 
-AUGMENTATIONS = ("none", "crop_flip")
+AUGMENTATIONS = ("none", "crop_flip", "crop_flip_randaugment")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -278,8 +279,10 @@ class ImageBatches:
 
     def __call__(self, i: int) -> dict[str, np.ndarray]:
         images, labels = self.source.get(self.indices(i))
-        if self.augment == "crop_flip":
+        if self.augment in ("crop_flip", "crop_flip_randaugment"):
             images = pad_crop_flip(images, np.random.default_rng((self.seed, 1 << 20, i)))
+        if self.augment == "crop_flip_randaugment":
+            images = rand_augment(images, np.random.default_rng((self.seed, 1 << 21, i)))
         return {"image": normalize(images, self.mean_std), "label": labels.astype(np.int32)}
 
     def iterator(self, start: int = 0) -> IndexedBatches:

@@ -28,7 +28,7 @@ class DataConfig:
     train_split: str = "train"
     test_split: str = "validation"
     image_size: int = 32
-    augment: Literal["none", "crop_flip"] = "crop_flip"
+    augment: Literal["none", "crop_flip", "crop_flip_randaugment"] = "crop_flip"
     eval_examples: int = 0
     """Evaluate on the first N test examples (0: all)."""
     seed: int = 0
@@ -191,7 +191,7 @@ class LocalLearningConfig:
             partition=PartitionConfig(num_modules=4),
             local=LocalConfig(reconcile=ReconcileConfig(weight=1.0)),
             data=DataConfig(source="tfds", directory=directory, tfds_name="imagenet2012", image_size=224,
-                            augment="crop_flip"),
+                            augment="crop_flip_randaugment"),
             batch_size=1024,
             eval_batch_size=1000,
             optimizer="adamw",

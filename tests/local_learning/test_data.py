@@ -121,3 +121,23 @@ def test_tfds_data_source_path_with_mock_data():
         images, labels = source.get(np.arange(3))
     assert images.shape == (3, 16, 16, 3) and images.dtype == np.uint8
     assert labels.dtype == np.int32 and labels.min() >= 0 and labels.max() < 10
+
+
+def test_rand_augment_operations_against_numpy():
+    from local_learning import augment
+
+    image = np.random.default_rng(4).integers(0, 256, (1, 8, 8, 3), dtype=np.uint8)
+    # Solarize at magnitude 5: pixels >= 128 are inverted.
+    out = augment.rand_augment(image, np.random.default_rng(0), num_ops=1, magnitude=5, ops=("Solarize",))
+    np.testing.assert_array_equal(out, np.where(image >= 128, 255 - image, image))
+    # Posterize at magnitude 10 keeps the top 4 bits.
+    out = augment.rand_augment(image, np.random.default_rng(0), num_ops=1, magnitude=10, ops=("Posterize",))
+    np.testing.assert_array_equal(out, image & 0xF0)
+    # Magnitude 0 leaves geometric and enhance operations the identity.
+    out = augment.rand_augment(image, np.random.default_rng(0), num_ops=3, magnitude=0,
+                               ops=("Rotate", "ShearX", "TranslateY", "Brightness", "Identity"))
+    np.testing.assert_array_equal(out, image)
+    full = augment.rand_augment(np.repeat(image, 4, axis=0), np.random.default_rng(1))
+    assert full.shape == (4, 8, 8, 3) and full.dtype == np.uint8
+    with pytest.raises(DataError, match="magnitude"):
+        augment.rand_augment(image, np.random.default_rng(0), magnitude=11)
