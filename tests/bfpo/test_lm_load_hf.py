@@ -103,7 +103,7 @@ def test_hub_id_offline_asks_for_a_local_directory(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     with pytest.raises(ModelError, match="not a local directory .* pass that directory"):
-        load_hf("mistralai/Mistral-7B-v0.1")
+        load_hf("no-such-org/no-such-model-3f9c")
 
 
 def test_bfloat16_model_tracks_float32(saved):
