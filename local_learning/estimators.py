@@ -11,6 +11,9 @@ w.r.t. the module's parameters, g_in^(k) = dL_k/dh_in, and g_out^(k) = dL_k/dpro
 
 * ``backprop`` (local BP, the default): exact, by reverse mode inside the module; the SGR term by the jvp form
   or the direct double-reverse form.
+* ``feedback_alignment`` (BP-free; Lillicrap et al., 2016): local backprop through a network whose dense and
+  convolutional layers send errors backward through fixed random matrices (models/feedback.py); g_in and
+  g_out are the feedback-propagated errors, so SGR reconciles those (direct form only).
 * ``forward_gradient`` (BP-free; Baydin et al., 2022, "Gradients without backpropagation"): with v ~ N(0, I)
   over the parameters, the unbiased estimate (dJ/dtheta . v) v from one forward-mode pass. The boundary
   gradients are estimated the same way, g_in ~ (dL/dh . u) u and g_out ~ (dL/dp . w) w with u, w ~ N(0, I),
@@ -29,7 +32,7 @@ import jax.numpy as jnp
 from local_learning import reconcile
 from local_learning.errors import ConfigError
 
-ESTIMATOR_NAMES = ("backprop", "forward_gradient")
+ESTIMATOR_NAMES = ("backprop", "feedback_alignment", "forward_gradient")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -149,7 +152,9 @@ def forward_gradient(loss_fn: LossFn, params, h_in, probe, target, *, scale: flo
     return ModuleGrads(grads, loss, aux, g_in, g_out, d)
 
 
-ESTIMATORS = {"backprop": local_backprop, "forward_gradient": forward_gradient}
+# Feedback alignment is local backprop through layers whose backward pass uses fixed random matrices
+# (models/feedback.py): the network is built with ``feedback=True`` and differentiated as usual.
+ESTIMATORS = {"backprop": local_backprop, "feedback_alignment": local_backprop, "forward_gradient": forward_gradient}
 
 
 def get_estimator(name: str):

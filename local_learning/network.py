@@ -10,7 +10,8 @@ output-side gradient g_out^(k) that module k hands forward with h_k (Sec. 3 of Y
 last module's head is the network's own classifier.
 
 Variables are kept as ``{"params": [P_1..P_K], "stats": [S_1..S_K]}``: one ``nnx.State`` of parameters and one
-of BatchNorm statistics per module, so that each module's update touches only its own state.
+of everything else (BatchNorm statistics, fixed feedback matrices) per module, so that each module's update
+touches only its own state.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from local_learning.heads import HeadConfig, make_aux_head
 from local_learning.memory import residual_bytes
 from local_learning.ordering import ordered_checkpoint
 from local_learning.models import ModelConfig, build_blocks
+from local_learning.models.feedback import feedback_layers
 from local_learning.partition import (
     PartitionConfig,
     balanced_split,
@@ -36,6 +38,10 @@ from local_learning.partition import (
     equal_split,
     module_bounds,
 )
+
+
+# Everything a module carries that is not trained: BatchNorm statistics, feedback-alignment matrices.
+STATE = nnx.Not(nnx.Param)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,16 +132,18 @@ class Stage(nnx.Module):
 class LocalNetwork(nnx.Module):
     """The model's blocks grouped into stages by ``plan``; auxiliary heads on all stages but the last."""
 
-    def __init__(self, model_cfg: ModelConfig, plan: PartitionPlan, head_cfg: HeadConfig, *, rngs: nnx.Rngs):
-        blocks, classifier = build_blocks(model_cfg, rngs=rngs)
-        if len(blocks) != plan.num_blocks:
-            raise ConfigError(f"partition plan is for {plan.num_blocks} blocks but the model has {len(blocks)}")
-        stages = []
-        for k, (a, b) in enumerate(plan.bounds):
-            last = k == plan.num_modules - 1
-            head = classifier if last else make_aux_head(
-                head_cfg, plan.feature_shapes[b - 1], model_cfg.num_classes, rngs=rngs)
-            stages.append(Stage(blocks[a:b], head))
+    def __init__(self, model_cfg: ModelConfig, plan: PartitionPlan, head_cfg: HeadConfig, *, rngs: nnx.Rngs,
+                 feedback: bool = False):
+        with feedback_layers(feedback):
+            blocks, classifier = build_blocks(model_cfg, rngs=rngs)
+            if len(blocks) != plan.num_blocks:
+                raise ConfigError(f"partition plan is for {plan.num_blocks} blocks but the model has {len(blocks)}")
+            stages = []
+            for k, (a, b) in enumerate(plan.bounds):
+                last = k == plan.num_modules - 1
+                head = classifier if last else make_aux_head(
+                    head_cfg, plan.feature_shapes[b - 1], model_cfg.num_classes, rngs=rngs)
+                stages.append(Stage(blocks[a:b], head))
         self.stages = nnx.List(stages)
 
     def __call__(self, x, *, train: bool = False):
@@ -159,14 +167,16 @@ class NetworkDef:
 def network_variables(net: LocalNetwork) -> dict[str, list]:
     return {
         "params": [nnx.state(s, nnx.Param) for s in net.stages],
-        "stats": [nnx.state(s, nnx.BatchStat) for s in net.stages],
+        "stats": [nnx.state(s, STATE) for s in net.stages],
     }
 
 
 def build(model_cfg: ModelConfig, plan: PartitionPlan, head_cfg: HeadConfig = HeadConfig(),
-          *, seed: int = 0) -> tuple[NetworkDef, dict[str, list]]:
-    """(structure, variables) of a freshly initialised network; call it under ``jax.jit`` to place it sharded."""
-    net = LocalNetwork(model_cfg, plan, head_cfg, rngs=nnx.Rngs(seed))
+          *, seed: int = 0, feedback: bool = False) -> tuple[NetworkDef, dict[str, list]]:
+    """(structure, variables) of a freshly initialised network; call it under ``jax.jit`` to place it sharded.
+
+    ``feedback=True`` builds every dense and convolutional layer as a feedback-alignment layer."""
+    net = LocalNetwork(model_cfg, plan, head_cfg, rngs=nnx.Rngs(seed), feedback=feedback)
     return network_def(net, model_cfg.num_classes), network_variables(net)
 
 
@@ -174,9 +184,9 @@ def network_def(net: LocalNetwork, num_classes: int) -> NetworkDef:
     return NetworkDef(graphdefs=tuple(nnx.graphdef(s) for s in net.stages), num_classes=num_classes)
 
 
-def abstract_network(model_cfg: ModelConfig, plan: PartitionPlan,
-                     head_cfg: HeadConfig = HeadConfig()) -> tuple[NetworkDef, dict[str, list]]:
-    net = nnx.eval_shape(lambda: LocalNetwork(model_cfg, plan, head_cfg, rngs=nnx.Rngs(0)))
+def abstract_network(model_cfg: ModelConfig, plan: PartitionPlan, head_cfg: HeadConfig = HeadConfig(),
+                     *, feedback: bool = False) -> tuple[NetworkDef, dict[str, list]]:
+    net = nnx.eval_shape(lambda: LocalNetwork(model_cfg, plan, head_cfg, rngs=nnx.Rngs(0), feedback=feedback))
     return network_def(net, model_cfg.num_classes), network_variables(net)
 
 
@@ -184,7 +194,7 @@ def module_features(graphdef, params, stats, x, *, train: bool):
     """(h_k, new statistics) of one module's blocks."""
     stage = nnx.merge(graphdef, params, stats, copy=True)
     h = stage.features(x, train=train)
-    return h, nnx.state(stage, nnx.BatchStat)
+    return h, nnx.state(stage, STATE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,7 +218,7 @@ def local_loss(graphdef, params, stats, h_in, probe, labels_B, *, train: bool = 
     h = stage.features(h_in, train=train)
     logits = stage.logits(h + probe.astype(h.dtype), train=train)
     loss = jnp.sum(cross_entropy(logits, labels_B))
-    return loss, LocalAux(h_out=h, logits=logits, stats=nnx.state(stage, nnx.BatchStat))
+    return loss, LocalAux(h_out=h, logits=logits, stats=nnx.state(stage, STATE))
 
 
 def directional_loss(graphdef, params, stats, h_in, u, probe, labels_B, *, remat: bool = True) -> jax.Array:

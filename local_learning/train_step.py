@@ -43,7 +43,8 @@ Batch = dict[str, jax.Array]  # {"image": f32[B, H, W, C], "label": i32[B]}
 class LocalConfig:
     reconcile: ReconcileConfig = ReconcileConfig()
     estimator: str = "backprop"
-    """``backprop`` (local BP) or ``forward_gradient`` (BP-free)."""
+    """``backprop`` (local BP), ``feedback_alignment`` (BP-free: local backprop through a network built with
+    ``feedback=True``) or ``forward_gradient`` (BP-free, forward mode only)."""
     ordered: bool = True
     """Make module k+1 start after module k's backward (ordering.after), so one module's activations are alive."""
     diagnostics: bool = True
@@ -52,6 +53,16 @@ class LocalConfig:
     def __post_init__(self):
         if self.estimator not in ESTIMATOR_NAMES:
             raise ConfigError(f"LocalConfig.estimator={self.estimator!r}: expected one of {ESTIMATOR_NAMES}")
+        if self.estimator == "feedback_alignment" and self.reconcile.active and self.reconcile.impl != "direct":
+            raise ConfigError(
+                "LocalConfig.estimator='feedback_alignment' with SGR needs reconcile.impl='direct' (feedback layers "
+                "define a custom backward pass, which forward mode cannot go through)"
+            )
+
+    @property
+    def feedback(self) -> bool:
+        """Whether the network must be built with feedback-alignment layers."""
+        return self.estimator == "feedback_alignment"
 
 
 def trainable(path: str) -> bool:
@@ -306,7 +317,7 @@ def global_loss(netdef: network.NetworkDef, params: list, stats: list, batch: Ba
             h = _run_block(block, h, remat)
     logits = stages[-1].logits(h, train=True)
     loss = jnp.mean(network.cross_entropy(logits, batch["label"]))
-    return loss, (logits, [nnx.state(s, nnx.BatchStat) for s in stages])
+    return loss, (logits, [nnx.state(s, network.STATE) for s in stages])
 
 
 def make_bp_step(netdef: network.NetworkDef, tx: optax.GradientTransformation, *, remat: bool = False):

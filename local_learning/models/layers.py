@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from local_learning.models import feedback
 from runtime.sharding import logical
 
 CONV_AXES = ("conv_height", "conv_width", "conv_in", "conv_out")
@@ -19,8 +20,14 @@ CONV_AXES = ("conv_height", "conv_width", "conv_in", "conv_out")
 he_fan_out = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-def conv(in_ch: int, out_ch: int, kernel: int, stride: int = 1, *, rngs: nnx.Rngs, use_bias: bool = False) -> nnx.Conv:
+def conv(in_ch: int, out_ch: int, kernel: int, stride: int = 1, *, rngs: nnx.Rngs, use_bias: bool = False):
+    """A convolution (a feedback-alignment one inside ``feedback.feedback_layers(True)``)."""
     pad = kernel // 2
+    if feedback.enabled():
+        return feedback.FeedbackConv(
+            in_ch, out_ch, kernel, stride, ((pad, pad), (pad, pad)), use_bias=use_bias,
+            kernel_init=logical(he_fan_out, *CONV_AXES),
+            bias_init=logical(nnx.initializers.zeros_init(), "conv_out"), rngs=rngs)
     return nnx.Conv(
         in_ch,
         out_ch,
@@ -48,7 +55,13 @@ def batch_norm(ch: int, *, rngs: nnx.Rngs, zero_scale: bool = False) -> nnx.Batc
 
 
 def dense(in_dim: int, out_dim: int, axes: tuple[str | None, str | None], *, rngs: nnx.Rngs,
-          kernel_init=None, use_bias: bool = True) -> nnx.Linear:
+          kernel_init=None, use_bias: bool = True):
+    """A linear layer (a feedback-alignment one inside ``feedback.feedback_layers(True)``)."""
+    if feedback.enabled():
+        return feedback.FeedbackDense(
+            in_dim, out_dim, use_bias=use_bias,
+            kernel_init=logical(kernel_init or nnx.initializers.lecun_normal(), *axes),
+            bias_init=logical(nnx.initializers.zeros_init(), axes[1]), rngs=rngs)
     return nnx.Linear(
         in_dim,
         out_dim,
