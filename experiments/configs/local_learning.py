@@ -126,13 +126,13 @@ class LocalLearningConfig:
 
     @classmethod
     def digits(cls, **kw) -> "LocalLearningConfig":
-        """CPU-sized: ResNet-20 on scikit-learn's digits at 16x16, K = 4, SGR on."""
+        """CPU-sized: ResNet-20 on scikit-learn's digits at 16x16, K = 4, SGR on (checkpointed jvp form)."""
         defaults = dict(
             run=RunConfig(out_dir="runs/local_learning/digits", steps=300, log_every=25, eval_every=100,
                           checkpoint_every=0, tensorboard=False),
             arch="resnet20",
             partition=PartitionConfig(num_modules=4),
-            local=LocalConfig(reconcile=ReconcileConfig(weight=1.0)),
+            local=LocalConfig(reconcile=ReconcileConfig(weight=1.0, remat=True)),
             data=DataConfig(source="digits", image_size=16, augment="none"),
             batch_size=64,
             learning_rate=0.05,
@@ -150,7 +150,7 @@ class LocalLearningConfig:
                           eval_every=2000, checkpoint_every=2000),
             arch="resnet32",
             partition=PartitionConfig(num_modules=4),
-            local=LocalConfig(reconcile=ReconcileConfig(weight=1.0)),
+            local=LocalConfig(reconcile=ReconcileConfig(weight=1.0, remat=True)),
             data=DataConfig(source="cifar10", directory=directory, image_size=32, augment="crop_flip"),
             batch_size=1024,
             eval_batch_size=1000,
@@ -169,7 +169,7 @@ class LocalLearningConfig:
                           eval_every=5000, checkpoint_every=2500),
             arch="resnet101",
             partition=PartitionConfig(num_modules=2, split="balanced_memory"),
-            local=LocalConfig(reconcile=ReconcileConfig(weight=1.0)),
+            local=LocalConfig(reconcile=ReconcileConfig(weight=1.0, remat=True)),
             data=DataConfig(source="tfds", directory=directory, tfds_name="imagenet2012", image_size=224,
                             augment="crop_flip"),
             batch_size=1024,
@@ -189,7 +189,7 @@ class LocalLearningConfig:
                           checkpoint_every=2500),
             arch="deit_s",
             partition=PartitionConfig(num_modules=4),
-            local=LocalConfig(reconcile=ReconcileConfig(weight=1.0)),
+            local=LocalConfig(reconcile=ReconcileConfig(weight=1.0, remat=True)),
             data=DataConfig(source="tfds", directory=directory, tfds_name="imagenet2012", image_size=224,
                             augment="crop_flip_randaugment"),
             batch_size=1024,
