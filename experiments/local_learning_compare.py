@@ -19,7 +19,6 @@ import tyro
 
 from experiments import local_learning_train as launcher
 from experiments.configs.local_learning import LocalLearningConfig
-from local_learning import network
 from local_learning.step_memory import step_memory
 from runtime import batches as batches_lib
 from runtime import sharding as sharding_lib

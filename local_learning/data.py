@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import importlib.util
-import io
 import pickle
 import tarfile
 from pathlib import Path

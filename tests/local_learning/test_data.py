@@ -1,7 +1,6 @@
 """Data: CIFAR pickle fixtures (folder and archive), digits parsing, the TFDS path, augmentation, batch streams."""
 
 import gzip
-import io
 import pickle
 import tarfile
 

@@ -1,6 +1,5 @@
 """The launcher end to end on a CIFAR-format fixture (8 data-parallel devices), its presets and its errors."""
 
-import dataclasses
 import json
 import pickle
 
