@@ -25,8 +25,8 @@ class LSRLApproxConfig:
     """float32, float64 or bfloat16: the compiled model's execution dtype."""
     associative: bool = False
     """Run the state layers with lax.associative_scan instead of lax.scan."""
-    scale: float = 1000.0
-    """Step slope of the comparisons (cells must be wider than about 4/scale)."""
+    scale: float = 1024.0
+    """Step slope of the comparisons (cells must be wider than about 4/scale; a power of two folds exactly)."""
     large_constant: float = 100.0
     """lambda of the non-gated modes; must exceed every |f| and |x| (the published default is 1e10)."""
     seed: int = 0

@@ -186,7 +186,8 @@ def schedule(graph: Graph) -> Chain:
             if ops[i].kind != "any":
                 h, n = best.get(ops[i].kind, (0, 0))
                 best[ops[i].kind] = (max(h, height[i]), n + 1)
-        kind = max(best, key=lambda kd: best[kd]) if best else "state"
+        # a layer holding only identity lanes is a ReLU layer: it carries them without adding state dims
+        kind = max(best, key=lambda kd: best[kd]) if best else "relu"
         chosen = [i for i in ready if ops[i].kind in (kind, "any")]
         for i in chosen:
             layer_of[i] = k

@@ -39,7 +39,8 @@ from recurrent.programs.conditionals import MODES, conditional
 class Tok2TokSpec:
     key_length: int = 3
     mode: str = "multiplicative_optimized"
-    scale: float = 1000.0
+    scale: float = 1024.0
+    """Step slope; a power of two makes folding a step into a scaled reader exact (see passes.lower)."""
     large_constant: float = 1e6
 
     def __post_init__(self):

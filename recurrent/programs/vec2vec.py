@@ -36,7 +36,8 @@ class Vec2VecSpec:
     in_dim: int = 1
     out_dim: int = 1
     mode: str = "multiplicative_optimized"
-    scale: float = 1000.0
+    scale: float = 1024.0
+    """Step slope; a power of two makes folding a step into a scaled reader exact (see passes.lower)."""
     large_constant: float = 100.0
 
     def __post_init__(self):

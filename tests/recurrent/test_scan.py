@@ -101,3 +101,14 @@ def test_sharded_batch_and_no_retrace(program_and_reference):
     second = forward(params, x * 1.0)
     np.testing.assert_allclose(np.asarray(first), want, rtol=1e-3, atol=1e-3)
     np.testing.assert_array_equal(np.asarray(first), np.asarray(second))
+
+
+def test_bfloat16_runs_where_its_precision_allows():
+    """bf16 keeps steps exact while scale * |value| < 2^8 (z - 1 must round to itself minus one)."""
+    from recurrent.programs.counting import ones_vs_zeros_answers, ones_vs_zeros_program
+
+    chain = compile_program(ones_vs_zeros_program(scale=16.0))
+    bits = np.random.default_rng(3).integers(0, 2, size=(4, 12)).astype(np.float64)
+    got = run_chain(chain_params(chain, jnp.bfloat16), chain_kinds(chain), bits[..., None])
+    assert got.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(got, np.float32)[..., 0], ones_vs_zeros_answers(bits))
