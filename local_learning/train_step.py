@@ -9,7 +9,9 @@ Memory: module k's activations must be dead before module k+1 runs. Module k+1's
 inside one XLA program the scheduler could run every forward first and keep all modules' residuals alive at
 once; making h_k depend on module k's gradients makes module k+1 wait for module k's backward (a data
 dependency: ordering.py explains why not a barrier). ``make_host_loop_step`` instead runs each module as its own compiled program (K + 1 programs per
-step), the layout whose peak is exactly the largest module's; the two give identical updates.
+step), the layout whose peak is exactly the largest module's; the two give identical updates. Measured on the
+CPU backend (ResNet-32, batch 128, K = 4 balanced splits, jax 0.10.2): compiled temp memory 342 MiB without
+the ordering, 208 MiB with it, against a largest module program of 142 MiB and 463 MiB for global BP.
 
 Global BP (``make_bp_step``) backpropagates the last head's loss through every module (the auxiliary heads
 are unused), optionally with every block under ``jax.checkpoint`` (gradient checkpointing, the honest memory
