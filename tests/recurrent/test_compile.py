@@ -183,7 +183,7 @@ def random_program(seed: int, n_nodes: int):
     return ForEach(out)
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**31 - 1), n_nodes=st.integers(1, 14))
 def test_random_programs_compile_to_the_interpreter(seed, n_nodes):
     prog = random_program(seed, n_nodes)

@@ -152,3 +152,15 @@ def test_ones_vs_zeros_and_modulo_counter():
         chain = compile_program(modulo_counter_program(d))
         out = jitted_f32(chain)(np.zeros((1, 5000, 1)))[0, :, 0]
         np.testing.assert_allclose(out, np.arange(5000) % d, atol=1e-3)
+
+
+def test_exact_mode_confirms_the_constructions():
+    """In rational arithmetic the programs give exactly the ideal answers (construction, not rounding)."""
+    spec = Vec2VecSpec(in_dim=1, out_dim=1, mode="direct")
+    f = lambda x: np.round(8 * np.asarray(x), 0) / 8  # noqa: E731  (dyadic values, exact as rationals)
+    q = np.array([[0.3], [0.9]])
+    exact = run(vec2vec_program(spec), vec2vec_prompts(f, spec, 4, q), exact=True)[:, -1]
+    assert [[float(v) for v in row] for row in exact] == vec2vec_ideal(f, 4, q).tolist()
+    bits = np.array([[1.0, 0, 0, 1, 1, 1, 0]])
+    exact = run(ones_vs_zeros_program(), bits[..., None], exact=True)[0, :, 0]
+    assert [float(v) for v in exact] == ones_vs_zeros_answers(bits)[0].tolist()
