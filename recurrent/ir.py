@@ -209,7 +209,9 @@ def evaluate(graph: Graph, x_BxTxD: np.ndarray) -> np.ndarray:
     """Outputs (B, T, out_dim) of a lane graph, token by token in float64 (the reference for every pass)."""
     x = np.asarray(x_BxTxD, dtype=np.float64)
     batch, steps, _ = x.shape
-    states = {g: np.broadcast_to(grp.init, (batch, len(grp.lanes))).astype(np.float64) for g, grp in graph.groups.items()}
+    states = {
+        g: np.broadcast_to(grp.init, (batch, len(grp.lanes))).astype(np.float64) for g, grp in graph.groups.items()
+    }
     order = list(graph.lanes)
 
     def value(row: Row, vals: dict[int, np.ndarray]) -> np.ndarray:
@@ -240,7 +242,8 @@ def evaluate(graph: Graph, x_BxTxD: np.ndarray) -> np.ndarray:
                     states[g] = states[g] @ grp.A.T + u
                     updated.add(g)
                 vals[lid] = states[g][:, lane.position]
-        outs.append(np.stack([value(r, vals) for r in graph.outputs], axis=1) if graph.outputs else np.zeros((batch, 0)))
+        row_values = [value(r, vals) for r in graph.outputs]
+        outs.append(np.stack(row_values, axis=1) if row_values else np.zeros((batch, 0)))
     return np.stack(outs, axis=1)
 
 

@@ -12,9 +12,11 @@ call; tokens/s = batch * T / seconds. Also one sequence at a time (batch 1).
 
 *published*: the public LSRL implementation (a local checkout of AleksandarPetrov/LSRL, given by path; its
 code is not part of this repository), run in a separate Python that has its pinned dependencies (numpy 1.26,
-scipy 1.13, sympy 1.12, networkx 3.3; ``parameterized`` to import its test module). The very same program-building code runs there: a small driver maps
+scipy 1.13, sympy 1.12, networkx 3.3; ``parameterized`` to import its test module). The very same
+program-building code runs there: a small driver maps
 ``recurrent.lsrl`` onto the published ``lsrl`` package (its primitives take ``Matrix`` weights, so NumPy
-weights are wrapped) and imports ``recurrent/programs`` from this checkout. Its ``ForEach`` interpreter runs
+weights are wrapped) and imports ``recurrent/programs`` from this checkout, in its NUMERIC matrix mode (scipy
+sparse, float64; its default mode is the far slower SYMBOLIC one). Its ``ForEach`` interpreter runs
 the prompts one token at a time (tokens/s over ``published_prompts`` prompts); with ``compile_published`` the
 published compiler (``ForEach.simplify``) then runs and its compiled model is timed the same way, and its
 state dimensions (total and rows of A that are not zero) are read from the compiled graph. For tok2tok the
@@ -293,10 +295,14 @@ def main(cfg: Config) -> dict[str, Any]:
             line = (
                 f"{row['name']:32s} ours: {row['tokens_per_s_batched_f32']:.3g} tok/s (batch {cfg.batch}, f32), "
                 f"{row['tokens_per_s_single_f32']:.3g} (1 seq), state dims {row['state_dims']} "
-                f"({row['recurrent_dims']} recurrent), compile {compile_s:.2f}s, error f32 {row['error_vs_ideal_f32']:.1e}"
+                f"({row['recurrent_dims']} recurrent), compile {compile_s:.2f}s, "
+                f"error f32 {row['error_vs_ideal_f32']:.1e}"
             )
             if p is not None:
-                line += f" | published: {row['published_tokens_per_s']:.3g} tok/s, ratio {row['ratio_batched_f32_vs_published']:.0f}x"
+                line += (
+                    f" | published: {row['published_tokens_per_s']:.3g} tok/s, "
+                    f"ratio {row['ratio_batched_f32_vs_published']:.0f}x"
+                )
                 if "published_state_dims" in row:
                     line += (
                         f", compiled state dims {row['published_state_dims']} ({row['state_dims_ratio']:.0f}x ours), "

@@ -57,7 +57,10 @@ def f_step(input: Variable, scale: float = 1000) -> Variable:
 
 
 def f_bump(input: Variable, lb: Value, ub: Value, scale: float = 1000) -> Variable:
-    """bump(x; lb, ub) = step(x - lb) - step(x - ub), about the indicator of [lb, ub); bounds are numbers or variables."""
+    """bump(x; lb, ub) = step(x - lb) - step(x - ub), about the indicator of [lb, ub).
+
+    The bounds are both numbers or both variables of the input's dim.
+    """
     if isinstance(lb, Variable) != isinstance(ub, Variable):
         raise CompileError("f_bump: lb and ub must both be variables or both be numbers")
     for b in (lb, ub):

@@ -74,7 +74,9 @@ def grid_cells(n: int, in_dim: int) -> np.ndarray:
     return np.array(list(itertools.product(range(n), repeat=in_dim)), dtype=np.float64).reshape(-1, in_dim) / n
 
 
-def vec2vec_prompts(fn: Callable[[np.ndarray], np.ndarray], spec: Vec2VecSpec, n: int, queries: np.ndarray) -> np.ndarray:
+def vec2vec_prompts(
+    fn: Callable[[np.ndarray], np.ndarray], spec: Vec2VecSpec, n: int, queries: np.ndarray
+) -> np.ndarray:
     """Tokens (B, 1 + N^d, 1 + d + o), one prompt per query row of ``queries`` (B, d), all for the same f."""
     queries = np.asarray(queries, dtype=np.float64).reshape(-1, spec.in_dim)
     lower = grid_cells(n, spec.in_dim)

@@ -101,7 +101,8 @@ def test_ifelse_step_tolerates_inexact_conditions():
 def test_ifeq_and_constant():
     a = np.array([1.0, 2.0, 3.0])
     b = np.array([1.0, 0.0, 3.0])
-    np.testing.assert_allclose(run1(lambda x, y: f_ifeq(x, y, x * 10, y - 1, large_constant=1e3), a, b), [10, -1, 30], atol=1e-9)
+    out = run1(lambda x, y: f_ifeq(x, y, x * 10, y - 1, large_constant=1e3), a, b)
+    np.testing.assert_allclose(out, [10, -1, 30], atol=1e-9)
     np.testing.assert_allclose(run1(lambda x: f_constant(x, 2.5), a), [2.5] * 3)
     x = Input(1)
     assert run(ForEach(f_constant(x, [1.0, -2.0])), np.zeros((1, 2, 1))).tolist() == [[[1.0, -2.0]] * 2]

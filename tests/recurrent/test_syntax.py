@@ -128,7 +128,8 @@ def test_non_finite_and_shape_problems_in_linstate():
     x = Input(1)
     problems = _messages(lambda: LinState(x, np.eye(2), np.ones((3, 1)), [0.0, np.nan], bias=[1.0]))
     text = "\n".join(problems)
-    for fragment in ["B has shape (3, 1), expected (2, 1)", "bias has 1 entries, expected 2", "init_state has 1 non-finite"]:
+    expected = ["B has shape (3, 1), expected (2, 1)", "bias has 1 entries, expected 2", "init_state has 1 non-finite"]
+    for fragment in expected:
         assert fragment in text
 
 
