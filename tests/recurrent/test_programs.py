@@ -164,3 +164,21 @@ def test_exact_mode_confirms_the_constructions():
     bits = np.array([[1.0, 0, 0, 1, 1, 1, 0]])
     exact = run(ones_vs_zeros_program(), bits[..., None], exact=True)[0, :, 0]
     assert [float(v) for v in exact] == ones_vs_zeros_answers(bits)[0].tolist()
+
+
+def test_compare_locates_where_float32_breaks():
+    """With cancelling rows folded into a scale of 1000, the query registers are the first values to fail."""
+    from recurrent.compare import compare
+    from recurrent.compile import CompileConfig
+
+    spec = Tok2TokSpec(key_length=3, mode="multiplicative", scale=1000.0)
+    nodes = tok2tok_nodes(spec)
+    rng = np.random.default_rng(7)
+    keys, values = random_dictionary(rng, 3, 60, 10)
+    toks = tok2tok_prompts(keys[:2], keys, values)
+    names = ["g", "m1", "is_prompt", "query0", "out"]
+    folded = {d.name: d for d in compare({n: nodes[n] for n in names}, toks, cfg=CompileConfig(exact_scaling=False))}
+    assert folded["g"].first_token is None and folded["m1"].first_token is None
+    assert folded["query0"].first_token is not None
+    safe = compare({n: nodes[n] for n in names}, toks)
+    assert all(d.first_token is None for d in safe), safe
