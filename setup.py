@@ -1,6 +1,6 @@
 """Installs the five packages of this repository. Every version is pinned here, and only here."""
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 # The CPU build of JAX. On a GPU host install the CUDA build of the same release on top:
 #   pip install "jax[cuda13]==0.10.2"        (TPU: pip install "jax[tpu]==0.10.2")
@@ -39,15 +39,7 @@ setup(
     version="0.1.0",
     description="JAX/Flax research code: BFPO preference optimisation, local learning with SGR, and LSRL",
     python_requires=">=3.11",
-    packages=[
-        "runtime",
-        "bfpo",
-        "local_learning",
-        "recurrent",
-        "experiments",
-        "experiments.configs",
-        "experiments.bench",
-    ],
+    packages=find_packages(include=["runtime*", "bfpo*", "local_learning*", "recurrent*", "experiments*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
 )
