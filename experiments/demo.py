@@ -12,7 +12,9 @@ from pathlib import Path
 
 import tyro
 
-from experiments import mlp_regression
+from experiments import lm_generate, lsrl_approx, mlp_regression
+from experiments.configs.lm_generate import LMGenerateConfig
+from experiments.configs.lsrl_approx import LSRLApproxConfig
 from experiments.configs.mlp_regression import MLPRegressionConfig
 
 
@@ -34,7 +36,13 @@ def main(cfg: DemoConfig) -> dict[str, str]:
         base, run=dataclasses.replace(base.run, out_dir=str(root / "shared_loop_mlp"))
     )
     summary = mlp_regression.main(shared_loop)
-    reports["shared loop (teacher-student MLP)"] = summary.plot or summary.out_dir
+    reports["shared loop (teacher-student MLP): loss curves"] = summary.plot or summary.out_dir
+
+    lsrl = lsrl_approx.main(LSRLApproxConfig.demo(out_dir=str(root / "lsrl_approx")))
+    reports["LSRL vec2vec approximation: error vs N"] = lsrl.plot or lsrl.out_dir
+
+    chat = lm_generate.main(LMGenerateConfig(out_dir=str(root / "lm_generate")))
+    reports["SmolLM2-135M (GGUF) chat replies"] = chat.report
 
     print(f"\nDemo finished in {time.perf_counter() - t0:.0f}s. Reports and plots:")
     for name, path in reports.items():
