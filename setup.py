@@ -22,6 +22,7 @@ INSTALL_REQUIRES = [
     "tqdm==4.70.1",
     "matplotlib==3.11.2",
     "tensorboardX==2.6.5",
+    "scikit-learn==1.9.1",  # the digits images, a real image set that ships offline
 ]
 
 EXTRAS_REQUIRE = {

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import tyro
 
-from experiments import lm_generate, lsrl_approx, mlp_regression
+from experiments import lm_generate, local_learning_compare, lsrl_approx, mlp_regression
 from experiments.configs.lm_generate import LMGenerateConfig
 from experiments.configs.lsrl_approx import LSRLApproxConfig
 from experiments.configs.mlp_regression import MLPRegressionConfig
@@ -44,9 +44,14 @@ def main(cfg: DemoConfig) -> dict[str, str]:
     chat = lm_generate.main(LMGenerateConfig(out_dir=str(root / "lm_generate")))
     reports["SmolLM2-135M (GGUF) chat replies"] = chat.report
 
+    local_dir = root / "local_learning"
+    local_learning_compare.demo(out_dir=str(local_dir))
+    reports["local learning on digits (BP vs K=4, K=4 + SGR): table"] = str(local_dir / "results.md")
+    reports["local learning: accuracy and memory vs K"] = str(local_dir / "accuracy_vs_k.png")
+
     print(f"\nDemo finished in {time.perf_counter() - t0:.0f}s. Reports and plots:")
     for name, path in reports.items():
-        print(f"  {name}: {path}")
+        print(f"  {name}: {Path(path).absolute()}")
     return reports
 
 
