@@ -108,19 +108,20 @@ def state_shardings(abstract: TrainState, mesh: jax.sharding.Mesh, rules=None) -
     )
 
 
-def _builder(init_params: Callable[[], Any], tx: optax.GradientTransformation, seed: int, mask) -> Callable[[], TrainState]:
-    def build() -> TrainState:
-        params = init_params()
-        train, _ = split_by_mask(params, mask)
-        return TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            opt_state=tx.init(train),
-            rng=jax.random.PRNGKey(seed),
-            trainable=mask,
-        )
+def _fresh_state(params: Any, tx: optax.GradientTransformation, seed: int, mask: tuple[bool, ...]) -> TrainState:
+    """Step 0 around ``params``: optimizer state for the trainable leaves only."""
+    train, _ = split_by_mask(params, mask)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=tx.init(train),
+        rng=jax.random.PRNGKey(seed),
+        trainable=mask,
+    )
 
-    return build
+
+def _builder(init_params: Callable[[], Any], tx: optax.GradientTransformation, seed: int, mask) -> Callable[[], TrainState]:
+    return lambda: _fresh_state(init_params(), tx, seed, mask)
 
 
 def train_state_spec(
@@ -169,17 +170,7 @@ def train_state_from_params(
 ) -> tuple[TrainState, TrainState]:
     """A train state around already-placed parameters (e.g. a loaded checkpoint); the parameters are donated."""
     mask = trainable_mask(params, trainable)
-
-    def build(params) -> TrainState:
-        train, _ = split_by_mask(params, mask)
-        return TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            opt_state=tx.init(train),
-            rng=jax.random.PRNGKey(seed),
-            trainable=mask,
-        )
-
+    build = lambda params: _fresh_state(params, tx, seed, mask)  # noqa: E731
     shardings = state_shardings(jax.eval_shape(build, params), mesh, rules)
     state = jax.jit(build, in_shardings=(shardings.params,), out_shardings=shardings, donate_argnums=0)(params)
     return state, shardings

@@ -140,3 +140,17 @@ def test_step_errors(batches):
     with pytest.raises(RuntimeConfigError, match="selects no parameter"):
         init_train_state(lambda: nnx.state(MLP(MLPConfig(), rngs=nnx.Rngs(0)), nnx.Param), tx,
                          make_mesh({"data": 8}), seed=0, trainable="nothing_matches")
+
+
+def test_state_from_placed_params_equals_initialised_state():
+    from runtime.train_state import train_state_from_params
+
+    tx = optax.adamw(1e-3)
+    mesh = make_mesh({"data": 2, "fsdp": 4})
+    init = lambda: nnx.state(MLP(CFG.student, rngs=nnx.Rngs(3)), nnx.Param)  # noqa: E731
+    ref, ref_shardings = init_train_state(init, tx, mesh, seed=5, trainable="layers/1/")
+    params = jax.jit(init, out_shardings=ref_shardings.params)()
+    state, shardings = train_state_from_params(params, tx, mesh, seed=5, trainable="layers/1/")
+    chex.assert_trees_all_equal(jax.device_get(state), jax.device_get(ref))
+    assert state.trainable == ref.trainable
+    assert jax.tree.map(lambda a: a.sharding, state) == jax.tree.map(lambda a: a.sharding, ref)
