@@ -1,0 +1,220 @@
+"""A compiled chain as a stack of LSTM layers in the parameter layout of ``flax.nnx.LSTMCell``.
+
+The cell (flax.nnx.LSTMCell):  i = sigma(x W_ii + h W_hi + b_i),  f = sigma(x W_if + h W_hf + b_f),
+g = tanh(x W_ig + h W_hg + b_g),  o = sigma(x W_io + h W_ho + b_o),  c' = f c + i g,  h' = o tanh(c').
+The paper (Petrov et al., 2024, Sec. 1, 4) argues LSTMs host LSRL through saturated gates and near-linear
+activations; this is that construction, made exact by floating-point saturation.
+
+Scaling. Every hidden unit carries eps * v for its chain value v, with eps = 2^-k (default k = 50): a power of
+two, so the rescaling is exact and compensated downstream (the next layer's input weights are divided by eps, the
+readout too). For |x| below a threshold tau, XLA's tanh returns x itself (measured: float64 tau ~ 1.5e-8,
+float32 tau ~ 4e-4), so tanh is exactly the identity while |v| < tau / eps (1.5e7 in float64 with k = 50).
+Gates are saturated: sigma(+-G) with G = 1e3 rounds to exactly 1.0 / 0.0 in float32 and float64.
+
+Layers (u = W v' + b the chain pre-activation of the layer, v' the previous layer's values):
+  - state layer, recurrent lanes (s_t = A s_{t-1} + u_t): the cell state is the accumulator. f = 1, i = 1, o = 1,
+    g = tanh(eps ((A - I) s_{t-1} + u_t)), so c_t = c_{t-1} + eps ((A - I) s_{t-1} + u_t) = eps s_t, and
+    h_t = tanh(c_t) = eps s_t. Initial carry c_0 = h_0 = eps s_0. (W_hg = A - I acts on h = eps s.)
+  - state layer, pass-through lanes and ``mul``-free position-wise lanes: f = 0, i = 1, o = 1, g = tanh(eps u).
+  - relu layer: f = 0, o = 1, g = tanh(eps u), i = sigma(K u) with K = 2^40: the input gate is the ReLU's
+    switch, exactly 0 or 1 when |u| >= G / K (~9e-10). Inside that window i g differs from eps ReLU(u) by at
+    most eps |u|, an error of at most 9e-10 in value units.
+  - readout y = W_out (h / eps) + b_out.
+
+Exactness and error vs sequence length T. In value units the cell performs the chain's arithmetic with the
+recurrence rewritten as s + ((A - I) s + u), so it is exact up to rounding order while (a) every carried value
+stays below tau / eps and (b) no ReLU input lies in (0, 9e-10) in magnitude. Both are value bounds: a counter
+that grows by one per token meets (a) for T < tau / eps (1.5e7 tokens in float64 at k = 50); past that the tanh
+error is relative (eps v)^2 / 3 per step and accumulates linearly in T. The bound does not otherwise depend on T.
+
+Not hostable: a ``mul`` layer (a product of two arbitrary values). A cell multiplies only by a gate in [0, 1],
+which is not a product of two program values; ``CompileError`` names the layer. The multiplicative conditional
+modes therefore need a target with a native product (the linear-RNN chain); the lambda-based ones compile.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from recurrent.chain import Chain
+from recurrent.compile import CompileConfig, compile_program
+from recurrent.errors import CompileError
+from recurrent.lsrl.syntax import ForEach, Variable
+from recurrent.scan import check_dtype
+from recurrent.targets.elman import TargetSummary
+
+TARGET = "lstm"
+GATES = ("i", "f", "g", "o")
+SATURATE = 1e3
+"""|pre-activation| that rounds sigma to exactly 0 or 1 in float32 and float64."""
+RELU_GAIN = 2.0**40
+
+
+@dataclasses.dataclass(frozen=True)
+class LSTMLayer:
+    kernel_i: dict[str, np.ndarray]
+    """gate -> (in, hidden): ``LSTMCell.ii/if_/ig/io.kernel``."""
+    kernel_h: dict[str, np.ndarray]
+    """gate -> (hidden, hidden): ``LSTMCell.hi/hf/hg/ho.kernel``."""
+    bias: dict[str, np.ndarray]
+    """gate -> (hidden,): ``LSTMCell.hi/hf/hg/ho.bias``."""
+    carry: tuple[np.ndarray, np.ndarray]
+    """(c_0, h_0)."""
+
+    @property
+    def width(self) -> int:
+        return self.bias["g"].shape[0]
+
+    @property
+    def recurrent(self) -> int:
+        k = np.zeros((self.width, self.width), dtype=bool)
+        for g in GATES:
+            k |= self.kernel_h[g] != 0
+        return int(np.count_nonzero(k.any(axis=0) | k.any(axis=1) | (self.bias["f"] > 0)))
+
+    def weights(self) -> list[np.ndarray]:
+        return [d[g] for d in (self.kernel_i, self.kernel_h, self.bias) for g in GATES]
+
+
+@dataclasses.dataclass(frozen=True)
+class LSTMNet:
+    in_dim: int
+    layers: tuple[LSTMLayer, ...]
+    readout_kernel: np.ndarray
+    readout_bias: np.ndarray
+    eps: float
+
+    def summary(self) -> TargetSummary:
+        flat = np.concatenate([a.reshape(-1) for l in self.layers for a in l.weights()]
+                              + [self.readout_kernel.reshape(-1), self.readout_bias])
+        return TargetSummary(
+            target=TARGET,
+            widths=tuple(l.width for l in self.layers),
+            recurrent=tuple(l.recurrent for l in self.layers),
+            parameters=int(flat.size),
+            nonzeros=int(np.count_nonzero(flat)),
+            max_weight=float(np.abs(flat).max()) if flat.size else 0.0,
+        )
+
+
+def chain_to_lstm(chain: Chain, scale_exponent: int = 50) -> LSTMNet:
+    """The LSTM stack computing ``chain`` (see the module docstring); ``CompileError`` on product layers."""
+    eps = 2.0 ** (-scale_exponent)
+    in_scale = 1.0  # hidden units of the previous layer hold in_scale * value (tokens: 1)
+    layers = []
+    for i, layer in enumerate(chain.layers):
+        if layer.kind == "mul":
+            raise CompileError(
+                f"layer {i} (mul, width {layer.width}): target {TARGET} cannot host a Multiplicative product of two "
+                "program values (a cell multiplies only by a gate); use a lambda-based conditional (f_ifelse)"
+            )
+        if layer.kind not in ("relu", "state"):
+            raise CompileError(f"layer {i}: target {TARGET} does not know the layer kind {layer.kind!r}")
+        W = np.asarray(layer.weight, np.float64) / in_scale
+        b = np.asarray(layer.bias, np.float64)
+        w = layer.width
+        zeros_i, zeros_h = np.zeros((W.shape[1], w)), np.zeros((w, w))
+        kernel_i = {"i": zeros_i, "f": zeros_i, "g": eps * W.T, "o": zeros_i}
+        kernel_h = {g: zeros_h for g in GATES}
+        bias = {"i": np.full(w, SATURATE), "f": np.full(w, -SATURATE), "g": eps * b, "o": np.full(w, SATURATE)}
+        c0 = np.zeros(w)
+        if layer.kind == "relu":
+            kernel_i["i"] = RELU_GAIN * W.T
+            bias["i"] = RELU_GAIN * b
+        else:
+            r = layer.recurrent
+            bias["f"] = np.concatenate([np.full(r, SATURATE), np.full(w - r, -SATURATE)])
+            hg = np.zeros((w, w))
+            hg[:r, :r] = (np.asarray(layer.A, np.float64) - np.eye(r)).T
+            kernel_h["g"] = hg
+            c0[:r] = eps * np.asarray(layer.init, np.float64)
+        layers.append(LSTMLayer(kernel_i, kernel_h, bias, (c0, np.tanh(c0))))
+        in_scale = eps
+    W_out = np.asarray(chain.readout_weight, np.float64) / in_scale
+    return LSTMNet(chain.in_dim, tuple(layers), W_out.T, np.asarray(chain.readout_bias, np.float64), eps)
+
+
+def compile_lstm(program: ForEach | Variable, cfg: CompileConfig = CompileConfig(), scale_exponent: int = 50) -> LSTMNet:
+    """Compile an LSRL program to an LSTM stack (through the linear-RNN chain)."""
+    return chain_to_lstm(compile_program(program, cfg), scale_exponent)
+
+
+def lstm_params(net: LSTMNet, dtype=jnp.float32) -> dict:
+    check_dtype(dtype)
+    cast = lambda a: jnp.asarray(np.asarray(a), dtype=dtype)  # noqa: E731
+    layers = []
+    for l in net.layers:
+        layers.append({
+            "kernel_i": {g: cast(l.kernel_i[g]) for g in GATES},
+            "kernel_h": {g: cast(l.kernel_h[g]) for g in GATES},
+            "bias": {g: cast(l.bias[g]) for g in GATES},
+            "carry": tuple(cast(c) for c in l.carry),
+        })
+    return {"layers": layers, "readout_kernel": cast(net.readout_kernel), "readout_bias": cast(net.readout_bias)}
+
+
+def lstm_step(p: dict, c_BxW: jax.Array, h_BxW: jax.Array, x_BxD: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """One LSTMCell step (the flax.nnx.LSTMCell equations) with these parameters."""
+    pre = {g: x_BxD @ p["kernel_i"][g] + h_BxW @ p["kernel_h"][g] + p["bias"][g] for g in GATES}
+    c_BxW = jax.nn.sigmoid(pre["f"]) * c_BxW + jax.nn.sigmoid(pre["i"]) * jnp.tanh(pre["g"])
+    return c_BxW, jax.nn.sigmoid(pre["o"]) * jnp.tanh(c_BxW)
+
+
+def run_lstm(params: dict, x_BxTxD: jax.Array) -> jax.Array:
+    """Outputs (B, T, O) of the LSTM stack with these parameters (pure; jit-able)."""
+    dtype = params["readout_kernel"].dtype
+    h_TxBxW = jnp.swapaxes(jnp.asarray(x_BxTxD, dtype), 0, 1)
+    for p in params["layers"]:
+        def step(carry, x_BxD, p=p):
+            c, h = lstm_step(p, *carry, x_BxD)
+            return (c, h), h
+
+        batch = h_TxBxW.shape[1]
+        c0, h0 = (jnp.broadcast_to(a, (batch,) + a.shape) for a in p["carry"])
+        _, h_TxBxW = jax.lax.scan(step, (c0, h0), h_TxBxW)
+    return jnp.swapaxes(h_TxBxW @ params["readout_kernel"] + params["readout_bias"], 0, 1)
+
+
+def load_cell(layer: LSTMLayer, dtype=jnp.float32) -> nnx.LSTMCell:
+    """A ``flax.nnx.LSTMCell`` holding this layer's weights."""
+    in_dim = layer.kernel_i["g"].shape[0]
+    cell = nnx.LSTMCell(in_dim, layer.width, dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(0))
+    for g, (xi, hi) in {"i": ("ii", "hi"), "f": ("if_", "hf"), "g": ("ig", "hg"), "o": ("io", "ho")}.items():
+        getattr(cell, xi).kernel[...] = jnp.asarray(layer.kernel_i[g], dtype)
+        getattr(cell, hi).kernel[...] = jnp.asarray(layer.kernel_h[g], dtype)
+        getattr(cell, hi).bias[...] = jnp.asarray(layer.bias[g], dtype)
+    return cell
+
+
+class LSTMRNN(nnx.Module):
+    """Runs a compiled LSTM stack on tokens (B, T, D) -> (B, T, O) in ``dtype`` (weights are ``nnx.Param``s)."""
+
+    def __init__(self, net: LSTMNet, *, dtype=jnp.float32):
+        params = lstm_params(net, dtype)
+        self.layers = nnx.List([
+            nnx.Dict({
+                "kernel_i": nnx.Dict({g: nnx.Param(v) for g, v in layer["kernel_i"].items()}),
+                "kernel_h": nnx.Dict({g: nnx.Param(v) for g, v in layer["kernel_h"].items()}),
+                "bias": nnx.Dict({g: nnx.Param(v) for g, v in layer["bias"].items()}),
+                "carry": nnx.List([nnx.Param(c) for c in layer["carry"]]),
+            })
+            for layer in params["layers"]
+        ])
+        self.readout_kernel = nnx.Param(params["readout_kernel"])
+        self.readout_bias = nnx.Param(params["readout_bias"])
+
+    def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+        layers = [
+            {
+                **{k: {g: layer[k][g][...] for g in GATES} for k in ("kernel_i", "kernel_h", "bias")},
+                "carry": tuple(c[...] for c in layer["carry"]),
+            }
+            for layer in self.layers
+        ]
+        params = {"layers": layers, "readout_kernel": self.readout_kernel[...], "readout_bias": self.readout_bias[...]}
+        return run_lstm(params, x_BxTxD)
