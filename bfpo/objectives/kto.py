@@ -47,7 +47,8 @@ def kto_loss(scores: PreferenceScores, cfg: KTOConfig) -> tuple[jax.Array, dict[
         desirable y:    lambda_D (1 - sigma(beta (Delta(y) - z0))),
         undesirable y:  lambda_U (1 - sigma(beta (z0 - Delta(y)))),
 
-    averaged over the 2 n examples of the n masked pairs, with the reference point z0 of
+    averaged over the desirable and undesirable examples of the masked rows (2 n for n complete pairs; a row
+    may hold only one side, see ``PreferenceScores.chosen_present``), with the reference point z0 of
     ``kto_reference_point``. Ethayarajh et al., "KTO: Model Alignment as Prospect Theoretic Optimization"
     (ICML 2024), the KTO loss of Sec. 4 with the biased batch estimate of z0 (arXiv 2402.01306; equation
     number not confirmed here). The constant lambda_y of the paper's form is dropped (it has no gradient).
@@ -58,7 +59,12 @@ def kto_loss(scores: PreferenceScores, cfg: KTOConfig) -> tuple[jax.Array, dict[
     desirable = cfg.desirable_weight * (1.0 - jax.nn.sigmoid(cfg.beta * (d_w - z0)))
     undesirable = cfg.undesirable_weight * (1.0 - jax.nn.sigmoid(cfg.beta * (z0 - d_l)))
     mask = scores.mask
-    loss, metric = masked_loss(jnp.concatenate([desirable, undesirable]), jnp.concatenate([mask, mask]))
-    metrics = {"loss": metric, **reward_metrics(cfg.beta * d_w, cfg.beta * d_l, mask),
+    has_w = mask if scores.chosen_present is None else mask & jnp.asarray(scores.chosen_present).astype(bool)
+    has_l = mask if scores.rejected_present is None else mask & jnp.asarray(scores.rejected_present).astype(bool)
+    loss, metric = masked_loss(jnp.concatenate([desirable, undesirable]), jnp.concatenate([has_w, has_l]))
+    paired = reward_metrics(cfg.beta * d_w, cfg.beta * d_l, has_w & has_l)
+    r_w, r_l = jax.lax.stop_gradient(cfg.beta * d_w), jax.lax.stop_gradient(cfg.beta * d_l)
+    metrics = {"loss": metric, **paired,
+               "rewards/chosen": Metric.from_values(r_w, has_w), "rewards/rejected": Metric.from_values(r_l, has_l),
                "kto/reference_point": Metric.scalar(z0)}
     return loss, metrics

@@ -32,7 +32,9 @@ class PreferenceScores:
 
     ``reference_*`` may be None for reference-free objectives; ``policy_mismatched`` / ``reference_mismatched``
     (log-probs of prompt x_i with a response from another pair, KTO's reference-point estimate) only KTO
-    needs. Safety labels default to safe/safe, the pair mask to all pairs.
+    needs. Safety labels default to safe/safe, the pair mask to all pairs. ``chosen_present`` /
+    ``rejected_present`` (default: both) let an unpaired objective (KTO) take rows that hold only a desirable
+    or only an undesirable response; paired objectives ignore them.
     """
 
     policy_chosen: jax.Array
@@ -46,6 +48,8 @@ class PreferenceScores:
     pair_mask: jax.Array | None = None
     policy_mismatched: jax.Array | None = None
     reference_mismatched: jax.Array | None = None
+    chosen_present: jax.Array | None = None
+    rejected_present: jax.Array | None = None
 
     @property
     def mask(self) -> jax.Array:

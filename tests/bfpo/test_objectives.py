@@ -365,3 +365,42 @@ def test_registry_and_config_validation():
     for cls, field, value in bad:
         with pytest.raises(BFPOError, match=f"{cls.__name__}.{field}="):
             cls(**{field: value})
+
+
+def test_kto_unpaired_rows():
+    """Rows holding only a desirable or only an undesirable response count once, on their own side."""
+    present_w = np.array([1, 1, 0, 1, 1, 1, 0, 1, 1, 1, 1, 0], bool)
+    present_l = np.array([1, 0, 1, 1, 0, 1, 1, 1, 0, 1, 1, 1], bool)
+    scores = to_scores(ARRAYS).replace(chosen_present=jnp.asarray(present_w), rejected_present=jnp.asarray(present_l))
+    cfg = KTOConfig(beta=0.2, desirable_weight=1.3, undesirable_weight=0.7)
+    loss, metrics = kto_loss(scores, cfg)
+    z0 = max(0.0, (ARRAYS["policy_mismatched"] - ARRAYS["reference_mismatched"])[MASK].mean())
+    d_w, d_l = np_deltas(ARRAYS)
+    sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    expected = np.concatenate([1.3 * (1 - sig(0.2 * (d_w - z0)))[MASK & present_w],
+                               0.7 * (1 - sig(0.2 * (z0 - d_l)))[MASK & present_l]]).mean()
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+    assert float(metrics["loss"].count) == np.sum(MASK & present_w) + np.sum(MASK & present_l)
+    assert float(metrics["rewards/chosen"].count) == np.sum(MASK & present_w)
+    assert float(metrics["rewards/margin"].count) == np.sum(MASK & present_w & present_l)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, o in OBJECTIVES.items() if not o.needs_mismatched))
+def test_gradient_of_summed_totals_over_micro_batches_is_the_whole_batch_gradient(name):
+    """The train step differentiates loss * count per micro-batch and divides the summed gradients by the summed
+    counts: that equals the gradient of the whole batch's mean, whatever the masks of the parts."""
+    objective = get_objective(name)
+
+    def total(arrays, pc):
+        scores = to_scores(arrays).replace(policy_chosen=pc)
+        loss, metrics = objective.loss(scores, objective.config)
+        return loss * jax.lax.stop_gradient(metrics["loss"].count), metrics["loss"].count
+
+    def grad_and_count(arrays):
+        pc = jnp.asarray(arrays["policy_chosen"], jnp.float32)
+        return jax.grad(lambda p: total(arrays, p)[0])(pc), total(arrays, pc)[1]
+
+    whole_grad, whole_count = grad_and_count(ARRAYS)
+    parts = [grad_and_count({k: v[part] for k, v in ARRAYS.items()}) for part in (slice(0, 5), slice(5, B))]
+    merged = np.concatenate([np.asarray(g) for g, _ in parts]) / float(sum(c for _, c in parts))
+    np.testing.assert_allclose(merged, np.asarray(whole_grad) / float(whole_count), rtol=1e-5, atol=1e-7)
