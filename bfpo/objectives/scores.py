@@ -51,6 +51,20 @@ class PreferenceScores:
     chosen_present: jax.Array | None = None
     rejected_present: jax.Array | None = None
 
+    @classmethod
+    def from_concatenated(cls, policy_2B: jax.Array, tokens_2B: jax.Array, reference_2B: jax.Array | None = None,
+                          **labels) -> "PreferenceScores":
+        """Scores from one forward over [chosen; rejected] rows (``bfpo.logprobs.sequence_logprobs`` gives the
+        summed log-probs and token counts, each [2B]); ``labels`` are the other fields, e.g. safety labels."""
+        if jnp.shape(policy_2B)[0] % 2 or jnp.shape(policy_2B) != jnp.shape(tokens_2B):
+            raise DataError(f"policy log-probs {jnp.shape(policy_2B)} and token counts {jnp.shape(tokens_2B)}: "
+                            "expected the same shape [2B], chosen rows first")
+        half = jnp.shape(policy_2B)[0] // 2
+        reference = {} if reference_2B is None else {"reference_chosen": reference_2B[:half],
+                                                     "reference_rejected": reference_2B[half:]}
+        return cls(policy_chosen=policy_2B[:half], policy_rejected=policy_2B[half:], chosen_tokens=tokens_2B[:half],
+                   rejected_tokens=tokens_2B[half:], **reference, **labels)
+
     @property
     def mask(self) -> jax.Array:
         if self.pair_mask is None:

@@ -404,3 +404,18 @@ def test_gradient_of_summed_totals_over_micro_batches_is_the_whole_batch_gradien
     parts = [grad_and_count({k: v[part] for k, v in ARRAYS.items()}) for part in (slice(0, 5), slice(5, B))]
     merged = np.concatenate([np.asarray(g) for g, _ in parts]) / float(sum(c for _, c in parts))
     np.testing.assert_allclose(merged, np.asarray(whole_grad) / float(whole_count), rtol=1e-5, atol=1e-7)
+
+
+def test_scores_from_concatenated_rows():
+    policy = jnp.concatenate([SCORES.policy_chosen, SCORES.policy_rejected])
+    tokens = jnp.concatenate([SCORES.chosen_tokens, SCORES.rejected_tokens])
+    reference = jnp.concatenate([SCORES.reference_chosen, SCORES.reference_rejected])
+    rebuilt = PreferenceScores.from_concatenated(
+        policy, tokens, reference, chosen_safe=SCORES.chosen_safe, rejected_safe=SCORES.rejected_safe,
+        pair_mask=SCORES.pair_mask, policy_mismatched=SCORES.policy_mismatched,
+        reference_mismatched=SCORES.reference_mismatched)
+    chex.assert_trees_all_equal(rebuilt, SCORES)
+    without_reference = PreferenceScores.from_concatenated(policy, tokens)
+    assert without_reference.reference_chosen is None
+    with pytest.raises(DataError, match=r"expected the same shape \[2B\]"):
+        PreferenceScores.from_concatenated(policy[:-1], tokens[:-1])
