@@ -1,0 +1,228 @@
+"""A compiled chain as a stack of GRU layers in the parameter layout of ``flax.nnx.GRUCell``.
+
+The cell (flax.nnx.GRUCell; dense_i = x W_i + b_i and dense_h = h W_h, each split into r, z, n thirds):
+    r = sigma(x W_ir + b_ir + h W_hr),  z = sigma(x W_iz + b_iz + h W_hz),
+    n = tanh(x W_in + b_in + r * (h W_hn)),  h' = (1 - z) n + z h.
+The paper (Petrov et al., 2024, Sec. 1, 4) argues GRUs host LSRL through saturated update gates; this is that
+construction, made exact by floating-point saturation.
+
+Scaling (as in ``recurrent.targets.lstm``). Hidden units carry eps * value with eps = 2^-k (default k = 50), a
+power of two compensated in the next layer's input weights and the readout; tanh(x) == x in floating point for
+|x| < tau (float64 ~ 1.5e-8, float32 ~ 4e-4), so tanh is exactly linear while |value| < tau / eps. Gates are
+saturated with pre-activations of +-G, G = 1e3, where sigma rounds to exactly 1.0 / 0.0.
+
+Layers (u = W v' + b the chain pre-activation, v' the previous layer's values):
+  - state layer lanes (s_t = A s_{t-1} + u_t; pass-through lanes have A = 0): the update gate z = 0 overwrites,
+    the reset gate r = 1 lets the recurrence through: h_t = n = tanh(eps u_t + h_{t-1} A^T) = eps s_t,
+    h_0 = eps s_0. One unit per lane.
+  - relu layer: two units per lane, p (sample and hold) and q (the held value, delayed), both gated by the sign of
+    u through sigma(-K u) with K = 2^40:
+        p: z = sigma(-K u), n = tanh(eps u)              ->  p_t = eps u_t if u_t > 0, else p_{t-1}
+        q: z = 0, r = sigma(-K u), n = tanh(r p_{t-1})   ->  q_t = p_{t-1} if u_t < 0, else 0
+    so p_t - q_t = eps ReLU(u_t) exactly, and at u_t = 0 both gates are 1/2 and p_t - q_t = 0. The next layer
+    reads (p - q) / eps. p_0 = q_0 = 0.
+  - readout y = W_out (value map of the last layer's units) + b_out.
+
+Exactness and error vs sequence length T: exact up to rounding order while (a) every carried value (including the
+held p) stays below tau / eps (1.5e7 in float64 at k = 50: a unit counter is exact for T < 1.5e7 tokens, after
+which tanh's relative error (eps v)^2 / 3 per step accumulates linearly in T) and (b) no ReLU input lies in
+(0, G / K) ~ (0, 9e-10) in magnitude, where the gates are not saturated; there the error is at most the held
+value's magnitude for that token. Otherwise the error does not depend on T.
+
+Not hostable: a ``mul`` layer (a product of two program values): a cell multiplies only by a gate in [0, 1].
+``CompileError`` names the layer; the lambda-based conditional modes compile.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from recurrent.chain import Chain
+from recurrent.compile import CompileConfig, compile_program
+from recurrent.errors import CompileError
+from recurrent.lsrl.syntax import ForEach, Variable
+from recurrent.scan import check_dtype
+from recurrent.targets.elman import TargetSummary
+
+TARGET = "gru"
+SATURATE = 1e3
+RELU_GAIN = 2.0**40
+
+
+@dataclasses.dataclass(frozen=True)
+class GRULayer:
+    kernel_i: np.ndarray
+    """(in, 3 hidden), thirds r, z, n: ``GRUCell.dense_i.kernel``."""
+    bias: np.ndarray
+    """(3 hidden,): ``GRUCell.dense_i.bias``."""
+    kernel_h: np.ndarray
+    """(hidden, 3 hidden): ``GRUCell.dense_h.kernel``."""
+    carry: np.ndarray
+
+    @property
+    def width(self) -> int:
+        return self.carry.shape[0]
+
+    @property
+    def recurrent(self) -> int:
+        k = self.kernel_h != 0
+        w = self.width
+        used = k.any(axis=1) | k[:, :w].any(axis=0) | k[:, w : 2 * w].any(axis=0) | k[:, 2 * w :].any(axis=0)
+        return int(np.count_nonzero(used))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"kernel_i": self.kernel_i, "bias": self.bias, "kernel_h": self.kernel_h, "carry": self.carry}
+
+
+@dataclasses.dataclass(frozen=True)
+class GRUNet:
+    in_dim: int
+    layers: tuple[GRULayer, ...]
+    readout_kernel: np.ndarray
+    readout_bias: np.ndarray
+    eps: float
+
+    def summary(self) -> TargetSummary:
+        arrays = [a for l in self.layers for k, a in l.arrays().items() if k != "carry"]
+        flat = np.concatenate([a.reshape(-1) for a in arrays + [self.readout_kernel, self.readout_bias]])
+        return TargetSummary(
+            target=TARGET,
+            widths=tuple(l.width for l in self.layers),
+            recurrent=tuple(l.recurrent for l in self.layers),
+            parameters=int(flat.size),
+            nonzeros=int(np.count_nonzero(flat)),
+            max_weight=float(np.abs(flat).max()) if flat.size else 0.0,
+        )
+
+
+def _state_layer(W: np.ndarray, b: np.ndarray, A: np.ndarray, init: np.ndarray, eps: float) -> GRULayer:
+    w, d = W.shape[0], W.shape[1]
+    kernel_i = np.zeros((d, 3 * w))
+    kernel_i[:, 2 * w :] = eps * W.T
+    bias = np.concatenate([np.full(w, SATURATE), np.full(w, -SATURATE), eps * b])
+    kernel_h = np.zeros((w, 3 * w))
+    kernel_h[:, 2 * w :] = A.T
+    return GRULayer(kernel_i, bias, kernel_h, eps * init)
+
+
+def _relu_layer(W: np.ndarray, b: np.ndarray, eps: float) -> GRULayer:
+    w, d = W.shape[0], W.shape[1]
+    h = 2 * w  # units [p; q]
+    kernel_i = np.zeros((d, 3 * h))
+    bias = np.zeros(3 * h)
+    # r (third 0): p's is irrelevant (its n reads no h), q's is sigma(-K u).
+    kernel_i[:, w:h] = -RELU_GAIN * W.T
+    bias[w:h] = -RELU_GAIN * b
+    # z (third 1): p's is sigma(-K u), q's is 0.
+    kernel_i[:, h : h + w] = -RELU_GAIN * W.T
+    bias[h : h + w] = -RELU_GAIN * b
+    bias[h + w : 2 * h] = -SATURATE
+    # n (third 2): p's is tanh(eps u), q's is tanh(r p_{t-1}).
+    kernel_i[:, 2 * h : 2 * h + w] = eps * W.T
+    bias[2 * h : 2 * h + w] = eps * b
+    kernel_h = np.zeros((h, 3 * h))
+    kernel_h[np.arange(w), 2 * h + w + np.arange(w)] = 1.0
+    return GRULayer(kernel_i, bias, kernel_h, np.zeros(h))
+
+
+def chain_to_gru(chain: Chain, scale_exponent: int = 50) -> GRUNet:
+    """The GRU stack computing ``chain`` (see the module docstring); ``CompileError`` on product layers."""
+    eps = 2.0 ** (-scale_exponent)
+    value_map = np.eye(chain.in_dim)  # values of the previous layer = value_map @ its hidden units
+    layers = []
+    for i, layer in enumerate(chain.layers):
+        if layer.kind == "mul":
+            raise CompileError(
+                f"layer {i} (mul, width {layer.width}): target {TARGET} cannot host a Multiplicative product of two "
+                "program values (a cell multiplies only by a gate); use a lambda-based conditional (f_ifelse)"
+            )
+        W = np.asarray(layer.weight, np.float64) @ value_map
+        b = np.asarray(layer.bias, np.float64)
+        w = layer.width
+        if layer.kind == "state":
+            r = layer.recurrent
+            A, init = np.zeros((w, w)), np.zeros(w)
+            A[:r, :r] = np.asarray(layer.A, np.float64)
+            init[:r] = np.asarray(layer.init, np.float64)
+            layers.append(_state_layer(W, b, A, init, eps))
+            value_map = np.eye(w) / eps
+        elif layer.kind == "relu":
+            layers.append(_relu_layer(W, b, eps))
+            value_map = np.concatenate([np.eye(w), -np.eye(w)], axis=1) / eps
+        else:
+            raise CompileError(f"layer {i}: target {TARGET} does not know the layer kind {layer.kind!r}")
+    W_out = np.asarray(chain.readout_weight, np.float64) @ value_map
+    return GRUNet(chain.in_dim, tuple(layers), W_out.T, np.asarray(chain.readout_bias, np.float64), eps)
+
+
+def compile_gru(program: ForEach | Variable, cfg: CompileConfig = CompileConfig(), scale_exponent: int = 50) -> GRUNet:
+    """Compile an LSRL program to a GRU stack (through the linear-RNN chain)."""
+    return chain_to_gru(compile_program(program, cfg), scale_exponent)
+
+
+def gru_params(net: GRUNet, dtype=jnp.float32) -> dict:
+    check_dtype(dtype)
+    cast = lambda a: jnp.asarray(np.asarray(a), dtype=dtype)  # noqa: E731
+    return {
+        "layers": [{k: cast(v) for k, v in l.arrays().items()} for l in net.layers],
+        "readout_kernel": cast(net.readout_kernel),
+        "readout_bias": cast(net.readout_bias),
+    }
+
+
+def gru_step(p: dict, h_BxW: jax.Array, x_BxD: jax.Array) -> jax.Array:
+    """One GRUCell step (the flax.nnx.GRUCell equations) with these parameters."""
+    xr, xz, xn = jnp.split(x_BxD @ p["kernel_i"] + p["bias"], 3, axis=-1)
+    hr, hz, hn = jnp.split(h_BxW @ p["kernel_h"], 3, axis=-1)
+    r = jax.nn.sigmoid(xr + hr)
+    z = jax.nn.sigmoid(xz + hz)
+    n = jnp.tanh(xn + r * hn)
+    return (1.0 - z) * n + z * h_BxW
+
+
+def run_gru(params: dict, x_BxTxD: jax.Array) -> jax.Array:
+    """Outputs (B, T, O) of the GRU stack with these parameters (pure; jit-able)."""
+    dtype = params["readout_kernel"].dtype
+    h_TxBxW = jnp.swapaxes(jnp.asarray(x_BxTxD, dtype), 0, 1)
+    for p in params["layers"]:
+        def step(h, x_BxD, p=p):
+            h = gru_step(p, h, x_BxD)
+            return h, h
+
+        h0 = jnp.broadcast_to(p["carry"], (h_TxBxW.shape[1],) + p["carry"].shape)
+        _, h_TxBxW = jax.lax.scan(step, h0, h_TxBxW)
+    return jnp.swapaxes(h_TxBxW @ params["readout_kernel"] + params["readout_bias"], 0, 1)
+
+
+def load_cell(layer: GRULayer, dtype=jnp.float32) -> nnx.GRUCell:
+    """A ``flax.nnx.GRUCell`` holding this layer's weights."""
+    cell = nnx.GRUCell(layer.kernel_i.shape[0], layer.width, dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(0))
+    cell.dense_i.kernel[...] = jnp.asarray(layer.kernel_i, dtype)
+    cell.dense_i.bias[...] = jnp.asarray(layer.bias, dtype)
+    cell.dense_h.kernel[...] = jnp.asarray(layer.kernel_h, dtype)
+    return cell
+
+
+class GRURNN(nnx.Module):
+    """Runs a compiled GRU stack on tokens (B, T, D) -> (B, T, O) in ``dtype`` (weights are ``nnx.Param``s)."""
+
+    def __init__(self, net: GRUNet, *, dtype=jnp.float32):
+        params = gru_params(net, dtype)
+        self.layers = nnx.List(
+            [nnx.Dict({k: nnx.Param(v) for k, v in layer.items()}) for layer in params["layers"]]
+        )
+        self.readout_kernel = nnx.Param(params["readout_kernel"])
+        self.readout_bias = nnx.Param(params["readout_bias"])
+
+    def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+        params = {
+            "layers": [{k: layer[k][...] for k in ("kernel_i", "bias", "kernel_h", "carry")} for layer in self.layers],
+            "readout_kernel": self.readout_kernel[...],
+            "readout_bias": self.readout_bias[...],
+        }
+        return run_gru(params, x_BxTxD)
