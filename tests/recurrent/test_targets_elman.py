@@ -1,6 +1,7 @@
 """The Elman ReLU RNN target equals the interpreter exactly (float64, 1e-9) on the library functions and the
 paper's programs in every non-gated conditional mode; its weights run unchanged in ``flax.nnx.SimpleCell``;
-non-negative states take one unit, signed ones two; products are refused with a CompileError."""
+non-negative states take one unit, signed ones two; products are refused with a CompileError; float32 answers
+the 20-key dictionary lookup."""
 
 import chex
 import jax
@@ -147,3 +148,13 @@ def test_tok2tok_exact_on_20_keys(mode):
     got = elman_f64(net, toks)
     chex.assert_trees_all_close(got[:2], run(prog, toks[:2]), atol=1e-9, rtol=0)
     chex.assert_trees_all_close(got[:, -3:, 0], tok2tok_answers(queries, keys, values), atol=1e-9, rtol=0)
+
+
+def test_tok2tok_float32_lookups():
+    prog = tok2tok_program(Tok2TokSpec(key_length=3, mode="optimized"))
+    net = compile_elman(prog)
+    rng = np.random.default_rng(6)
+    keys, values = random_dictionary(rng, 3, 20, 10)
+    queries = keys[rng.choice(20, 8, replace=False)]
+    got = np.asarray(jax.jit(run_elman)(elman_params(net, jnp.float32), tok2tok_prompts(queries, keys, values)))
+    chex.assert_trees_all_close(got[:, -3:, 0], tok2tok_answers(queries, keys, values), atol=1e-3, rtol=0)

@@ -1,6 +1,7 @@
 """The GRU target equals the interpreter (float64, 1e-9: exact by saturation) on the library functions and the
 paper's programs in every non-gated conditional mode; its weights run unchanged in ``flax.nnx.GRUCell``; the
-sample-and-hold ReLU is exact at and around zero; products are refused with a CompileError."""
+sample-and-hold ReLU is exact at and around zero; products are refused with a CompileError; float32 answers
+the 20-key dictionary lookup."""
 
 import chex
 import jax
@@ -94,3 +95,13 @@ def test_tok2tok_exact_on_20_keys(mode):
     got = gru_f64(net, toks)
     chex.assert_trees_all_close(got[:2], run(prog, toks[:2]), atol=1e-9, rtol=0)
     chex.assert_trees_all_close(got[:, -3:, 0], tok2tok_answers(queries, keys, values), atol=1e-9, rtol=0)
+
+
+def test_tok2tok_float32_lookups():
+    prog = tok2tok_program(Tok2TokSpec(key_length=3, mode="optimized"))
+    net = compile_gru(prog)
+    rng = np.random.default_rng(6)
+    keys, values = random_dictionary(rng, 3, 20, 10)
+    queries = keys[rng.choice(20, 8, replace=False)]
+    got = np.asarray(jax.jit(run_gru)(gru_params(net, jnp.float32), tok2tok_prompts(queries, keys, values)))
+    chex.assert_trees_all_close(got[:, -3:, 0], tok2tok_answers(queries, keys, values), atol=1e-3, rtol=0)
