@@ -27,9 +27,13 @@ stays below tau / eps and (b) no ReLU input lies in (0, 9e-10) in magnitude. Bot
 that grows by one per token meets (a) for T < tau / eps (1.5e7 tokens in float64 at k = 50); past that the tanh
 error is relative (eps v)^2 / 3 per step and accumulates linearly in T. The bound does not otherwise depend on T.
 
-Not hostable: a ``mul`` layer (a product of two arbitrary values). A cell multiplies only by a gate in [0, 1],
-which is not a product of two program values; ``CompileError`` names the layer. The multiplicative conditional
-modes therefore need a target with a native product (the linear-RNN chain); the lambda-based ones compile.
+Products (``mul`` layers, v = a * c with a, c the two halves of W v' + b): a cell multiplies a value only by a
+gate, so a product is hosted only as a gated one, with ``gated_products=True``: per lane, a constant factor (a
+row of W that is zero) scales the other inside g with i = 1; otherwise a is taken as a 0/1 condition,
+i = sigma(2^13 (a - 1/2)), g = tanh(eps c), f = 0, o = 1, exact when a is 0 or 1 (the multiplicative conditional
+modes, ``f_ifelse_mul``: c t + (1 - c) f with c binary); for other a the lane computes [a > 1/2] c instead, wrong
+by up to |a - [a > 1/2]| |c|. Without the flag a ``mul`` layer raises ``CompileError`` naming the layer,
+because the target cannot host a product of two arbitrary program values.
 """
 
 from __future__ import annotations
@@ -53,6 +57,8 @@ GATES = ("i", "f", "g", "o")
 SATURATE = 1e3
 """|pre-activation| that rounds sigma to exactly 0 or 1 in float32 and float64."""
 RELU_GAIN = 2.0**40
+GATE_GAIN = 2.0**13
+"""sigma(GATE_GAIN (a - 1/2)) is exactly a for a in {0, 1}, and saturated wherever |a - 1/2| >= 0.13."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,17 +108,43 @@ class LSTMNet:
         )
 
 
-def chain_to_lstm(chain: Chain, scale_exponent: int = 50) -> LSTMNet:
+def _gate_layer(W: np.ndarray, b: np.ndarray, eps: float) -> LSTMLayer:
+    """A product layer v = a * c (a, c the two halves of W v' + b) as input-gated cells (see the docstring)."""
+    w = W.shape[0] // 2
+    Wa, ba, Wc, bc = W[:w], b[:w], W[w:], b[w:]
+    const_a, const_c = ~Wa.any(axis=1), ~Wc.any(axis=1)
+    # A constant factor scales the other one (i = 1); otherwise a is the 0/1 gate: i = sigma(K (a - 1/2)).
+    Wg = np.where(const_a[:, None], ba[:, None] * Wc, np.where(const_c[:, None], bc[:, None] * Wa, Wc))
+    bg = np.where(const_a, ba * bc, np.where(const_c, bc * ba, bc))
+    gated = ~const_a & ~const_c
+    Wi = np.where(gated[:, None], GATE_GAIN * Wa, 0.0)
+    bi = np.where(gated, GATE_GAIN * (ba - 0.5), SATURATE)
+    zeros_i, zeros_h = np.zeros((W.shape[1], w)), np.zeros((w, w))
+    return LSTMLayer(
+        kernel_i={"i": Wi.T, "f": zeros_i, "g": eps * Wg.T, "o": zeros_i},
+        kernel_h={g: zeros_h for g in GATES},
+        bias={"i": bi, "f": np.full(w, -SATURATE), "g": eps * bg, "o": np.full(w, SATURATE)},
+        carry=(np.zeros(w), np.zeros(w)),
+    )
+
+
+def chain_to_lstm(chain: Chain, scale_exponent: int = 50, gated_products: bool = False) -> LSTMNet:
     """The LSTM stack computing ``chain`` (see the module docstring); ``CompileError`` on product layers."""
     eps = 2.0 ** (-scale_exponent)
     in_scale = 1.0  # hidden units of the previous layer hold in_scale * value (tokens: 1)
     layers = []
     for i, layer in enumerate(chain.layers):
-        if layer.kind == "mul":
+        if layer.kind == "mul" and not gated_products:
             raise CompileError(
                 f"layer {i} (mul, width {layer.width}): target {TARGET} cannot host a Multiplicative product of two "
-                "program values (a cell multiplies only by a gate); use a lambda-based conditional (f_ifelse)"
+                "program values (a cell multiplies only by a gate); use a lambda-based conditional (f_ifelse), or "
+                "gated_products=True when the first factor of every product is a 0/1 condition"
             )
+        if layer.kind == "mul":
+            W = np.asarray(layer.weight, np.float64) / in_scale
+            layers.append(_gate_layer(W, np.asarray(layer.bias, np.float64), eps))
+            in_scale = eps
+            continue
         if layer.kind not in ("relu", "state"):
             raise CompileError(f"layer {i}: target {TARGET} does not know the layer kind {layer.kind!r}")
         W = np.asarray(layer.weight, np.float64) / in_scale
@@ -139,9 +171,14 @@ def chain_to_lstm(chain: Chain, scale_exponent: int = 50) -> LSTMNet:
     return LSTMNet(chain.in_dim, tuple(layers), W_out.T, np.asarray(chain.readout_bias, np.float64), eps)
 
 
-def compile_lstm(program: ForEach | Variable, cfg: CompileConfig = CompileConfig(), scale_exponent: int = 50) -> LSTMNet:
+def compile_lstm(
+    program: ForEach | Variable,
+    cfg: CompileConfig = CompileConfig(),
+    scale_exponent: int = 50,
+    gated_products: bool = False,
+) -> LSTMNet:
     """Compile an LSRL program to an LSTM stack (through the linear-RNN chain)."""
-    return chain_to_lstm(compile_program(program, cfg), scale_exponent)
+    return chain_to_lstm(compile_program(program, cfg), scale_exponent, gated_products)
 
 
 def lstm_params(net: LSTMNet, dtype=jnp.float32) -> dict:

@@ -67,7 +67,8 @@ def test_weights_run_in_flax_gru_cell():
     chex.assert_trees_all_close(np.asarray(GRURNN(net)(toks)), got, atol=1e-4, rtol=0)
     summary = net.summary()
     assert summary.target == "gru" and summary.widths == tuple(l.width for l in net.layers)
-    assert summary.parameters == sum(l.kernel_i.size + l.bias.size + l.kernel_h.size for l in net.layers) + net.readout_kernel.size + 1
+    sizes = sum(l.kernel_i.size + l.bias.size + l.kernel_h.size for l in net.layers)
+    assert summary.parameters == sizes + net.readout_kernel.size + 1
 
 
 @pytest.mark.parametrize("mode", NON_GATED)
