@@ -29,8 +29,12 @@ which tanh's relative error (eps v)^2 / 3 per step accumulates linearly in T) an
 (0, G / K) ~ (0, 9e-10) in magnitude, where the gates are not saturated; there the error is at most the held
 value's magnitude for that token. Otherwise the error does not depend on T.
 
-Not hostable: a ``mul`` layer (a product of two program values): a cell multiplies only by a gate in [0, 1].
-``CompileError`` names the layer; the lambda-based conditional modes compile.
+Products (``mul`` layers, v = a * c, the halves of W v' + b): a cell multiplies a value only by a gate, so a
+product is hosted only as a gated one, with ``gated_products=True``: the same (p, q) pairs with n = c and the
+switch sigma(-2^13 (a - 1/2)) (a constant factor instead scales c, with the switch always on). Exact when a is
+0 or 1 (the multiplicative conditional modes, ``f_ifelse_mul``); for other a the lane computes [a > 1/2] c.
+Without the flag a ``mul`` layer raises ``CompileError`` naming the layer, because the target cannot host a
+product of two arbitrary program values.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from recurrent.targets.elman import TargetSummary
 TARGET = "gru"
 SATURATE = 1e3
 RELU_GAIN = 2.0**40
+GATE_GAIN = 2.0**13
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,40 +115,65 @@ def _state_layer(W: np.ndarray, b: np.ndarray, A: np.ndarray, init: np.ndarray, 
     return GRULayer(kernel_i, bias, kernel_h, eps * init)
 
 
-def _relu_layer(W: np.ndarray, b: np.ndarray, eps: float) -> GRULayer:
-    w, d = W.shape[0], W.shape[1]
+def _hold_layer(Ws: np.ndarray, bs: np.ndarray, Wn: np.ndarray, bn: np.ndarray, eps: float) -> GRULayer:
+    """Sample-and-hold pairs (p, q) with p - q = eps n_t when the switch s_t = Ws x + bs > 0, else 0 (see the
+    module docstring; the switch's pre-activation is already scaled by its gain)."""
+    w, d = Wn.shape[0], Wn.shape[1]
     h = 2 * w  # units [p; q]
     kernel_i = np.zeros((d, 3 * h))
     bias = np.zeros(3 * h)
-    # r (third 0): p's is irrelevant (its n reads no h), q's is sigma(-K u).
-    kernel_i[:, w:h] = -RELU_GAIN * W.T
-    bias[w:h] = -RELU_GAIN * b
-    # z (third 1): p's is sigma(-K u), q's is 0.
-    kernel_i[:, h : h + w] = -RELU_GAIN * W.T
-    bias[h : h + w] = -RELU_GAIN * b
+    # r (third 0): p's is irrelevant (its n reads no h), q's is sigma(-s).
+    kernel_i[:, w:h] = -Ws.T
+    bias[w:h] = -bs
+    # z (third 1): p's is sigma(-s), q's is 0.
+    kernel_i[:, h : h + w] = -Ws.T
+    bias[h : h + w] = -bs
     bias[h + w : 2 * h] = -SATURATE
-    # n (third 2): p's is tanh(eps u), q's is tanh(r p_{t-1}).
-    kernel_i[:, 2 * h : 2 * h + w] = eps * W.T
-    bias[2 * h : 2 * h + w] = eps * b
+    # n (third 2): p's is tanh(eps n), q's is tanh(r p_{t-1}).
+    kernel_i[:, 2 * h : 2 * h + w] = eps * Wn.T
+    bias[2 * h : 2 * h + w] = eps * bn
     kernel_h = np.zeros((h, 3 * h))
     kernel_h[np.arange(w), 2 * h + w + np.arange(w)] = 1.0
     return GRULayer(kernel_i, bias, kernel_h, np.zeros(h))
 
 
-def chain_to_gru(chain: Chain, scale_exponent: int = 50) -> GRUNet:
+def _relu_layer(W: np.ndarray, b: np.ndarray, eps: float) -> GRULayer:
+    return _hold_layer(RELU_GAIN * W, RELU_GAIN * b, W, b, eps)
+
+
+def _gate_layer(W: np.ndarray, b: np.ndarray, eps: float) -> GRULayer:
+    """A product layer v = a * c (the halves of W v' + b): a constant factor scales the other one with the switch
+    always on; otherwise a is the 0/1 switch, s = 2^13 (a - 1/2), and n = c."""
+    w = W.shape[0] // 2
+    Wa, ba, Wc, bc = W[:w], b[:w], W[w:], b[w:]
+    const_a, const_c = ~Wa.any(axis=1), ~Wc.any(axis=1)
+    Wn = np.where(const_a[:, None], ba[:, None] * Wc, np.where(const_c[:, None], bc[:, None] * Wa, Wc))
+    bn = np.where(const_a, ba * bc, np.where(const_c, bc * ba, bc))
+    gated = ~const_a & ~const_c
+    Ws = np.where(gated[:, None], GATE_GAIN * Wa, 0.0)
+    bs = np.where(gated, GATE_GAIN * (ba - 0.5), SATURATE)
+    return _hold_layer(Ws, bs, Wn, bn, eps)
+
+
+def chain_to_gru(chain: Chain, scale_exponent: int = 50, gated_products: bool = False) -> GRUNet:
     """The GRU stack computing ``chain`` (see the module docstring); ``CompileError`` on product layers."""
     eps = 2.0 ** (-scale_exponent)
     value_map = np.eye(chain.in_dim)  # values of the previous layer = value_map @ its hidden units
     layers = []
     for i, layer in enumerate(chain.layers):
-        if layer.kind == "mul":
+        if layer.kind == "mul" and not gated_products:
             raise CompileError(
                 f"layer {i} (mul, width {layer.width}): target {TARGET} cannot host a Multiplicative product of two "
-                "program values (a cell multiplies only by a gate); use a lambda-based conditional (f_ifelse)"
+                "program values (a cell multiplies only by a gate); use a lambda-based conditional (f_ifelse), or "
+                "gated_products=True when the first factor of every product is a 0/1 condition"
             )
         W = np.asarray(layer.weight, np.float64) @ value_map
         b = np.asarray(layer.bias, np.float64)
         w = layer.width
+        if layer.kind == "mul":
+            layers.append(_gate_layer(W, b, eps))
+            value_map = np.concatenate([np.eye(w), -np.eye(w)], axis=1) / eps
+            continue
         if layer.kind == "state":
             r = layer.recurrent
             A, init = np.zeros((w, w)), np.zeros(w)
@@ -160,9 +190,14 @@ def chain_to_gru(chain: Chain, scale_exponent: int = 50) -> GRUNet:
     return GRUNet(chain.in_dim, tuple(layers), W_out.T, np.asarray(chain.readout_bias, np.float64), eps)
 
 
-def compile_gru(program: ForEach | Variable, cfg: CompileConfig = CompileConfig(), scale_exponent: int = 50) -> GRUNet:
+def compile_gru(
+    program: ForEach | Variable,
+    cfg: CompileConfig = CompileConfig(),
+    scale_exponent: int = 50,
+    gated_products: bool = False,
+) -> GRUNet:
     """Compile an LSRL program to a GRU stack (through the linear-RNN chain)."""
-    return chain_to_gru(compile_program(program, cfg), scale_exponent)
+    return chain_to_gru(compile_program(program, cfg), scale_exponent, gated_products)
 
 
 def gru_params(net: GRUNet, dtype=jnp.float32) -> dict:

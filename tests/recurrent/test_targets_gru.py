@@ -1,6 +1,7 @@
 """The GRU target equals the interpreter (float64, 1e-9: exact by saturation) on the library functions and the
 paper's programs in every non-gated conditional mode; its weights run unchanged in ``flax.nnx.GRUCell``; the
-sample-and-hold ReLU is exact at and around zero; products are refused with a CompileError; float32 answers
+sample-and-hold ReLU is exact at and around zero; products are refused with a CompileError unless
+gated (then exact in the multiplicative modes); float32 answers
 the 20-key dictionary lookup."""
 
 import chex
@@ -106,3 +107,20 @@ def test_tok2tok_float32_lookups():
     queries = keys[rng.choice(20, 8, replace=False)]
     got = np.asarray(jax.jit(run_gru)(gru_params(net, jnp.float32), tok2tok_prompts(queries, keys, values)))
     chex.assert_trees_all_close(got[:, -3:, 0], tok2tok_answers(queries, keys, values), atol=1e-3, rtol=0)
+
+
+def test_gated_products_exact_in_the_multiplicative_modes():
+    x = Input(3)
+    prog = ForEach(f_ifelse_mul(f_eq(x[0], x[2], S), x[1], counter(x)))
+    toks = np.random.default_rng(0).integers(-3, 4, size=(3, 12, 3)).astype(np.float64)
+    net = compile_gru(prog, gated_products=True)
+    chex.assert_trees_all_close(gru_f64(net, toks), run(prog, toks), atol=1e-9, rtol=0)
+    rng = np.random.default_rng(4)
+    keys, values = random_dictionary(rng, 3, 20, 10)
+    queries = keys[rng.choice(20, 4, replace=False)]
+    toks = tok2tok_prompts(queries, keys, values)
+    for mode in ("multiplicative", "multiplicative_optimized"):
+        prog = tok2tok_program(Tok2TokSpec(key_length=3, mode=mode))
+        got = gru_f64(compile_gru(prog, gated_products=True), toks)
+        chex.assert_trees_all_close(got[:1], run(prog, toks[:1]), atol=1e-9, rtol=0)
+        chex.assert_trees_all_close(got[:, -3:, 0], tok2tok_answers(queries, keys, values), atol=1e-9, rtol=0)
