@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from recurrent.errors import CompileError
-from recurrent.lsrl import ForEach, Input, ReLU, f_eq, f_ifelse, f_ifelse_mul, f_larger
+from recurrent.lsrl import ForEach, Input, LinState, ReLU, f_eq, f_ifelse, f_ifelse_mul, f_larger
 from recurrent.lsrl.interpreter import run
 from recurrent.programs.tok2tok import Tok2TokSpec, random_dictionary, tok2tok_answers, tok2tok_program
 from recurrent.programs.tok2tok import tok2tok_prompts
@@ -124,3 +124,13 @@ def test_gated_products_exact_in_the_multiplicative_modes():
         got = gru_f64(compile_gru(prog, gated_products=True), toks)
         chex.assert_trees_all_close(got[:1], run(prog, toks[:1]), atol=1e-9, rtol=0)
         chex.assert_trees_all_close(got[:, -3:, 0], tok2tok_answers(queries, keys, values), atol=1e-9, rtol=0)
+
+
+def test_counter_exact_over_a_long_horizon():
+    x = Input(1)
+    count = LinState(x, np.eye(1), np.eye(1), [0.0])
+    prog = ForEach(f_larger(count, 2.5, S) + count)  # the unit counter, exact for 1e5 tokens (< tau / eps)
+    toks = np.ones((1, 100_000, 1))
+    got = gru_f64(compile_gru(prog), toks)[0, :, 0]
+    t = np.arange(1, 100_001, dtype=np.float64)
+    chex.assert_trees_all_close(got, t + (t > 2.5), atol=0, rtol=0)
