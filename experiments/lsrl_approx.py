@@ -149,6 +149,9 @@ def _plot(cfg, results, curves, out: Path, dtype, batch_sharding, n_batch) -> st
         a.minorticks_off()
         a.grid(alpha=0.3)
         a.legend(fontsize=7)
+    # Whole decades, so the log axis always shows labelled ticks even when every error sits in one decade.
+    lo, hi = ax[1].get_ylim()
+    ax[1].set_ylim(10.0 ** np.floor(np.log10(lo)), 10.0 ** np.ceil(np.log10(hi)))
     fig.tight_layout()
     path = out / "error_vs_n.png"
     fig.savefig(path, dpi=120)
