@@ -1,8 +1,7 @@
 """The LSTM target equals the interpreter (float64, 1e-9: exact by saturation) on the library functions and the
 paper's programs in every non-gated conditional mode; its weights run unchanged in ``flax.nnx.LSTMCell``; the
 tanh identity range it relies on holds; products are refused with a CompileError unless
-gated (then exact in the multiplicative modes); float32 answers
-the 20-key dictionary lookup."""
+gated. Program-level properties shared with the other gated target are in test_targets_gated.py."""
 
 import chex
 import jax
@@ -11,14 +10,10 @@ import numpy as np
 import pytest
 
 from recurrent.errors import CompileError
-from recurrent.lsrl import ForEach, Input, LinState, f_eq, f_ifelse, f_ifelse_mul, f_larger
+from recurrent.lsrl import ForEach, Input, f_eq, f_ifelse, f_ifelse_mul, f_larger
 from recurrent.lsrl.interpreter import run
-from recurrent.programs.tok2tok import Tok2TokSpec, random_dictionary, tok2tok_answers, tok2tok_program
-from recurrent.programs.tok2tok import tok2tok_prompts
-from recurrent.programs.vec2vec import Vec2VecSpec, random_target, vec2vec_ideal, vec2vec_program
-from recurrent.programs.vec2vec import vec2vec_prompts, vec2vec_queries
 from recurrent.targets.lstm import LSTMRNN, compile_lstm, load_cell, lstm_params, run_lstm
-from tests.recurrent.test_targets_elman import LIBRARY, NON_GATED, S, L, counter
+from tests.recurrent.test_targets_elman import LIBRARY, S, L, counter
 
 
 def lstm_f64(net, toks):
@@ -70,67 +65,3 @@ def test_weights_run_in_flax_lstm_cell():
     summary = net.summary()
     assert summary.target == "lstm" and summary.widths == tuple(l.width for l in net.layers)
     assert summary.parameters == sum(a.size for l in net.layers for a in l.weights()) + net.readout_kernel.size + 1
-
-
-@pytest.mark.parametrize("mode", NON_GATED)
-def test_vec2vec_exact(mode):
-    spec = Vec2VecSpec(in_dim=1, out_dim=2, mode=mode)
-    prog = vec2vec_program(spec)
-    net = compile_lstm(prog)
-    f = random_target(2, 1, 2)
-    rng = np.random.default_rng(3)
-    short = vec2vec_prompts(f, spec, 4, vec2vec_queries(rng, 3, 1, 4, spec.scale))
-    chex.assert_trees_all_close(lstm_f64(net, short), run(prog, short), atol=1e-9, rtol=0)
-    q = vec2vec_queries(rng, 8, 1, 64, spec.scale)  # N = 64
-    got = lstm_f64(net, vec2vec_prompts(f, spec, 64, q))[:, -1]
-    chex.assert_trees_all_close(got, vec2vec_ideal(f, 64, q), atol=1e-9, rtol=0)
-
-
-@pytest.mark.parametrize("mode", NON_GATED)
-def test_tok2tok_exact_on_20_keys(mode):
-    prog = tok2tok_program(Tok2TokSpec(key_length=3, mode=mode))
-    net = compile_lstm(prog)
-    rng = np.random.default_rng(4)
-    keys, values = random_dictionary(rng, 3, 20, 10)
-    queries = keys[rng.choice(20, 6, replace=False)]
-    toks = tok2tok_prompts(queries, keys, values)
-    got = lstm_f64(net, toks)
-    chex.assert_trees_all_close(got[:2], run(prog, toks[:2]), atol=1e-9, rtol=0)
-    chex.assert_trees_all_close(got[:, -3:, 0], tok2tok_answers(queries, keys, values), atol=1e-9, rtol=0)
-
-
-def test_tok2tok_float32_lookups():
-    prog = tok2tok_program(Tok2TokSpec(key_length=3, mode="optimized"))
-    net = compile_lstm(prog)
-    rng = np.random.default_rng(6)
-    keys, values = random_dictionary(rng, 3, 20, 10)
-    queries = keys[rng.choice(20, 8, replace=False)]
-    got = np.asarray(jax.jit(run_lstm)(lstm_params(net, jnp.float32), tok2tok_prompts(queries, keys, values)))
-    chex.assert_trees_all_close(got[:, -3:, 0], tok2tok_answers(queries, keys, values), atol=1e-3, rtol=0)
-
-
-def test_gated_products_exact_in_the_multiplicative_modes():
-    x = Input(3)
-    prog = ForEach(f_ifelse_mul(f_eq(x[0], x[2], S), x[1], counter(x)))
-    toks = np.random.default_rng(0).integers(-3, 4, size=(3, 12, 3)).astype(np.float64)
-    net = compile_lstm(prog, gated_products=True)
-    chex.assert_trees_all_close(lstm_f64(net, toks), run(prog, toks), atol=1e-9, rtol=0)
-    rng = np.random.default_rng(4)
-    keys, values = random_dictionary(rng, 3, 20, 10)
-    queries = keys[rng.choice(20, 4, replace=False)]
-    toks = tok2tok_prompts(queries, keys, values)
-    for mode in ("multiplicative", "multiplicative_optimized"):
-        prog = tok2tok_program(Tok2TokSpec(key_length=3, mode=mode))
-        got = lstm_f64(compile_lstm(prog, gated_products=True), toks)
-        chex.assert_trees_all_close(got[:1], run(prog, toks[:1]), atol=1e-9, rtol=0)
-        chex.assert_trees_all_close(got[:, -3:, 0], tok2tok_answers(queries, keys, values), atol=1e-9, rtol=0)
-
-
-def test_counter_exact_over_a_long_horizon():
-    x = Input(1)
-    count = LinState(x, np.eye(1), np.eye(1), [0.0])
-    prog = ForEach(f_larger(count, 2.5, S) + count)  # the unit counter, exact for 1e5 tokens (< tau / eps)
-    toks = np.ones((1, 100_000, 1))
-    got = lstm_f64(compile_lstm(prog), toks)[0, :, 0]
-    t = np.arange(1, 100_001, dtype=np.float64)
-    chex.assert_trees_all_close(got, t + (t > 2.5), atol=0, rtol=0)
