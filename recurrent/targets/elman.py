@@ -39,13 +39,13 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from recurrent.chain import Chain
 from recurrent.compile import CompileConfig, compile_program
 from recurrent.errors import CompileError
 from recurrent.lsrl.syntax import ForEach, Variable
 from recurrent.scan import check_dtype
+from recurrent.targets.compiled_module import CompiledRNN
 
 TARGET = "elman"
 
@@ -225,21 +225,8 @@ def run_elman(params: dict, x_BxTxD: jax.Array) -> jax.Array:
     return jnp.swapaxes(h_TxBxW @ params["readout_kernel"] + params["readout_bias"], 0, 1)
 
 
-class ElmanRNN(nnx.Module):
+class ElmanRNN(CompiledRNN):
     """Runs a compiled Elman stack on tokens (B, T, D) -> (B, T, O) in ``dtype`` (weights are ``nnx.Param``s)."""
 
     def __init__(self, net: ElmanNet, *, dtype=jnp.float32):
-        params = elman_params(net, dtype)
-        self.layers = nnx.List(
-            [nnx.Dict({k: nnx.Param(v) for k, v in layer.items()}) for layer in params["layers"]]
-        )
-        self.readout_kernel = nnx.Param(params["readout_kernel"])
-        self.readout_bias = nnx.Param(params["readout_bias"])
-
-    def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
-        params = {
-            "layers": [{k: layer[k][...] for k in ("kernel_i", "bias", "kernel_h", "carry")} for layer in self.layers],
-            "readout_kernel": self.readout_kernel[...],
-            "readout_bias": self.readout_bias[...],
-        }
-        return run_elman(params, x_BxTxD)
+        super().__init__(elman_params(net, dtype), run_elman)

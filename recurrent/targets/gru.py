@@ -52,6 +52,7 @@ from recurrent.errors import CompileError
 from recurrent.lsrl.syntax import ForEach, Variable
 from recurrent.scan import check_dtype
 from recurrent.targets.elman import TargetSummary
+from recurrent.targets.compiled_module import CompiledRNN
 
 TARGET = "gru"
 SATURATE = 1e3
@@ -243,21 +244,8 @@ def load_cell(layer: GRULayer, dtype=jnp.float32) -> nnx.GRUCell:
     return cell
 
 
-class GRURNN(nnx.Module):
+class GRURNN(CompiledRNN):
     """Runs a compiled GRU stack on tokens (B, T, D) -> (B, T, O) in ``dtype`` (weights are ``nnx.Param``s)."""
 
     def __init__(self, net: GRUNet, *, dtype=jnp.float32):
-        params = gru_params(net, dtype)
-        self.layers = nnx.List(
-            [nnx.Dict({k: nnx.Param(v) for k, v in layer.items()}) for layer in params["layers"]]
-        )
-        self.readout_kernel = nnx.Param(params["readout_kernel"])
-        self.readout_bias = nnx.Param(params["readout_bias"])
-
-    def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
-        params = {
-            "layers": [{k: layer[k][...] for k in ("kernel_i", "bias", "kernel_h", "carry")} for layer in self.layers],
-            "readout_kernel": self.readout_kernel[...],
-            "readout_bias": self.readout_bias[...],
-        }
-        return run_gru(params, x_BxTxD)
+        super().__init__(gru_params(net, dtype), run_gru)

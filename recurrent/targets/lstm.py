@@ -51,6 +51,7 @@ from recurrent.errors import CompileError
 from recurrent.lsrl.syntax import ForEach, Variable
 from recurrent.scan import check_dtype
 from recurrent.targets.elman import TargetSummary
+from recurrent.targets.compiled_module import CompiledRNN
 
 TARGET = "lstm"
 GATES = ("i", "f", "g", "o")
@@ -228,30 +229,8 @@ def load_cell(layer: LSTMLayer, dtype=jnp.float32) -> nnx.LSTMCell:
     return cell
 
 
-class LSTMRNN(nnx.Module):
+class LSTMRNN(CompiledRNN):
     """Runs a compiled LSTM stack on tokens (B, T, D) -> (B, T, O) in ``dtype`` (weights are ``nnx.Param``s)."""
 
     def __init__(self, net: LSTMNet, *, dtype=jnp.float32):
-        params = lstm_params(net, dtype)
-        self.layers = nnx.List([
-            nnx.Dict({
-                "kernel_i": nnx.Dict({g: nnx.Param(v) for g, v in layer["kernel_i"].items()}),
-                "kernel_h": nnx.Dict({g: nnx.Param(v) for g, v in layer["kernel_h"].items()}),
-                "bias": nnx.Dict({g: nnx.Param(v) for g, v in layer["bias"].items()}),
-                "carry": nnx.List([nnx.Param(c) for c in layer["carry"]]),
-            })
-            for layer in params["layers"]
-        ])
-        self.readout_kernel = nnx.Param(params["readout_kernel"])
-        self.readout_bias = nnx.Param(params["readout_bias"])
-
-    def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
-        layers = [
-            {
-                **{k: {g: layer[k][g][...] for g in GATES} for k in ("kernel_i", "kernel_h", "bias")},
-                "carry": tuple(c[...] for c in layer["carry"]),
-            }
-            for layer in self.layers
-        ]
-        params = {"layers": layers, "readout_kernel": self.readout_kernel[...], "readout_bias": self.readout_bias[...]}
-        return run_lstm(params, x_BxTxD)
+        super().__init__(lstm_params(net, dtype), run_lstm)

@@ -1,0 +1,35 @@
+"""A Flax module around a target's pure run function and its parameter tree.
+
+Each target (Elman, LSTM, GRU) has a pure ``run(params, x_BxTxD)`` over a nested dict of arrays. This module
+holds that tree's leaves as ``nnx.Param`` variables named by their key paths (``layers/0/kernel_i/i``), so the
+weights can be inspected, fine-tuned or perturbed with the usual NNX tools, and rebuilds the tree on call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+from flax import nnx
+
+
+def _path_name(path) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+class CompiledRNN(nnx.Module):
+    """Runs ``run(params, x)`` with ``params`` held as named ``nnx.Param`` leaves."""
+
+    def __init__(self, params: Any, run: Callable[[Any, jax.Array], jax.Array]):
+        flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+        self.names = tuple(_path_name(path) for path, _ in flat)
+        self.treedef = treedef
+        self.run = run
+        self.weights = nnx.Dict({name: nnx.Param(leaf) for name, (_, leaf) in zip(self.names, flat)})
+
+    def params(self) -> Any:
+        return jax.tree_util.tree_unflatten(self.treedef, [self.weights[n][...] for n in self.names])
+
+    def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+        return self.run(self.params(), x_BxTxD)
