@@ -15,6 +15,7 @@ file and any change to either computes a new one.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -85,9 +86,10 @@ class ReferenceCache:
                 np.where(real, self.rejected[safe], 0.0).astype(np.float32))
 
 
+@functools.lru_cache(maxsize=8)
 def reference_logprob_fn(model_cfg: LlamaConfig, chunk: int = 128) -> Callable:
     """``fn(params, stream_batch) -> [2B]`` summed reference log-probs of [chosen; rejected], jitted (one
-    compilation per bucket shape)."""
+    compilation per bucket shape, shared by every pass with the same model config)."""
     graphdef = model_graphdef(model_cfg)
 
     def fn(params, stream):
