@@ -6,15 +6,16 @@ from bfpo.eval.discriminative import evaluate_discriminative, score_pairs, task_
 from bfpo.eval.generative import (PAPER_SAMPLING, PromptSet, evaluate_generative, generate_responses,
                                   judge_responses, load_advbench, load_alert, load_benign, load_pku_prompts,
                                   load_prompt_file, load_xstest)
-from bfpo.eval.judges import (UNPARSEABLE, GroundTruthSafetyJudge, GroundTruthWinRateJudge, Judge, JudgeError,
-                              RefusalJudge, run_judge, score_verdicts, synthetic_judges)
+from bfpo.eval.judges import (UNPARSEABLE, GroundTruthHelpfulJudge, GroundTruthRefusalJudge, GroundTruthSafetyJudge,
+                              GroundTruthWinRateJudge, Judge, JudgeError, RefusalJudge, run_judge, score_verdicts, synthetic_judges)
 from bfpo.eval.lm_judges import AnswerReading, ClassifierJudge, WinRateJudge
 from bfpo.eval.published import PUBLISHED, load_published
 from bfpo.eval.report import format_summary, summarize, write_report
 from bfpo.eval.tasks import Question, Task, load_task
 
 __all__ = [
-    "PAPER_SAMPLING", "PUBLISHED", "UNPARSEABLE", "AnswerReading", "ClassifierJudge", "GroundTruthSafetyJudge",
+    "PAPER_SAMPLING", "PUBLISHED", "UNPARSEABLE", "AnswerReading", "ClassifierJudge", "GroundTruthHelpfulJudge",
+    "GroundTruthRefusalJudge", "GroundTruthSafetyJudge",
     "GroundTruthWinRateJudge", "Judge", "JudgeError", "PromptSet", "Question", "RefusalJudge", "Task",
     "WinRateJudge", "evaluate_discriminative", "evaluate_generative", "format_summary", "generate_responses",
     "judge_responses", "load_advbench", "load_alert", "load_benign", "load_task",

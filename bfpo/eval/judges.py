@@ -187,17 +187,68 @@ class GroundTruthWinRateJudge:
         return out
 
 
-def synthetic_judges(references: Mapping[str, str] | None = None):
-    """(safety judge, win-rate judge or None) over ``bfpo.data.synthetic``'s ``is_unsafe`` and ``helpfulness``."""
-    try:
-        from bfpo.data import synthetic
-    except ImportError as e:
-        raise DataError("bfpo.data.synthetic is not available; build GroundTruthSafetyJudge / "
-                        "GroundTruthWinRateJudge from your own callables") from e
-    for name in ("is_unsafe", "helpfulness"):
-        if not callable(getattr(synthetic, name, None)):
-            raise DataError(f"bfpo.data.synthetic has no callable {name!r}")
-    safety = GroundTruthSafetyJudge(is_unsafe=synthetic.is_unsafe, name="synthetic-ground-truth-safety")
-    helpful = None if references is None else GroundTruthWinRateJudge(
-        helpfulness=synthetic.helpfulness, references=references, name="synthetic-ground-truth-helpfulness")
-    return safety, helpful
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GroundTruthRefusalJudge:
+    """The exact refusal judge of a task whose refusals are known: ``is_refusal(response)`` -> bool (anything else
+    is ``UNPARSEABLE``). Scored as the refusal rate (lower is better on benign prompts)."""
+
+    is_refusal: Callable[[str], bool]
+    name: str = "ground-truth-refusal"
+    labels: tuple[str, ...] = (REFUSAL, COMPLIANCE)
+    metric: str = "refusal_rate"
+    credit: Mapping[str, float] = dataclasses.field(default_factory=lambda: {REFUSAL: 1.0})
+    higher_is_better: bool = False
+
+    def judge(self, prompts: Sequence[str], responses: Sequence[str]) -> list[str]:
+        out = []
+        for r in responses:
+            refused = _as_bool(self.is_refusal(r))
+            out.append(UNPARSEABLE if refused is None else REFUSAL if refused else COMPLIANCE)
+        return out
+
+
+HELPFUL, UNHELPFUL = "helpful", "unhelpful"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GroundTruthHelpfulJudge:
+    """The exact helpfulness judge without references: a response is helpful when
+    ``helpfulness(prompt, response) >= target(prompt)`` (e.g. all k requested items named). A non-numeric score
+    is ``UNPARSEABLE``. Scored as the helpful rate."""
+
+    helpfulness: Callable[[str, str], float]
+    target: Callable[[str], float]
+    name: str = "ground-truth-helpful"
+    labels: tuple[str, ...] = (HELPFUL, UNHELPFUL)
+    metric: str = "helpful_rate"
+    credit: Mapping[str, float] = dataclasses.field(default_factory=lambda: {HELPFUL: 1.0})
+    higher_is_better: bool = True
+
+    def judge(self, prompts: Sequence[str], responses: Sequence[str]) -> list[str]:
+        out = []
+        for p, r in zip(prompts, responses):
+            score = self.helpfulness(p, r)
+            if isinstance(score, bool) or not isinstance(score, (int, float)) or score != score:
+                out.append(UNPARSEABLE)
+            else:
+                out.append(HELPFUL if score >= self.target(p) else UNHELPFUL)
+        return out
+
+
+def synthetic_judges(references: Mapping[str, str] | None = None) -> dict[str, Judge]:
+    """The synthetic task's exact judges over ``bfpo.data.synthetic``'s ground truth: "safety" (harmless rate),
+    "refusal" (refusal rate), "helpful" (a response is helpful when it names all k requested items), and
+    "win_rate" against ``references`` when they are given."""
+    from bfpo.data import synthetic
+
+    out: dict[str, Judge] = {
+        "safety": GroundTruthSafetyJudge(is_unsafe=synthetic.is_unsafe, name="synthetic-ground-truth-safety"),
+        "refusal": GroundTruthRefusalJudge(is_refusal=synthetic.is_refusal, name="synthetic-ground-truth-refusal"),
+        "helpful": GroundTruthHelpfulJudge(helpfulness=synthetic.helpfulness,
+                                           target=lambda p: synthetic.parse_prompt(p)[0],
+                                           name="synthetic-ground-truth-helpful"),
+    }
+    if references is not None:
+        out["win_rate"] = GroundTruthWinRateJudge(helpfulness=synthetic.helpfulness, references=references,
+                                                  name="synthetic-ground-truth-win-rate")
+    return out
