@@ -134,7 +134,7 @@ def make_task(cfg: LocalLearningConfig) -> Task:
     if train_src.num_classes != model.num_classes:
         raise ConfigError(f"data has {train_src.num_classes} classes but the model {model.num_classes}")
     batches = data_lib.ImageBatches(train_src, cfg.batch_size, seed=cfg.data.seed, augment=cfg.data.augment,
-                                    mean_std=mean_std)
+                                    mean_std=mean_std, erasing=cfg.data.random_erasing)
     main = ["loss", "accuracy"] + [f"cos_{k}" for k in range(2, netdef.num_modules + 1)][:1]
     return Task(
         name=f"local_learning[{cfg.arch} K={netdef.num_modules} {cfg.executor} sgr={cfg.local.reconcile.weight}]",

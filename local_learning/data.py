@@ -2,7 +2,8 @@
 
 Sources hold uint8 images [N, H, W, C] and int32 labels [N] (or fetch them lazily from a TFDS data source);
 ``ImageBatches`` turns a source into the loop's ``BatchIterator``: batch i is a pure function of (seed, i):
-examples in a fresh permutation every epoch, then augmentation, then per-channel normalisation to float32.
+examples in a fresh permutation every epoch, then augmentation, then per-channel normalisation to float32, then
+(optionally) RandomErasing in the normalised space (augment.py).
 
 * ``load_digits``: scikit-learn's bundled 8x8 digits (1,797 images, 10 classes), read straight from the
   package's ``digits.csv.gz`` (scikit-learn itself is not imported), upsampled by pixel repetition to a
@@ -23,9 +24,10 @@ import tarfile
 from pathlib import Path
 from typing import Literal
 
+import jax
 import numpy as np
 
-from local_learning.augment import rand_augment
+from local_learning.augment import RandomErasingConfig, rand_augment, random_erasing
 from local_learning.errors import DataError
 from runtime.batches import IndexedBatches
 
@@ -256,6 +258,7 @@ class ImageBatches:
     seed: int
     augment: str = "crop_flip"
     mean_std: tuple = CIFAR10_MEAN_STD
+    erasing: RandomErasingConfig = RandomErasingConfig()
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -282,7 +285,11 @@ class ImageBatches:
             images = pad_crop_flip(images, np.random.default_rng((self.seed, 1 << 20, i)))
         if self.augment == "crop_flip_randaugment":
             images = rand_augment(images, np.random.default_rng((self.seed, 1 << 21, i)))
-        return {"image": normalize(images, self.mean_std), "label": labels.astype(np.int32)}
+        images = normalize(images, self.mean_std)
+        if self.erasing.active:
+            key = jax.random.fold_in(jax.random.fold_in(jax.random.key(self.seed), 1 << 22), i)
+            images = np.asarray(random_erasing(key, images, self.erasing)[0])
+        return {"image": images, "label": labels.astype(np.int32)}
 
     def iterator(self, start: int = 0) -> IndexedBatches:
         return IndexedBatches(self, start)

@@ -6,6 +6,7 @@ import dataclasses
 from typing import Literal
 
 from experiments.run import RunConfig
+from local_learning.augment import RandomErasingConfig
 from local_learning.errors import ConfigError
 from local_learning.estimators import ReconcileConfig
 from local_learning.heads import HeadConfig
@@ -29,6 +30,8 @@ class DataConfig:
     test_split: str = "validation"
     image_size: int = 32
     augment: Literal["none", "crop_flip", "crop_flip_randaugment"] = "crop_flip"
+    random_erasing: RandomErasingConfig = RandomErasingConfig()
+    """RandomErasing after normalisation (probability 0: off); the DeiT recipe uses probability 0.25."""
     eval_examples: int = 0
     """Evaluate on the first N test examples (0: all)."""
     seed: int = 0
@@ -182,7 +185,8 @@ class LocalLearningConfig:
 
     @classmethod
     def deit_s_k4(cls, directory: str = "", **kw) -> "LocalLearningConfig":
-        """DeiT-S on ImageNet, K = 4, AdamW (lr 5e-4 x batch/512, weight decay 0.05), 300 epochs."""
+        """DeiT-S on ImageNet, K = 4, AdamW (lr 5e-4 x batch/512, weight decay 0.05), 300 epochs, RandAugment
+        (2 operations, magnitude 9) and RandomErasing (p = 0.25, per-pixel random values)."""
         steps = 300 * 1_281_167 // 1024
         defaults = dict(
             run=RunConfig(out_dir="runs/local_learning/deit_s_k4", steps=steps, log_every=100, eval_every=5000,
@@ -191,7 +195,8 @@ class LocalLearningConfig:
             partition=PartitionConfig(num_modules=4),
             local=LocalConfig(reconcile=ReconcileConfig(weight=1.0, remat=True)),
             data=DataConfig(source="tfds", directory=directory, tfds_name="imagenet2012", image_size=224,
-                            augment="crop_flip_randaugment"),
+                            augment="crop_flip_randaugment",
+                            random_erasing=RandomErasingConfig(probability=0.25)),
             batch_size=1024,
             eval_batch_size=1000,
             optimizer="adamw",
