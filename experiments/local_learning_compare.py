@@ -1,13 +1,17 @@
-"""Global BP, gradient-checkpointed BP and local learning with K modules, with and without SGR, on one task:
-final test accuracy of every run, compiled step memory per device, a table and two plots (accuracy vs K,
-memory vs K).
+"""Global BP, gradient-checkpointed BP and local learning with K modules, with and without SGR, on one task,
+over several seeds: final test accuracy (mean +- sample std over seeds), the reconciliation cosine
+cos(g_in^(k), g_out^(k-1)) at the end of training, compiled step memory per device, and optionally a sweep of
+the SGR weight lambda at one K. Writes a markdown and a CSV table and plots (accuracy vs K with error bars,
+memory vs K, accuracy and cosine vs lambda, the cosine during training).
 
-Run: ``python -m experiments.local_learning_compare [--modules 2 4 8] [--sgr-weight 1.0] [--out-dir ...]``
-(default task: the ``digits`` preset, CPU-sized). ``demo()`` is the small version ``make demo`` runs.
+Run: ``python -m experiments.local_learning_compare [--modules 2 4] [--seeds 0 1 2] [--sweep-weights 0.01 0.1 10]
+[--sgr-weight 1.0] [--out-dir ...]`` (default task: the ``digits`` preset, CPU-sized). ``demo()`` is the small
+version ``make demo`` runs.
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import shutil
@@ -19,6 +23,8 @@ import tyro
 
 from experiments import local_learning_train as launcher
 from experiments.configs.local_learning import LocalLearningConfig
+from experiments.plots import read_metrics
+from local_learning.errors import ConfigError
 from local_learning.step_memory import step_memory
 from runtime import batches as batches_lib
 from runtime import sharding as sharding_lib
@@ -30,19 +36,57 @@ class CompareConfig:
     base: LocalLearningConfig = LocalLearningConfig.digits()
     modules: tuple[int, ...] = (2, 4, 8)
     sgr_weight: float = 1.0
+    seeds: tuple[int, ...] = (0,)
+    """Each run is repeated per seed; a seed sets the initialisation, the train/test split and the batch order."""
+    sweep_weights: tuple[float, ...] = ()
+    """Extra SGR weights lambda run at K = ``sweep_modules`` (0 and ``sgr_weight`` come from the main runs)."""
+    sweep_modules: int = 4
     checkpoint_bp: bool = True
     """Also run gradient-checkpointed BP."""
+    memory: bool = True
+    """Measure the compiled step memory of every run (once per run, seed-independent)."""
     out_dir: str = "runs/local_learning/compare"
 
+    def __post_init__(self):
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"CompareConfig.seeds={self.seeds}: must be non-empty and distinct")
+        if any(k < 2 for k in self.modules):
+            raise ConfigError(f"CompareConfig.modules={self.modules}: local runs need K >= 2 (K = 1 is BP)")
+        if not self.sgr_weight > 0 or any(not w >= 0 for w in self.sweep_weights):
+            raise ConfigError("CompareConfig.sgr_weight must be > 0 and every sweep_weights entry >= 0")
+        if self.sweep_weights and self.sweep_modules < 2:
+            raise ConfigError(f"CompareConfig.sweep_modules={self.sweep_modules}: must be >= 2")
 
-def runs(cfg: CompareConfig):
-    """(label, K, lambda, executor) of every run."""
-    yield "BP", 1, 0.0, "bp"
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    label: str
+    k: int
+    weight: float
+    executor: str
+
+    @property
+    def slug(self) -> str:
+        keep = "".join(c if c.isalnum() or c in "._" else "_" for c in self.label.lower())
+        return "_".join(part for part in keep.split("_") if part)
+
+
+def variants(cfg: CompareConfig) -> list[Variant]:
+    """Every configuration of the comparison, baselines first, then K ascending, then the lambda sweep."""
+    out = [Variant("BP", 1, 0.0, "bp")]
     if cfg.checkpoint_bp:
-        yield "BP (checkpointed)", 1, 0.0, "bp_checkpoint"
-    for k in cfg.modules:
-        yield f"local K={k}", k, 0.0, "local"
-        yield f"local K={k} + SGR", k, cfg.sgr_weight, "local"
+        out.append(Variant("BP (checkpointed)", 1, 0.0, "bp_checkpoint"))
+    ks = sorted(set(cfg.modules) | ({cfg.sweep_modules} if cfg.sweep_weights else set()))
+    for k in ks:
+        out += [Variant(f"local K={k}", k, 0.0, "local"), Variant(f"local K={k} + SGR", k, cfg.sgr_weight, "local")]
+    for w in sorted(set(cfg.sweep_weights) - {0.0, cfg.sgr_weight}):
+        out.append(Variant(f"local K={cfg.sweep_modules} + SGR lambda={w:g}", cfg.sweep_modules, w, "local"))
+    return out
+
+
+def seeded(base: LocalLearningConfig, seed: int) -> LocalLearningConfig:
+    return dataclasses.replace(base, run=dataclasses.replace(base.run, seed=seed),
+                               data=dataclasses.replace(base.data, seed=seed))
 
 
 def measure_memory(run_cfg: LocalLearningConfig) -> int | None:
@@ -58,66 +102,157 @@ def measure_memory(run_cfg: LocalLearningConfig) -> int | None:
     return None if mem is None else mem.peak
 
 
+def run_one(cfg: CompareConfig, v: Variant, seed: int, out: Path) -> dict:
+    """Train one (variant, seed) afresh and return its per-seed row."""
+    run_dir = out / v.slug / f"seed{seed}"
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # each comparison starts its runs afresh
+    run_cfg = seeded(cfg.base, seed).with_modules(v.k, v.weight, v.executor, out_dir=str(run_dir))
+    run_cfg = dataclasses.replace(run_cfg, run=dataclasses.replace(run_cfg.run, progress=False, resume=False))
+    summary = launcher.main(run_cfg)
+    return {"run": v.label, "K": v.k, "sgr_weight": v.weight, "executor": v.executor, "seed": seed,
+            "test_accuracy": summary.eval_metrics.get("test_accuracy"),
+            "module_accuracy": [summary.eval_metrics.get(f"test_accuracy_{i}") for i in range(1, v.k + 1)],
+            "reconciliation_cosine": [summary.train_metrics.get(f"cos_{i}") for i in range(2, v.k + 1)],
+            # The last logging window's rate: compilation excluded.
+            "steps_per_second": summary.train_metrics.get("steps_per_second", summary.steps_per_second),
+            "metrics_jsonl": str(run_dir / "metrics.jsonl")}
+
+
+def _mean_std(values) -> tuple[float | None, float | None]:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return None, None
+    return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+
+
+def aggregate(v: Variant, seed_rows: list[dict], peak_bytes: int | None) -> dict:
+    """One row per variant: means and sample standard deviations over seeds."""
+    acc, acc_std = _mean_std(r["test_accuracy"] for r in seed_rows)
+    mods = [_mean_std(r["module_accuracy"][i] for r in seed_rows)[0] for i in range(v.k)]
+    cos = [_mean_std(r["reconciliation_cosine"][i] for r in seed_rows)[0] for i in range(v.k - 1)]
+    # The mean over boundaries per seed first, so that its std is a spread over seeds.
+    per_seed_cos = [float(np.mean(r["reconciliation_cosine"])) for r in seed_rows
+                    if r["reconciliation_cosine"] and None not in r["reconciliation_cosine"]]
+    cos_mean, cos_std = _mean_std(per_seed_cos)
+    return {"run": v.label, "K": v.k, "sgr_weight": v.weight, "executor": v.executor,
+            "seeds": [r["seed"] for r in seed_rows], "test_accuracy": acc, "test_accuracy_std": acc_std,
+            "test_accuracy_per_seed": [r["test_accuracy"] for r in seed_rows], "module_accuracy": mods,
+            "reconciliation_cosine": cos, "mean_cosine": cos_mean, "mean_cosine_std": cos_std,
+            "peak_bytes": peak_bytes, "steps_per_second": _mean_std(r["steps_per_second"] for r in seed_rows)[0]}
+
+
 def main(cfg: CompareConfig) -> list[dict]:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for label, k, weight, executor in runs(cfg):
-        slug = label.lower().replace(" ", "_").replace("=", "").replace("+", "").replace("(", "").replace(")", "")
-        if (out / slug).exists():
-            shutil.rmtree(out / slug)  # each comparison starts its runs afresh
-        run_cfg = cfg.base.with_modules(k, weight, executor, out_dir=str(out / slug))
-        run_cfg = dataclasses.replace(run_cfg, run=dataclasses.replace(run_cfg.run, progress=False, resume=False))
-        summary = launcher.main(run_cfg)
-        row = {"run": label, "K": k, "sgr_weight": weight, "executor": executor,
-               "test_accuracy": summary.eval_metrics.get("test_accuracy"),
-               "module_accuracy": [summary.eval_metrics.get(f"test_accuracy_{i}") for i in range(1, k + 1)],
-               "reconciliation_cosine": [summary.train_metrics.get(f"cos_{i}") for i in range(2, k + 1)],
-               "peak_bytes": measure_memory(run_cfg), "steps_per_second": summary.steps_per_second}
-        rows.append(row)
-        (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    per_seed, rows = [], []
+    for v in variants(cfg):
+        seed_rows = [run_one(cfg, v, s, out) for s in cfg.seeds]
+        per_seed += seed_rows
+        peak = measure_memory(cfg.base.with_modules(v.k, v.weight, v.executor)) if cfg.memory else None
+        rows.append(aggregate(v, seed_rows, peak))
+        (out / "runs.json").write_text(json.dumps(per_seed, indent=2) + "\n")
     bp = rows[0]["peak_bytes"]
     for row in rows:
         row["memory_ratio"] = row["peak_bytes"] / bp if bp and row["peak_bytes"] else None
     (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
     write_table(rows, out / "results.md", cfg)
+    write_csv(rows, out / "results.csv")
     plot(rows, out)
+    if cfg.sweep_weights:
+        plot_sweep(rows, out, cfg)
+    plot_cosine_curves(per_seed, out, cfg)
     print((out / "results.md").read_text())
     return rows
 
 
+def _pm(mean, std, fmt="{:.4f}") -> str:
+    if mean is None:
+        return "-"
+    return fmt.format(mean) + (f" ± {fmt.format(std)}" if std else "")
+
+
+def sweep_rows(rows: list[dict], cfg: CompareConfig) -> list[dict]:
+    """The local runs at K = ``sweep_modules``, by lambda."""
+    return sorted((r for r in rows if r["executor"] == "local" and r["K"] == cfg.sweep_modules),
+                  key=lambda r: r["sgr_weight"])
+
+
 def write_table(rows: list[dict], path: Path, cfg: CompareConfig) -> None:
-    lines = [f"Task: {cfg.base.arch} on {cfg.base.data.source}, {cfg.base.run.steps} steps, batch {cfg.base.batch_size}, "
-             f"split {cfg.base.partition.split}, lambda = {cfg.sgr_weight} ({cfg.base.local.reconcile.distance}, "
-             f"{cfg.base.local.reconcile.impl}).", "",
-             "| run | K | test accuracy | per-module test accuracy | final cos(g_in, g_out) | peak MiB/device | memory / BP |",
-             "|---|---|---|---|---|---|---|"]
+    b = cfg.base
+    rc = b.local.reconcile
+    lines = [f"Task: {b.arch} on {b.data.source}, {b.run.steps} steps, batch {b.batch_size}, split "
+             f"{b.partition.split}, lambda = {cfg.sgr_weight} ({rc.distance}, {rc.impl}{', remat' if rc.remat else ''}); "
+             f"seeds {list(cfg.seeds)}: mean ± sample std over seeds.", "",
+             "| run | K | lambda | test accuracy | per-module test accuracy | final cos(g_in, g_out) per boundary | "
+             "peak MiB/device | memory / BP | steps/s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    sweep_only = {f"local K={cfg.sweep_modules} + SGR lambda={w:g}" for w in cfg.sweep_weights}
     for r in rows:
+        if r["run"] in sweep_only:
+            continue
         mods = ", ".join(f"{a:.3f}" for a in r["module_accuracy"] if a is not None)
         cos = ", ".join(f"{c:.2f}" for c in r["reconciliation_cosine"] if c is not None) or "-"
         mem = f"{r['peak_bytes'] / 2**20:.1f}" if r["peak_bytes"] else "-"
         ratio = f"{r['memory_ratio']:.3f}" if r.get("memory_ratio") else "-"
-        lines.append(f"| {r['run']} | {r['K']} | {r['test_accuracy']:.4f} | {mods} | {cos} | {mem} | {ratio} |")
+        lines.append(f"| {r['run']} | {r['K']} | {r['sgr_weight']:g} | {_pm(r['test_accuracy'], r['test_accuracy_std'])}"
+                     f" | {mods} | {cos} | {mem} | {ratio} | {r['steps_per_second']:.2f} |")
+    if cfg.sweep_weights:
+        lines += ["", f"SGR weight sweep at K = {cfg.sweep_modules}:", "",
+                  "| lambda | test accuracy | per-seed test accuracy | mean final cos(g_in, g_out) | peak MiB/device |",
+                  "|---|---|---|---|---|"]
+        for r in sweep_rows(rows, cfg):
+            seeds = ", ".join(f"{a:.4f}" for a in r["test_accuracy_per_seed"])
+            mem = f"{r['peak_bytes'] / 2**20:.1f}" if r["peak_bytes"] else "-"
+            lines.append(f"| {r['sgr_weight']:g} | {_pm(r['test_accuracy'], r['test_accuracy_std'])} | {seeds} | "
+                         f"{_pm(r['mean_cosine'], r['mean_cosine_std'], '{:.3f}')} | {mem} |")
     path.write_text("\n".join(lines) + "\n")
 
 
-def plot(rows: list[dict], out: Path) -> None:
+CSV_FIELDS = ("run", "K", "sgr_weight", "executor", "seeds", "test_accuracy", "test_accuracy_std",
+              "test_accuracy_per_seed", "module_accuracy", "reconciliation_cosine", "mean_cosine", "mean_cosine_std",
+              "peak_bytes", "memory_ratio", "steps_per_second")
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    """One line per run; list-valued fields are joined with ';'."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(CSV_FIELDS)
+        for r in rows:
+            writer.writerow([";".join("" if x is None else f"{x:.6g}" if isinstance(x, float) else str(x)
+                                      for x in r[key]) if isinstance(r.get(key), list)
+                             else "" if r.get(key) is None else r[key] for key in CSV_FIELDS])
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot(rows: list[dict], out: Path) -> None:
+    """accuracy_vs_k.png (error bars: sample std over seeds) and memory_vs_k.png."""
+    plt = _pyplot()
+    main_rows = [r for r in rows if "lambda=" not in r["run"]]
     for key, ylabel, name in (("test_accuracy", "test accuracy", "accuracy_vs_k.png"),
                               ("memory_ratio", "peak memory / global BP", "memory_vs_k.png")):
         fig, ax = plt.subplots(figsize=(5, 3.5))
-        for label, select, marker in (("local", lambda r: r["executor"] == "local" and r["sgr_weight"] == 0, "o"),
-                                      ("local + SGR", lambda r: r["executor"] == "local" and r["sgr_weight"] > 0, "s")):
-            pts = sorted((r["K"], r[key]) for r in rows if select(r) and r.get(key) is not None)
+        for label, sgr, marker in (("local", False, "o"), ("local + SGR", True, "s")):
+            pts = sorted((r["K"], r[key], r.get(f"{key}_std") or 0.0) for r in main_rows
+                         if r["executor"] == "local" and (r["sgr_weight"] > 0) == sgr and r.get(key) is not None)
             if pts:
-                ax.plot(*zip(*pts), marker=marker, label=label)
-        for r in rows:
+                ks, ys, es = zip(*pts)
+                ax.errorbar(ks, ys, yerr=es, marker=marker, capsize=3, label=label)
+        for r in main_rows:
             if r["executor"] != "local" and r.get(key) is not None:
                 ax.axhline(r[key], linestyle="--" if r["executor"] == "bp" else ":", color="gray", label=r["run"])
+                if key == "test_accuracy" and r.get("test_accuracy_std"):
+                    ax.axhspan(r[key] - r["test_accuracy_std"], r[key] + r["test_accuracy_std"], color="gray",
+                               alpha=0.12)
         ax.set_xlabel("modules K")
         ax.set_ylabel(ylabel)
         ax.legend()
@@ -125,6 +260,71 @@ def plot(rows: list[dict], out: Path) -> None:
         fig.tight_layout()
         fig.savefig(out / name, dpi=110)
         plt.close(fig)
+
+
+def plot_sweep(rows: list[dict], out: Path, cfg: CompareConfig) -> None:
+    """sgr_sweep.png: test accuracy and mean final reconciliation cosine vs lambda (symlog axis, lambda = 0 shown)."""
+    plt = _pyplot()
+    pts = sweep_rows(rows, cfg)
+    lam = [r["sgr_weight"] for r in pts]
+    positive = [w for w in lam if w > 0]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for ax, key, ylabel in ((axes[0], "test_accuracy", "test accuracy"),
+                            (axes[1], "mean_cosine", "mean final cos(g_in, g_out)")):
+        ys = [r[key] for r in pts]
+        es = [r[f"{key}_std"] or 0.0 for r in pts]
+        ax.errorbar(lam, ys, yerr=es, marker="o", capsize=3)
+        if positive:
+            ax.set_xscale("symlog", linthresh=min(positive))
+        ax.set_xlabel("SGR weight lambda")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"K = {cfg.sweep_modules}, {len(cfg.seeds)} seeds (mean ± std)")
+    fig.tight_layout()
+    fig.savefig(out / "sgr_sweep.png", dpi=110)
+    plt.close(fig)
+
+
+def cosine_curve(jsonl_paths: list[str], k: int) -> tuple[list[int], np.ndarray, np.ndarray] | None:
+    """(steps, mean, std) over runs of the per-step mean over boundaries of the logged cos_2..cos_K."""
+    curves = []
+    for path in jsonl_paths:
+        train = read_metrics(path).get("train", {})
+        series = [train[f"cos_{i}"] for i in range(2, k + 1) if f"cos_{i}" in train]
+        if not series:
+            return None
+        curves.append((series[0][0], np.mean([s[1] for s in series], axis=0)))
+    steps = curves[0][0]
+    if any(c[0] != steps for c in curves):
+        return None
+    stack = np.stack([c[1] for c in curves])
+    return steps, stack.mean(0), stack.std(0, ddof=1) if len(stack) > 1 else np.zeros(len(steps))
+
+
+def plot_cosine_curves(per_seed: list[dict], out: Path, cfg: CompareConfig) -> None:
+    """cosine_during_training.png: the reconciliation cosine during training, per local run (mean over seeds)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    labels = dict.fromkeys(r["run"] for r in per_seed if r["executor"] == "local")
+    drawn = False
+    for label in labels:
+        runs = [r for r in per_seed if r["run"] == label]
+        curve = cosine_curve([r["metrics_jsonl"] for r in runs], runs[0]["K"])
+        if curve is None:
+            continue
+        steps, mean, std = curve
+        line, = ax.plot(steps, mean, label=f"{label} (lambda={runs[0]['sgr_weight']:g})" if "lambda=" not in label
+                        else label)
+        ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.15)
+        drawn = True
+    if drawn:
+        ax.set_xlabel("step")
+        ax.set_ylabel("mean cos(g_in^(k), g_out^(k-1))")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / "cosine_during_training.png", dpi=110)
+    plt.close(fig)
 
 
 def demo(out_dir: str = "runs/demo/local_learning") -> list[dict]:
