@@ -56,11 +56,11 @@ def _records(path: str | os.PathLike, **csv_options):
 
 def _label(path, line, record, name: str, n: int) -> int:
     """An integer label in [0, n), also accepted as a digit string (CSV cells are strings)."""
-    value = record.get(name)
+    raw = value = record.get(name)
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < n:
-        raise DataError(f"{where(path, line)}: field {name!r} is {value!r:.40}, expected an integer in [0, {n})")
+        raise DataError(f"{where(path, line)}: field {name!r} is {raw!r:.40}, expected an integer in [0, {n})")
     return value
 
 
