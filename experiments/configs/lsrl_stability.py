@@ -40,7 +40,7 @@ class LSRLStabilityConfig:
     """A query is wrong when one of its answer values is farther than this from the interpreter's."""
     noise_kinds: tuple[str, ...] = NOISE_KINDS
     """relative: w <- w (1 + sigma xi); absolute: w <- w + sigma xi; xi ~ N(0, 1), non-zero weights only."""
-    noise_sigmas: tuple[float, ...] = (0.0, 1e-9, 1e-7, 1e-5, 1e-3)
+    noise_sigmas: tuple[float, ...] = (0.0, 1e-13, 1e-11, 1e-9, 1e-7, 1e-5, 1e-3)
     noise_seeds: int = 5
     noise_dtype: str = "float64"
     """Noisy models run in float64, so the error is the noise's and not float32 rounding's."""
@@ -96,9 +96,9 @@ class LSRLStabilityConfig:
             out_dir=out_dir,
             modes=("direct", "multiplicative"),
             vec2vec_grid_sizes=(4, 8, 16, 32),
-            tok2tok_pairs=(20, 100),
+            tok2tok_pairs=(20, 50),
             queries=8,
-            noise_sigmas=(0.0, 1e-8, 1e-6, 1e-4),
+            noise_sigmas=(0.0, 1e-12, 1e-9, 1e-6, 1e-3),
             noise_seeds=3,
             noise_length_index=0,
         )
