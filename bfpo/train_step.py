@@ -26,7 +26,7 @@ KTO needs log-probs of prompts paired with another pair's response: a stream bat
 raises ``BFPOError``.
 
 Per-stream metrics are prefixed by the stream name ("buffer/loss", "safety/rewards/margin",
-"safety/safety/accuracy", "safety/logps/chosen").
+"safety/safety/accuracy", "safety/logps/chosen"); per-pair-type ones only in evaluation (``make_eval_metrics``).
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ import optax
 from flax import nnx
 
 from bfpo.errors import BFPOError, DataError
+from bfpo.labeling import PAIR_TYPES
 from bfpo.logprobs import sequence_logprobs
 from bfpo.model.config import LlamaConfig
 from bfpo.model.llama import LlamaForCausalLM
@@ -170,9 +171,16 @@ def stream_scores(graphdef: nnx.GraphDef, policy: Any, reference: Any | None, st
     return scores, b
 
 
-def make_preference_loss(model_cfg: LlamaConfig, cfg: PreferenceConfig) -> Callable:
+def _is_per_type(key: str) -> bool:
+    return any(key.endswith("/" + name) for name in PAIR_TYPES)
+
+
+def make_preference_loss(model_cfg: LlamaConfig, cfg: PreferenceConfig, *, per_type: bool = False) -> Callable:
     """``loss_fn(params, batch, rng) -> (loss, metrics)`` for ``runtime.step.make_train_step``; ``params`` is the
-    dict of ``bfpo.train_params.build_params``."""
+    dict of ``bfpo.train_params.build_params``.
+
+    Per-pair-type metrics ("safety/margin/unsafe_safe", ...) are kept only with ``per_type`` (evaluation): a
+    training batch need not hold every pair type, and a metric over no pairs has no value to log."""
     graphdef = model_graphdef(model_cfg)
     objective, objective_cfg = cfg.resolved
     layout = cfg.layout
@@ -201,7 +209,7 @@ def make_preference_loss(model_cfg: LlamaConfig, cfg: PreferenceConfig) -> Calla
             metrics_s = {**metrics_s,
                          "logps/chosen": Metric.from_values(jax.lax.stop_gradient(scores.policy_chosen), mask),
                          "logps/rejected": Metric.from_values(jax.lax.stop_gradient(scores.policy_rejected), mask)}
-            metrics.update({f"{spec.name}/{k}": v for k, v in metrics_s.items()})
+            metrics.update({f"{spec.name}/{k}": v for k, v in metrics_s.items() if per_type or not _is_per_type(k)})
         metrics["loss"] = Metric(total=jax.lax.stop_gradient(total_loss) * main_count, count=main_count)
         return total_loss, metrics
 
@@ -216,6 +224,6 @@ def make_preference_step(model_cfg: LlamaConfig, cfg: PreferenceConfig, tx: opta
 
 def make_eval_metrics(model_cfg: LlamaConfig, cfg: PreferenceConfig) -> Callable:
     """``metrics(params, batch)``: the step's metrics without a gradient (held-out evaluation)."""
-    loss_fn = make_preference_loss(model_cfg, cfg)
+    loss_fn = make_preference_loss(model_cfg, cfg, per_type=True)
     return lambda params, batch: loss_fn(params, batch, None)[1]
 

