@@ -117,12 +117,14 @@ def check_batch_divides_mesh(cfg: LocalLearningConfig) -> None:
 def make_task(cfg: LocalLearningConfig) -> Task:
     model = cfg.model
     plan = network.plan_partition(model, cfg.partition, cfg.head)
-    netdef, _ = network.abstract_network(model, plan, cfg.head, feedback=cfg.local.feedback)
+    netdef, _ = network.abstract_network(model, plan, cfg.head, feedback=cfg.local.feedback,
+                                         label_projection=cfg.local.label_projection)
     tx = make_optimizer(cfg)
     seed = cfg.run.seed
 
     def init_params():
-        return network.build(model, plan, cfg.head, seed=seed, feedback=cfg.local.feedback)[1]
+        return network.build(model, plan, cfg.head, seed=seed, feedback=cfg.local.feedback,
+                             label_projection=cfg.local.label_projection)[1]
 
     def state_spec(mesh):
         return train_state_spec(init_params, tx, mesh, seed=seed, trainable=ts.trainable)

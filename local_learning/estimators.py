@@ -14,6 +14,12 @@ w.r.t. the module's parameters, g_in^(k) = dL_k/dh_in, and g_out^(k) = dL_k/dpro
 * ``feedback_alignment`` (BP-free; Lillicrap et al., 2016): local backprop through a network whose dense and
   convolutional layers send errors backward through fixed random matrices (models/feedback.py); g_in and
   g_out are the feedback-propagated errors, so SGR reconciles those (direct form only).
+* ``label_projection`` (BP-free; direct random target projection, Frenkel et al., 2021, with feedback
+  alignment inside each module): the body of module k learns from its one-hot label projected by a fixed
+  random matrix to h_k's shape instead of from its head's backward pass; the head learns from its own loss;
+  inside the body, errors travel through the fixed feedback matrices (label_projection.py). The network is built
+  with ``feedback=True, label_projection=True`` and differentiated as usual; g_in is the projected error carried
+  back through the feedback matrices, g_out the head's input gradient, and SGR reconciles those (direct form).
 * ``forward_gradient`` (BP-free; Baydin et al., 2022, "Gradients without backpropagation"): with v ~ N(0, I)
   over the parameters, the unbiased estimate (dJ/dtheta . v) v from one forward-mode pass. The boundary
   gradients are estimated the same way, g_in ~ (dL/dh . u) u and g_out ~ (dL/dp . w) w with u, w ~ N(0, I),
@@ -32,7 +38,7 @@ import jax.numpy as jnp
 from local_learning import reconcile
 from local_learning.errors import ConfigError
 
-ESTIMATOR_NAMES = ("backprop", "feedback_alignment", "forward_gradient")
+ESTIMATOR_NAMES = ("backprop", "feedback_alignment", "label_projection", "forward_gradient")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -152,9 +158,11 @@ def forward_gradient(loss_fn: LossFn, params, h_in, probe, target, *, scale: flo
     return ModuleGrads(grads, loss, aux, g_in, g_out, d)
 
 
-# Feedback alignment is local backprop through layers whose backward pass uses fixed random matrices
-# (models/feedback.py): the network is built with ``feedback=True`` and differentiated as usual.
-ESTIMATORS = {"backprop": local_backprop, "feedback_alignment": local_backprop, "forward_gradient": forward_gradient}
+# Feedback alignment and label projection are local backprop through a network built differently: layers whose
+# backward pass uses fixed random matrices (models/feedback.py), and for label projection a loss whose body
+# gradient is the projected label (label_projection.py). Only the network changes, not the differentiation.
+ESTIMATORS = {"backprop": local_backprop, "feedback_alignment": local_backprop, "label_projection": local_backprop,
+              "forward_gradient": forward_gradient}
 
 
 def get_estimator(name: str):

@@ -7,7 +7,9 @@ sum-reduced cross-entropy
 
 where p is a zero "probe" added at the head's input: dL_k/dp = dL_k/dh_k restricted to the head's path, the
 output-side gradient g_out^(k) that module k hands forward with h_k (Sec. 3 of Yang et al., ICML 2024). The
-last module's head is the network's own classifier.
+last module's head is the network's own classifier. A network built with ``label_projection=True`` carries a
+fixed random label projection per module and trains each body on the projected label instead
+(label_projection.py).
 
 Variables are kept as ``{"params": [P_1..P_K], "stats": [S_1..S_K]}``: one ``nnx.State`` of parameters and one
 of everything else (BatchNorm statistics, fixed feedback matrices) per module, so that each module's update
@@ -27,6 +29,7 @@ from flax import nnx
 
 from local_learning.errors import ConfigError
 from local_learning.heads import HeadConfig, make_aux_head
+from local_learning.label_projection import new_projection_key, projected_term
 from local_learning.memory import residual_bytes
 from local_learning.ordering import ordered_checkpoint
 from local_learning.models import ModelConfig, build_blocks
@@ -40,7 +43,8 @@ from local_learning.partition import (
 )
 
 
-# Everything a module carries that is not trained: BatchNorm statistics, feedback-alignment matrices.
+# Everything a module carries that is not trained: BatchNorm statistics, feedback-alignment matrices, the
+# label-projection key.
 STATE = nnx.Not(nnx.Param)
 
 
@@ -114,11 +118,13 @@ def plan_partition(model_cfg: ModelConfig, partition: PartitionConfig, head_cfg:
 
 
 class Stage(nnx.Module):
-    """One module: a run of blocks and its head."""
+    """One module: a run of blocks and its head (and, in the BP-free setting, its label-projection key)."""
 
-    def __init__(self, blocks: Sequence[nnx.Module], head: nnx.Module):
+    def __init__(self, blocks: Sequence[nnx.Module], head: nnx.Module, *, rngs: nnx.Rngs | None = None,
+                 label_projection: bool = False):
         self.blocks = nnx.List(list(blocks))
         self.head = head
+        self.projection = new_projection_key(rngs) if label_projection else None
 
     def features(self, x, *, train: bool):
         for block in self.blocks:
@@ -133,7 +139,7 @@ class LocalNetwork(nnx.Module):
     """The model's blocks grouped into stages by ``plan``; auxiliary heads on all stages but the last."""
 
     def __init__(self, model_cfg: ModelConfig, plan: PartitionPlan, head_cfg: HeadConfig, *, rngs: nnx.Rngs,
-                 feedback: bool = False):
+                 feedback: bool = False, label_projection: bool = False):
         with feedback_layers(feedback):
             blocks, classifier = build_blocks(model_cfg, rngs=rngs)
             if len(blocks) != plan.num_blocks:
@@ -143,7 +149,7 @@ class LocalNetwork(nnx.Module):
                 last = k == plan.num_modules - 1
                 head = classifier if last else make_aux_head(
                     head_cfg, plan.feature_shapes[b - 1], model_cfg.num_classes, rngs=rngs)
-                stages.append(Stage(blocks[a:b], head))
+                stages.append(Stage(blocks[a:b], head, rngs=rngs, label_projection=label_projection))
         self.stages = nnx.List(stages)
 
     def __call__(self, x, *, train: bool = False):
@@ -172,11 +178,13 @@ def network_variables(net: LocalNetwork) -> dict[str, list]:
 
 
 def build(model_cfg: ModelConfig, plan: PartitionPlan, head_cfg: HeadConfig = HeadConfig(),
-          *, seed: int = 0, feedback: bool = False) -> tuple[NetworkDef, dict[str, list]]:
+          *, seed: int = 0, feedback: bool = False, label_projection: bool = False) -> tuple[NetworkDef, dict[str, list]]:
     """(structure, variables) of a freshly initialised network; call it under ``jax.jit`` to place it sharded.
 
-    ``feedback=True`` builds every dense and convolutional layer as a feedback-alignment layer."""
-    net = LocalNetwork(model_cfg, plan, head_cfg, rngs=nnx.Rngs(seed), feedback=feedback)
+    ``feedback=True`` builds every dense and convolutional layer as a feedback-alignment layer;
+    ``label_projection=True`` gives every module a fixed random label projection drawn from the init key."""
+    net = LocalNetwork(model_cfg, plan, head_cfg, rngs=nnx.Rngs(seed), feedback=feedback,
+                       label_projection=label_projection)
     return network_def(net, model_cfg.num_classes), network_variables(net)
 
 
@@ -185,8 +193,9 @@ def network_def(net: LocalNetwork, num_classes: int) -> NetworkDef:
 
 
 def abstract_network(model_cfg: ModelConfig, plan: PartitionPlan, head_cfg: HeadConfig = HeadConfig(),
-                     *, feedback: bool = False) -> tuple[NetworkDef, dict[str, list]]:
-    net = nnx.eval_shape(lambda: LocalNetwork(model_cfg, plan, head_cfg, rngs=nnx.Rngs(0), feedback=feedback))
+                     *, feedback: bool = False, label_projection: bool = False) -> tuple[NetworkDef, dict[str, list]]:
+    net = nnx.eval_shape(lambda: LocalNetwork(model_cfg, plan, head_cfg, rngs=nnx.Rngs(0), feedback=feedback,
+                                              label_projection=label_projection))
     return network_def(net, model_cfg.num_classes), network_variables(net)
 
 
@@ -213,11 +222,18 @@ def cross_entropy(logits_BxC: jax.Array, labels_B: jax.Array) -> jax.Array:
 
 
 def local_loss(graphdef, params, stats, h_in, probe, labels_B, *, train: bool = True):
-    """(L_k = sum_i CE(a_k(f_k(h_in)_i + probe_i), y_i), LocalAux): module k's sum-reduced local loss."""
+    """(L_k = sum_i CE(a_k(f_k(h_in)_i + probe_i), y_i), LocalAux): module k's sum-reduced local loss.
+
+    A module with a label projection detaches its head from its body and adds the projected-label term, which
+    changes the body's gradient and not the value (label_projection.py)."""
     stage = nnx.merge(graphdef, params, stats, copy=True)
     h = stage.features(h_in, train=train)
-    logits = stage.logits(h + probe.astype(h.dtype), train=train)
+    projection = stage.projection
+    head_in = h if projection is None else jax.lax.stop_gradient(h)
+    logits = stage.logits(head_in + probe.astype(h.dtype), train=train)
     loss = jnp.sum(cross_entropy(logits, labels_B))
+    if projection is not None:
+        loss = loss + projected_term(h, labels_B, projection[...])
     return loss, LocalAux(h_out=h, logits=logits, stats=nnx.state(stage, STATE))
 
 

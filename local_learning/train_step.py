@@ -46,7 +46,8 @@ class LocalConfig:
     reconcile: ReconcileConfig = ReconcileConfig()
     estimator: str = "backprop"
     """``backprop`` (local BP), ``feedback_alignment`` (BP-free: local backprop through a network built with
-    ``feedback=True``) or ``forward_gradient`` (BP-free, forward mode only)."""
+    ``feedback=True``), ``label_projection`` (BP-free: feedback alignment inside each module and a fixed random
+    projection of the label as the body's error signal) or ``forward_gradient`` (BP-free, forward mode only)."""
     ordered: bool = True
     """Make module k+1 start after module k's backward (ordering.after), so one module's activations are alive."""
     diagnostics: bool = True
@@ -55,16 +56,21 @@ class LocalConfig:
     def __post_init__(self):
         if self.estimator not in ESTIMATOR_NAMES:
             raise ConfigError(f"LocalConfig.estimator={self.estimator!r}: expected one of {ESTIMATOR_NAMES}")
-        if self.estimator == "feedback_alignment" and self.reconcile.active and self.reconcile.impl != "direct":
+        if self.feedback and self.reconcile.active and self.reconcile.impl != "direct":
             raise ConfigError(
-                "LocalConfig.estimator='feedback_alignment' with SGR needs reconcile.impl='direct' (feedback layers "
+                f"LocalConfig.estimator={self.estimator!r} with SGR needs reconcile.impl='direct' (feedback layers "
                 "define a custom backward pass, which forward mode cannot go through)"
             )
 
     @property
     def feedback(self) -> bool:
         """Whether the network must be built with feedback-alignment layers."""
-        return self.estimator == "feedback_alignment"
+        return self.estimator in ("feedback_alignment", "label_projection")
+
+    @property
+    def label_projection(self) -> bool:
+        """Whether the network must be built with a fixed random label projection per module."""
+        return self.estimator == "label_projection"
 
 
 def trainable(path: str) -> bool:
