@@ -65,14 +65,16 @@ def score_token_rows(model, rows: Sequence[tuple[Sequence[int], Sequence[int]]],
     """log p(continuation | context) of every (context ids, continuation ids) row, float64 [N].
 
     With ``mesh`` each batch is split over the ``data``/``fsdp`` axes (``batch_size`` must divide by their
-    product) and activations are constrained by the model's logical axes; the model's parameters are used as
-    they are placed.
+    product), activations are constrained by the model's logical axes, and parameters not yet on the mesh are
+    placed by theirs (``runtime.sharding.state_shardings``; already placed ones are not moved).
     """
     if batch_size < 1:
         raise DataError(f"batch_size={batch_size} must be at least 1")
     # Longest first, so each batch holds rows of similar length and the first batch shows any memory problem.
     order = sorted(range(len(rows)), key=lambda i: -(len(rows[i][0]) + len(rows[i][1])))
     graphdef, params = nnx.split(model)
+    if mesh is not None:
+        params = jax.device_put(params, sh.state_shardings(params, mesh))
     out = np.zeros(len(rows), np.float64)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
