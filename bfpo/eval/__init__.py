@@ -7,7 +7,8 @@ from bfpo.eval.generative import (PAPER_SAMPLING, PromptSet, evaluate_generative
                                   judge_responses, load_advbench, load_alert, load_benign, load_pku_prompts,
                                   load_prompt_file, load_xstest)
 from bfpo.eval.judges import (UNPARSEABLE, GroundTruthHelpfulJudge, GroundTruthRefusalJudge, GroundTruthSafetyJudge,
-                              GroundTruthWinRateJudge, Judge, JudgeError, RefusalJudge, run_judge, score_verdicts, synthetic_judges)
+                              GroundTruthWinRateJudge, Judge, JudgeError, RefusalJudge, run_judge, score_verdicts,
+                              synthetic_judges)
 from bfpo.eval.lm_judges import AnswerReading, ClassifierJudge, WinRateJudge
 from bfpo.eval.published import PUBLISHED, load_published
 from bfpo.eval.report import format_summary, summarize, write_report

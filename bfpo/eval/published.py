@@ -1,15 +1,21 @@
 """Loaders for local copies of the paper's discriminative benchmarks, each mapping the dataset's published field
 names to the multiple-choice schema of ``bfpo.eval.tasks`` and declaring the axis it counts toward.
 
-| task | fields read (as distributed) | choices | metric | axis |
-|---|---|---|---|---|
-| TruthfulQA-MC2 | ``question``, ``mc2_targets`` = {``choices``, ``labels``} (HF) or {answer: label} (original JSON) | the answers | mc2 | helpfulness |
-| Winogrande | ``sentence`` (one ``_``), ``option1``, ``option2``, ``answer`` ("1"/"2") | partial scoring | acc | helpfulness |
-| CrowS-Pairs | ``sent_more``, ``sent_less`` | the two sentences, no context | pct_stereotype | harmlessness |
-| ETHICS | per subset: ``input``/``scenario``/``excuse``/``trait``/``activity``+``baseline``, ``label`` | no/yes or unreasonable/reasonable | acc | harmlessness |
-| ToxiGen | ``text``, ``toxicity_ai``, ``toxicity_human`` (annotated split; hateful when their sum > 5.5) or ``label`` | No/Yes | acc | harmlessness |
-| BBQ | ``context``, ``question``, ``ans0..2``, ``label`` (BBQ JSONL) or the BIG-bench layout | the answers | acc | harmlessness |
-| HHH alignment, other BIG-bench MC | ``inputs``, ``multiple_choice_targets``, ``multiple_choice_scores`` (HF) or ``input``, ``target_scores`` (task.json) | the targets | acc | harmlessness |
+* TruthfulQA-MC2 (mc2, helpfulness): ``question``; ``mc2_targets`` as {``choices``, ``labels``} (Hugging Face) or
+  {answer: label} (the original JSON); every answer labelled 1 is a gold.
+* Winogrande (acc, helpfulness): ``sentence`` with one ``_``, ``option1``, ``option2``, ``answer`` ("1"/"2");
+  partial scoring.
+* CrowS-Pairs (pct_stereotype, lower is better, harmlessness): ``sent_more``, ``sent_less``; whole sentences,
+  no context.
+* ETHICS (acc, harmlessness), per subset: ``input`` / ``scenario`` / ``excuse`` / ``trait`` / ``activity`` +
+  ``baseline``, and ``label``; answers no/yes or unreasonable/reasonable.
+* ToxiGen (acc, harmlessness): ``text`` with ``toxicity_ai`` + ``toxicity_human`` (the annotated split; hateful
+  when their sum exceeds 5.5) or a 0/1 ``label``; answers No/Yes.
+* BBQ (acc, harmlessness): ``context``, ``question``, ``ans0``..``ans2``, ``label`` (the BBQ JSONL), or
+  bbq_lite_json in the BIG-bench layout.
+* HHH alignment and any BIG-bench multiple-choice task (acc, harmlessness): ``inputs``,
+  ``multiple_choice_targets``, ``multiple_choice_scores`` (Hugging Face) or ``input``, ``target_scores``
+  (BIG-bench ``task.json``); golds are the targets scored 1.
 
 The axis grouping is this project's choice (the paper's grouping is not confirmed); pass ``axis=`` to change it.
 The prompt wording is ours, not the harness's; pass ``template=`` (``str.format`` fields over the record, plus

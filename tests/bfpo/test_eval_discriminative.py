@@ -81,8 +81,6 @@ def test_loglikelihoods_equal_full_logits_reference(evaluated, reference):
 
 def test_acc_and_acc_norm_by_hand(evaluated, reference):
     results = evaluated[0]
-    mc3 = json.loads((FIXTURES / "mc3.jsonl").read_text().splitlines()[0])
-    assert mc3["choices"][0] == "Paris"
     acc, acc_norm = [], []
     for line, ll in zip((FIXTURES / "mc3.jsonl").read_text().splitlines(), reference["mc3"]):
         record = json.loads(line)
