@@ -23,6 +23,7 @@ INSTALL_REQUIRES = [
     "matplotlib==3.11.2",
     "tensorboardX==2.6.5",
     "scikit-learn==1.9.1",  # the digits images, a real image set that ships offline
+    "pyarrow==26.0.1",  # Parquet files and saved Hugging Face dataset directories (Arrow)
 ]
 
 EXTRAS_REQUIRE = {
@@ -30,6 +31,8 @@ EXTRAS_REQUIRE = {
     # Reference implementations for parity tests only (CPU build).
     "parity": ["torch==2.13.0"],
     "gguf": ["gguf==0.19.0"],
+    # Hub dataset ids (online machines only); local files need nothing beyond pyarrow.
+    "hub": ["datasets==5.2.0"],
 }
 
 # Installed by the Makefile with --no-deps (its own dependencies are a chat CLI this project does not use):
@@ -41,6 +44,8 @@ setup(
     description="JAX/Flax research code: BFPO preference optimisation, local learning with SGR, and LSRL",
     python_requires=">=3.11",
     packages=find_packages(include=["runtime*", "bfpo*", "local_learning*", "recurrent*", "experiments*"]),
+    # Project-made fixtures (preference records, evaluation tasks, prompt sets) travel with the packages.
+    package_data={"bfpo.data": ["fixtures/*", "fixtures/**/*"], "bfpo.eval": ["fixtures/*"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
 )
