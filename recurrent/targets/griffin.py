@@ -32,7 +32,7 @@ Channels per lowered lane (v its value):
                    an error <= T 2^-k sum_t |u_t| after T tokens, plus a gain error ~ 2^(k-53) from the cancellation
                    (the decay/input-gain trade-off: k = 26 balances them, ~1.5e-8 T relative);
       0 < a < 1:   softplus(a_param) = -log(a) / 8, g = 1 / sqrt(1 - a^2): relative rounding per step.
-  - relu lane: the RG-LRU channel holds 1 (decay 0, conv bias... linear_x bias 1), the gate branch is
+  - relu lane: the RG-LRU channel holds 1 (decay 0, linear_x bias 1), the gate branch is
     GeLU(K (w . h + b)), K = 2^relu_exponent (default 40), linear_out 1 / K; or an MLP unit GeLU(K u) * 1.
     |GeLU(K u) / K - ReLU(u)| = |u| Phi(-K |u|) <= 0.17 / K (1.5e-13) for every u and 0 to rounding once
     |K u| >= 40: per token, not growing with T.
@@ -287,7 +287,8 @@ def rg_lru_step(p: dict, h_BxW: jax.Array, x_BxW: jax.Array) -> jax.Array:
 def griffin_step(p: dict, carry, u_BxM: jax.Array):
     """One token through one block; the carry of a recurrent block is (last 3 conv inputs, RG-LRU state)."""
     if "ffw_up.w" in p:
-        hidden = jax.nn.gelu(u_BxM @ p["ffw_up.w"][0] + p["ffw_up.b"][0]) * (u_BxM @ p["ffw_up.w"][1] + p["ffw_up.b"][1])
+        gate_BxH = jax.nn.gelu(u_BxM @ p["ffw_up.w"][0] + p["ffw_up.b"][0])
+        hidden = gate_BxH * (u_BxM @ p["ffw_up.w"][1] + p["ffw_up.b"][1])
         return carry, hidden @ p["ffw_down.kernel"] + p["ffw_down.bias"]
     window_Bx3xW, h_BxW = carry
     gate_BxW = jax.nn.gelu(u_BxM @ p["linear_y.kernel"] + p["linear_y.bias"])
