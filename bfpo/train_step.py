@@ -26,7 +26,8 @@ KTO needs log-probs of prompts paired with another pair's response: a stream bat
 raises ``BFPOError``.
 
 Per-stream metrics are prefixed by the stream name ("buffer/loss", "safety/rewards/margin",
-"safety/safety/accuracy", "safety/logps/chosen"); per-pair-type ones only in evaluation (``make_eval_metrics``).
+"safety/safety/accuracy", "safety/logps/chosen"); per-pair-type ones, including the objective-independent
+"safety/pairs/margin/unsafe_safe", only in evaluation (``make_eval_metrics``).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ import optax
 from flax import nnx
 
 from bfpo.errors import BFPOError, DataError
-from bfpo.labeling import PAIR_TYPES
+from bfpo.labeling import PAIR_TYPES, pair_type_index
 from bfpo.logprobs import sequence_logprobs
 from bfpo.model.config import LlamaConfig
 from bfpo.model.llama import LlamaForCausalLM
@@ -171,6 +172,16 @@ def stream_scores(graphdef: nnx.GraphDef, policy: Any, reference: Any | None, st
     return scores, b
 
 
+def pair_type_margins(scores: PreferenceScores) -> dict[str, Metric]:
+    """Mean log-ratio margin h = Delta(y_w) - Delta(y_l) per pair type, whatever the objective: on unsafe-chosen
+    pairs a negative h means the policy moved towards the safe response relative to the reference."""
+    h = jax.lax.stop_gradient(
+        (scores.policy_chosen - scores.reference_chosen) - (scores.policy_rejected - scores.reference_rejected))
+    kind = pair_type_index(*scores.safety)
+    return {f"pairs/margin/{name}": Metric.from_values(h, scores.mask & (kind == i))
+            for i, name in enumerate(PAIR_TYPES)}
+
+
 def _is_per_type(key: str) -> bool:
     return any(key.endswith("/" + name) for name in PAIR_TYPES)
 
@@ -209,6 +220,8 @@ def make_preference_loss(model_cfg: LlamaConfig, cfg: PreferenceConfig, *, per_t
             metrics_s = {**metrics_s,
                          "logps/chosen": Metric.from_values(jax.lax.stop_gradient(scores.policy_chosen), mask),
                          "logps/rejected": Metric.from_values(jax.lax.stop_gradient(scores.policy_rejected), mask)}
+            if per_type and scores.reference_chosen is not None:
+                metrics_s.update(pair_type_margins(scores))
             metrics.update({f"{spec.name}/{k}": v for k, v in metrics_s.items() if per_type or not _is_per_type(k)})
         metrics["loss"] = Metric(total=jax.lax.stop_gradient(total_loss) * main_count, count=main_count)
         return total_loss, metrics

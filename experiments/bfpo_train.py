@@ -228,7 +228,10 @@ def export(cfg: BFPOTrainConfig, task: Task, prepared: Prepared) -> Path:
 
 
 def main(cfg: BFPOTrainConfig):
-    task, prepared = make_task(cfg)
+    return train_and_export(cfg, *make_task(cfg))
+
+
+def train_and_export(cfg: BFPOTrainConfig, task: Task, prepared: Prepared):
     summary = train(cfg.run, task)
     if cfg.export and summary.stopped == "completed":
         path = export(cfg, task, prepared)

@@ -1,0 +1,138 @@
+"""The BFPO launcher: on the synthetic safety task BFPO raises log pi(safe) - log pi(unsafe) (relative to the
+reference) on held-out unsafe-chosen / safe-rejected pairs while DPO (helpfulness labels only) lowers it; a run
+SIGKILLed after a checkpoint and resumed ends at the same parameters as an uninterrupted one; the export reloads
+as the trained policy; presets and config errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import chex
+import jax
+import numpy as np
+import pytest
+import tyro
+from flax import nnx
+
+from bfpo.model.load_hf import load_hf
+from experiments import bfpo_train
+from experiments.configs.bfpo_train import BFPOTrainConfig, StreamData, TrainConfigError
+from experiments.run import RunConfig
+
+REPO = Path(__file__).resolve().parents[2]
+# The tiny preset (safety stream + safe/safe buffer) made small: tau = beta = 0.1 and all weights trainable make
+# the effect clear in 30 steps; (fsdp 8) shards the parameters.
+ARGS = ["tiny", "--tau", "0.1", "--beta", "0.1", "--trainable=", "--optimizer.learning-rate", "3e-3",
+        "--optimizer.schedule", "constant", "--streams.0.synthetic-pairs", "128", "--streams.1.synthetic-pairs", "64",
+        "--eval-pairs", "32", "--run.steps", "30", "--run.checkpoint-every", "10", "--run.log-every", "10",
+        "--run.eval-every", "0", "--run.mesh.data", "1", "--run.mesh.fsdp", "8", "--run.no-progress",
+        "--run.no-tensorboard", "--run.no-plot"]
+
+
+def config(out_dir, *extra) -> BFPOTrainConfig:
+    return tyro.cli(bfpo_train.config_type(), args=[*ARGS, "--run.out-dir", str(out_dir), *extra])
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """{objective: (config, task, prepared, summary, final parameter dict)}; the BFPO run exports its model."""
+    out = {}
+    for objective, extra in (("bfpo", ()), ("dpo", ("--no-export",))):
+        cfg = config(tmp_path_factory.mktemp(objective), "--objective", objective, *extra)
+        task, prepared = bfpo_train.make_task(cfg)
+        summary = bfpo_train.train_and_export(cfg, task, prepared)
+        out[objective] = (cfg, task, prepared, summary, jax.device_get(bfpo_train.final_params(cfg, task)))
+    return out
+
+
+def test_bfpo_prefers_the_safe_response_where_dpo_prefers_the_helpful_unsafe_one(runs):
+    """h = [log pi(y_unsafe) - log pi_ref(y_unsafe)] - [log pi(y_safe) - log pi_ref(y_safe)] on held-out pairs whose
+    more helpful response is unsafe: 0 before training (pi = pi_ref); BFPO drives it below 0, DPO above."""
+    bfpo = runs["bfpo"][3].eval_metrics["safety/pairs/margin/unsafe_safe"]
+    dpo = runs["dpo"][3].eval_metrics["safety/pairs/margin/unsafe_safe"]
+    assert bfpo < -1.0 and dpo > 20.0, (bfpo, dpo)
+
+
+def test_eval_hook_reports_heldout_preference_metrics(runs):
+    ev = runs["bfpo"][3].eval_metrics
+    assert {"loss", "safety/loss", "safety/safety/accuracy", "safety/pairs/margin/safe_safe"} <= set(ev)
+    # BFPO's target on unsafe-chosen pairs is negative: there h < 0 counts as right.
+    assert ev["safety/safety/accuracy/unsafe_safe"] > 0.5
+    assert 0 < ev["safety/safety/accuracy"] <= 1 and np.isfinite(ev["loss"])
+
+
+def test_export_reloads_as_the_trained_policy(runs):
+    cfg, *_, params = runs["bfpo"]
+    hf_dir = Path(cfg.run.out_dir) / "hf"
+    assert (hf_dir / "tokenizer.json").exists() and (hf_dir / "config.json").exists()
+    chex.assert_trees_all_equal(jax.device_get(nnx.state(load_hf(hf_dir), nnx.Param)), params["policy"])
+
+
+def launch(out_dir, cache_dir, *extra):
+    # A persistent compilation cache lets the resumed process reuse the killed one's executables.
+    env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_COMPILATION_CACHE_DIR": str(cache_dir),
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+    cmd = [sys.executable, "-m", "experiments.bfpo_train", *ARGS, "--no-export", "--run.out-dir", str(out_dir), *extra]
+    return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def checkpoint_steps(out_dir) -> list[int]:
+    d = Path(out_dir) / "checkpoints"
+    return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.exists() else []
+
+
+def test_sigkill_then_resume_reaches_the_uninterrupted_parameters(runs, tmp_path):
+    cfg, task, *_, uninterrupted = runs["bfpo"]
+    out = tmp_path / "run"
+    killed = launch(out, tmp_path / "jax_cache")
+    try:
+        deadline = time.monotonic() + 300
+        while not checkpoint_steps(out) and time.monotonic() < deadline:
+            assert killed.poll() is None, killed.stderr.read()[-3000:]
+            time.sleep(0.002)
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(timeout=60)
+    finally:
+        killed.kill()
+    assert killed.returncode == -signal.SIGKILL
+    assert 0 < checkpoint_steps(out)[-1] < 30, "the run must die between checkpoints"
+
+    resumed = launch(out, tmp_path / "jax_cache", "--run.resume")
+    _, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err[-3000:]
+    assert json.loads((out / "summary.json").read_text())["steps_done"] == 30
+    # The reference cache written by the killed run is reused, not recomputed, by the resumed one.
+    assert "reference log-probs" not in err
+    params = jax.device_get(bfpo_train.final_params(config(out), task))
+    chex.assert_trees_all_equal(params, uninterrupted)
+
+
+# --- presets and errors ----------------------------------------------------------------------------------------
+
+def test_paper_preset_carries_the_paper_hyperparameters():
+    cfg = BFPOTrainConfig.zephyr_7b(model_dir="/models/zephyr", safety_path="/data/pku", buffer_path="/data/uf")
+    pref = bfpo_train.preference_config(cfg)
+    labeling = pref.objective_config.labeling
+    assert (labeling.tau, labeling.b1, labeling.alpha) == (0.01, 3.0, 0.5)
+    assert cfg.optimizer.learning_rate == 5e-7 and cfg.optimizer.warmup_ratio == 0.1
+    assert cfg.optimizer.schedule == "cosine"
+    assert sum(s.batch_size for s in cfg.streams[:1]) == 32 and [s.weight for s in cfg.streams] == [1.0, 1.0]
+    assert pref.layout.trainable == "down_proj" and cfg.model.param_dtype == "bfloat16"
+    assert cfg.model.remat == "full"
+    dpo = bfpo_train.objective_config(BFPOTrainConfig.tiny(objective="dpo", beta=0.05))
+    assert dpo.beta == 0.05
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(TrainConfigError, match="batch_size=6 of stream 'safety' is not divisible by run.grad_accum=4"):
+        BFPOTrainConfig(run=RunConfig(grad_accum=4), streams=(StreamData(batch_size=6),))
+    with pytest.raises(TrainConfigError, match="names must differ"):
+        BFPOTrainConfig(streams=(StreamData(), StreamData()))
+    with pytest.raises(TrainConfigError, match="ModelSource.path is required"):
+        from experiments.configs.bfpo_train import ModelSource
+
+        ModelSource(kind="hf")
