@@ -20,6 +20,7 @@ from typing import Any
 
 import jax
 import tyro
+from flax import nnx
 
 from bfpo.data import MixedStreams, PreferenceStream, TokenizeConfig, evaluation_batches, load_pairs, tokenize_pairs
 from bfpo.data import synthetic
@@ -86,8 +87,6 @@ def load_model(cfg: BFPOTrainConfig, mesh) -> tuple[LlamaConfig, Any | None, Tok
     else:
         path = smollm2_gguf_path() if src.kind == "smollm2" else src.path
         model, tokenizer = load_gguf(path, mesh, **src.overrides()), tokenizer_from_gguf(path)
-    from flax import nnx
-
     return model.config, nnx.state(model, nnx.Param), tokenizer
 
 
@@ -183,7 +182,8 @@ def make_task(cfg: BFPOTrainConfig) -> tuple[Task, Prepared]:
         config=dataclasses.asdict(cfg),
         main_metrics=("loss", f"{main}/rewards/margin", f"{main}/safety/accuracy"),
     )
-    prepared = Prepared(model_cfg=model_cfg, tokenizer=tokenizer, layout=layout, tokenized=tokenized, eval_tokenized=eval_tok, eval_config=eval_pref)
+    prepared = Prepared(model_cfg=model_cfg, tokenizer=tokenizer, layout=layout, tokenized=tokenized,
+                        eval_tokenized=eval_tok, eval_config=eval_pref)
     return task, prepared
 
 
