@@ -188,8 +188,11 @@ class _Writers:
             self.tb.close()
 
 
-def _check_finite(step: int, values: Mapping[str, float], checkpointer: Checkpointer) -> None:
-    for key, value in values.items():
+def _check_finite(step: int, values: Mapping[str, metrics_lib.Metric], checkpointer: Checkpointer) -> None:
+    # A metric with count 0 (e.g. a pair type absent from this batch) has no value rather than a bad one: only its
+    # total is checked, and a non-finite total is caught whatever the count.
+    for key, metric in values.items():
+        value = float(metric.total) / float(metric.count) if float(metric.count) else float(metric.total)
         if not math.isfinite(value):
             raise NonFiniteMetricError(
                 f"step {step}: metric {key!r} is {value}; training stopped before any checkpoint of this state "
@@ -244,7 +247,7 @@ def train(cfg: RunConfig, task: Task) -> RunSummary:
         window.add(values)
         window_steps += 1
         if cfg.nan_guard:
-            _check_finite(step_number, metrics_lib.to_host(values), checkpointer)
+            _check_finite(step_number, values, checkpointer)
 
     def log(step_number: int) -> None:
         nonlocal t_window, window_steps, last_train

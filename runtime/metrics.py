@@ -81,7 +81,8 @@ class HostAccumulator:
             acc[1] += count
 
     def means(self) -> dict[str, float]:
-        return {k: (t / c if c else math.nan) for k, (t, c) in self._sums.items()}
+        """Mean of every metric that had at least one counted value in the window (others are left out)."""
+        return {k: t / c for k, (t, c) in self._sums.items() if c}
 
     def reset(self) -> None:
         self._sums.clear()

@@ -159,3 +159,20 @@ def test_nan_guard_names_the_step_and_metric(tmp_path):
     with pytest.raises(NonFiniteMetricError, match=r"step 7: metric '(loss|abs_error)' is inf.*latest checkpoint: step 6"):
         train(cfg.run, task)
     assert checkpoint_steps(tmp_path)[-1] == 6
+
+
+def test_metric_without_counted_values_is_absent_not_nan(tmp_path):
+    """A metric whose count is 0 in a window (a pair type absent from the batch) neither trips the NaN guard nor
+    appears as NaN in the logs; a non-finite total still does."""
+    from experiments.run import _check_finite
+    from runtime.metrics import HostAccumulator, Metric
+
+    checkpointer = Checkpointer(str(tmp_path / "ckpt"))
+    empty = {"absent": Metric(total=np.float32(0), count=np.float32(0)), "loss": Metric(np.float32(2), np.float32(4))}
+    _check_finite(3, empty, checkpointer)
+    window = HostAccumulator()
+    window.add(empty)
+    assert window.means() == {"loss": 0.5}
+    with pytest.raises(NonFiniteMetricError, match="step 3: metric 'absent'"):
+        _check_finite(3, {"absent": Metric(total=np.float32(np.nan), count=np.float32(0))}, checkpointer)
+    checkpointer.close()
