@@ -21,9 +21,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import time
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set (VmHWM). ``ru_maxrss`` would not do: Linux carries it across fork and exec,
+    so a child started by a large parent reports the parent's peak."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def main() -> None:
@@ -79,7 +88,7 @@ def main() -> None:
         "peer": f"trl {trl.__version__} DPOTrainer (torch {torch.__version__}, {torch.get_num_threads()} threads)",
         "loss_type": args.loss, "batch": args.batch, "steps_timed": len(timed), "step_seconds": step,
         "pairs_per_second": args.batch / step,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mib": peak_rss_mib(),
     }
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
