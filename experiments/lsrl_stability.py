@@ -55,6 +55,7 @@ from recurrent.scan import chain_kinds, chain_params, run_chain
 from recurrent.targets.elman import compile_elman, elman_params, run_elman
 from recurrent.targets.gru import compile_gru, gru_params, run_gru
 from recurrent.targets.lstm import compile_lstm, lstm_params, run_lstm
+from recurrent.targets.mamba import compile_mamba, mamba_params, run_mamba
 
 GATED_MODES = ("multiplicative", "multiplicative_optimized")
 COLUMNS = (
@@ -71,8 +72,10 @@ class Target:
     """How to compile a program to one architecture, run it in a dtype, and which parameters noise may touch."""
 
     name: str
-    build: Callable[[ForEach, bool], Any]
-    """(program, gated) -> compiled model; gated: every product is a 0/1-gated conditional (f_ifelse_mul)."""
+    build: Callable[[ForEach, bool, int], Any]
+    """(program, gated, max_tokens) -> compiled model; gated: every product is a 0/1-gated conditional
+    (f_ifelse_mul); max_tokens: the longest prompt it must run (Mamba's counter-based rotations are exact up to
+    a horizon)."""
     params: Callable[[Any, Any], Any]
     """(model, dtype) -> its parameter pytree in that dtype."""
     runner: Callable[[Any], Callable[[Any, jax.Array], jax.Array]]
@@ -94,11 +97,13 @@ def _chain_runner(associative: bool):
 TARGETS: dict[str, Target] = {
     t.name: t
     for t in (
-        Target("linear_rnn", lambda p, gated: compile_program(p), chain_params, _chain_runner(False), True),
-        Target("linear_rnn_assoc", lambda p, gated: compile_program(p), chain_params, _chain_runner(True), True),
-        Target("elman", lambda p, gated: compile_elman(p), elman_params, lambda net: run_elman, False),
-        Target("lstm", lambda p, g: compile_lstm(p, gated_products=g), lstm_params, lambda net: run_lstm, True),
-        Target("gru", lambda p, g: compile_gru(p, gated_products=g), gru_params, lambda net: run_gru, True),
+        Target("linear_rnn", lambda p, g, t: compile_program(p), chain_params, _chain_runner(False), True),
+        Target("linear_rnn_assoc", lambda p, g, t: compile_program(p), chain_params, _chain_runner(True), True),
+        Target("elman", lambda p, g, t: compile_elman(p), elman_params, lambda net: run_elman, False),
+        Target("lstm", lambda p, g, t: compile_lstm(p, gated_products=g), lstm_params, lambda net: run_lstm, True),
+        Target("gru", lambda p, g, t: compile_gru(p, gated_products=g), gru_params, lambda net: run_gru, True),
+        Target("mamba", lambda p, g, t: compile_mamba(p, gated_products=g, horizon=max(t, 1)), mamba_params,
+               lambda net: run_mamba, True),
     )
 }
 
@@ -255,7 +260,7 @@ def sweep(cfg: LSRLStabilityConfig, verbose: bool = True) -> list[dict[str, Any]
                 if gated and not target.hosts_products:
                     continue
                 try:
-                    model = target.build(prog, gated)
+                    model = target.build(prog, gated, int(prompts.lengths_B.max()))
                 except CompileError as e:
                     print(f"[{name}/{variant_label(mode, lam)}] {target.name}: not compiled ({e})", flush=True)
                     continue

@@ -5,7 +5,7 @@ What is compared
 One of the paper's programs (default: vec2vec, Listing 1, d = o = 2, N = 16, so T = 257 tokens per prompt) in each
 requested conditional mode, compiled to every registered target of ``experiments.lsrl_stability.TARGETS``: the
 linear-RNN chain run with ``lax.scan`` (``linear_rnn``, the reference) and with ``lax.associative_scan``
-(``linear_rnn_assoc``), and the Elman, LSTM and GRU stacks (and any target registered later). Each model runs
+(``linear_rnn_assoc``), and the Elman, LSTM, GRU and Mamba stacks (and any target registered later). Each model runs
 jitted on a batch of prompts (default 64 x 257); the time is the best of ``repeats`` calls after a warm-up call
 that compiles; tokens/s = batch * T / seconds. Gated modes are skipped on targets without a product (Elman).
 
@@ -88,7 +88,7 @@ def main(cfg: Config) -> dict[str, Any]:
             if mode in GATED_MODES and not target.hosts_products:
                 continue
             t0 = time.perf_counter()
-            model = target.build(prog, mode in GATED_MODES)
+            model = target.build(prog, mode in GATED_MODES, steps)
             compile_s = time.perf_counter() - t0
             run = jax.jit(target.runner(model))
             for dtype in cfg.dtypes:

@@ -27,7 +27,7 @@ def tiny(tmp_path_factory):
     cfg = LSRLStabilityConfig(
         out_dir=str(tmp_path_factory.mktemp("stability")),
         programs=("vec2vec",),
-        targets=("linear_rnn", "elman", "lstm"),
+        targets=("linear_rnn", "elman", "lstm", "mamba"),
         modes=("direct", "multiplicative"),
         large_constant=None,
         vec2vec_in_dim=1,
@@ -47,15 +47,15 @@ def test_csv_columns_and_rows(tiny):
     cfg, summary, rows = tiny
     with open(f"{cfg.out_dir}/results.csv") as fh:
         assert tuple(next(csv.reader(fh))) == COLUMNS
-    # direct on 3 targets, multiplicative on 2 (Elman has no product).
+    # direct on 4 targets, multiplicative on 3 (Elman has no product).
     combos = {(r["target"], r["mode"]) for r in rows}
-    assert combos == {("linear_rnn", "direct"), ("elman", "direct"), ("lstm", "direct"),
-                      ("linear_rnn", "multiplicative"), ("lstm", "multiplicative")}
+    assert combos == {("linear_rnn", "direct"), ("elman", "direct"), ("lstm", "direct"), ("mamba", "direct"),
+                      ("linear_rnn", "multiplicative"), ("lstm", "multiplicative"), ("mamba", "multiplicative")}
     length = [r for r in rows if r["study"] == "length"]
     noise = [r for r in rows if r["study"] == "noise"]
-    assert len(length) == 5 * 2 * 2  # combos x dtypes x lengths
+    assert len(length) == 7 * 2 * 2  # combos x dtypes x lengths
     assert sorted({r["tokens"] for r in length}) == [3, 5]  # 1 + N for N = 2, 4
-    assert len(noise) == 5 * 2 * (1 + 2)  # combos x kinds x (sigma 0 once + SIGMA x seeds)
+    assert len(noise) == 7 * 2 * (1 + 2)  # combos x kinds x (sigma 0 once + SIGMA x seeds)
     assert {r["tokens"] for r in noise} == {5} and {r["dtype"] for r in noise} == {"float64"}
     assert all(r["queries"] == 4 and r["gated"] == (r["mode"] == "multiplicative") for r in rows)
     assert all((r["large_constant"] is None) == r["gated"] for r in rows)
@@ -65,7 +65,7 @@ def test_csv_columns_and_rows(tiny):
 def test_noise_free_float64_is_exact(tiny):
     _, _, rows = tiny
     clean = [r for r in rows if r["dtype"] == "float64" and r["sigma"] == 0]
-    assert len(clean) == 5 * 2 + 5 * 2
+    assert len(clean) == 7 * 2 + 7 * 2
     assert max(r["error_max"] for r in clean) < 1e-9
     f32 = [r for r in rows if r["dtype"] == "float32"]
     assert max(r["error_max"] for r in f32) < 1e-5  # float32 rounding of the prompt's values, no worse
