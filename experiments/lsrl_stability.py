@@ -53,6 +53,7 @@ from recurrent.programs.vec2vec import Vec2VecSpec, random_target, vec2vec_progr
 from recurrent.programs.vec2vec import vec2vec_queries
 from recurrent.scan import chain_kinds, chain_params, run_chain
 from recurrent.targets.elman import compile_elman, elman_params, run_elman
+from recurrent.targets.griffin import compile_griffin, griffin_params, run_griffin
 from recurrent.targets.gru import compile_gru, gru_params, run_gru
 from recurrent.targets.lstm import compile_lstm, lstm_params, run_lstm
 from recurrent.targets.mamba import compile_mamba, mamba_params, run_mamba
@@ -104,6 +105,8 @@ TARGETS: dict[str, Target] = {
         Target("gru", lambda p, g, t: compile_gru(p, gated_products=g), gru_params, lambda net: run_gru, True),
         Target("mamba", lambda p, g, t: compile_mamba(p, gated_products=g, horizon=max(t, 1)), mamba_params,
                lambda net: run_mamba, True),
+        Target("griffin", lambda p, g, t: compile_griffin(p, gated_products=g, horizon=max(t, 1)), griffin_params,
+               lambda net: run_griffin, True),
     )
 }
 

@@ -5,7 +5,7 @@ What is compared
 One of the paper's programs (default: vec2vec, Listing 1, d = o = 2, N = 16, so T = 257 tokens per prompt) in each
 requested conditional mode, compiled to every registered target of ``experiments.lsrl_stability.TARGETS``: the
 linear-RNN chain run with ``lax.scan`` (``linear_rnn``, the reference) and with ``lax.associative_scan``
-(``linear_rnn_assoc``), and the Elman, LSTM, GRU and Mamba stacks (and any target registered later). Each model runs
+(``linear_rnn_assoc``), and the Elman, LSTM, GRU, Mamba and Hawk (``griffin``) stacks (and any target registered later). Each model runs
 jitted on a batch of prompts (default 64 x 257); the time is the best of ``repeats`` calls after a warm-up call
 that compiles; tokens/s = batch * T / seconds. Gated modes are skipped on targets without a product (Elman).
 
