@@ -1,0 +1,177 @@
+"""Config of the BFPO comparison: an optional SFT stage that makes the base model, one preference run per objective
+from that base on the same data, and the evaluation every model gets.
+
+Presets (``python -m experiments.bfpo_compare <preset> --help``):
+
+* ``synthetic``: the byte-level tiny Llama trained from scratch by SFT on a mix of helpful-safe answers, refusals
+  and helpful-unsafe compliance (so the base is helpful and sometimes unsafe), then BFPO, DPO, IPO and SafeDPO
+  on the synthetic safety task; a CPU run of a few minutes.
+* ``demo``: the same with fewer steps and prompts (``make demo``).
+* ``smollm2``: SmolLM2-135M-Instruct from its GGUF file, a short SFT stage on the synthetic task rendered in its
+  ChatML template, then the four objectives, ``down_proj`` only, reference log-probs cached once for all runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from bfpo.errors import BFPOError
+from bfpo.objectives import OBJECTIVES
+from bfpo.optim import OptimizerConfig
+from experiments.configs.bfpo_train import BFPOTrainConfig, ModelSource, StreamData
+from experiments.run import RunConfig
+from runtime.mesh import MeshConfig
+
+
+class CompareConfigError(BFPOError):
+    """A field of the comparison's config is inconsistent (the message names the field)."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SFTConfig:
+    """The supervised stage that makes the base model from ``CompareConfig.train.model``.
+
+    Targets are answers to synthetic prompts: a benign request gets all k items with probability
+    1 - ``benign_partial`` - ``benign_refusal``, fewer items with ``benign_partial``, a refusal with
+    ``benign_refusal``; a harmful request gets a listing of harmful items (unsafe compliance) with
+    ``harmful_compliance``, a refusal otherwise."""
+
+    steps: int = 400
+    """0 skips the stage: the base is ``train.model`` itself."""
+    examples: int = 2048
+    batch_size: int = 32
+    harmful_share: float = 0.4
+    """Share of harmful prompts among the SFT examples."""
+    harmful_compliance: float = 0.5
+    benign_partial: float = 0.15
+    benign_refusal: float = 0.05
+    trainable: str = ""
+    """Regex over parameter paths of what trains (empty: everything)."""
+    optimizer: OptimizerConfig = OptimizerConfig(learning_rate=1e-2, warmup_ratio=0.05)
+
+    def __post_init__(self):
+        if self.steps < 0:
+            raise CompareConfigError(f"SFTConfig.steps={self.steps}: must be >= 0 (0 skips the SFT stage)")
+        for name in ("examples", "batch_size"):
+            if getattr(self, name) < 1:
+                raise CompareConfigError(f"SFTConfig.{name}={getattr(self, name)}: must be at least 1")
+        if self.examples < self.batch_size:
+            raise CompareConfigError(f"SFTConfig.examples={self.examples}: fewer than batch_size={self.batch_size}")
+        for name in ("harmful_share", "harmful_compliance", "benign_partial", "benign_refusal"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+                raise CompareConfigError(f"SFTConfig.{name}={value}: expected a share in [0, 1]")
+        if self.benign_partial + self.benign_refusal > 1.0:
+            raise CompareConfigError(f"SFTConfig.benign_partial + benign_refusal = "
+                                     f"{self.benign_partial + self.benign_refusal}: must be at most 1")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EvalConfig:
+    """What every model (the base and each objective's) is scored on, all held out from training."""
+
+    harmful_prompts: int = 128
+    """Held-out harmful requests; sampled replies judged by the synthetic ground-truth safety judge."""
+    benign_prompts: int = 128
+    """Held-out benign requests; replies judged for helpfulness and, with the refusal judge, over-refusal."""
+    temperature: float = 0.7
+    top_p: float = 0.95
+    max_new_tokens: int = 40
+    batch_size: int = 64
+    """Prompts per generation batch and rows per log-likelihood batch."""
+    seed: int = 0
+    """Sampling key (the same for every model) and the seed of the held-out prompts."""
+    samples: int = 5
+    """Prompts whose replies before and after training are shown side by side."""
+
+    def __post_init__(self):
+        for name in ("harmful_prompts", "benign_prompts", "max_new_tokens", "batch_size", "samples"):
+            if getattr(self, name) < 1:
+                raise CompareConfigError(f"EvalConfig.{name}={getattr(self, name)}: must be at least 1")
+        if not self.temperature >= 0:
+            raise CompareConfigError(f"EvalConfig.temperature={self.temperature}: must be >= 0 (0 is greedy)")
+        if not 0 < self.top_p <= 1:
+            raise CompareConfigError(f"EvalConfig.top_p={self.top_p}: must be in (0, 1]")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CompareConfig:
+    """``train`` is the preference run every objective shares (its ``objective``, ``run.out_dir``,
+    ``reference_cache_dir`` and ``export`` are set per run); ``train.eval_pairs`` held-out pairs of the synthetic
+    test split are the discriminative evaluation."""
+
+    train: BFPOTrainConfig = BFPOTrainConfig.tiny()
+    objectives: tuple[str, ...] = ("bfpo", "dpo", "ipo", "safedpo")
+    sft: SFTConfig = SFTConfig()
+    eval: EvalConfig = EvalConfig()
+    out_dir: str = "runs/bfpo_compare/synthetic"
+    reuse: bool = False
+    """Keep the base and the runs that a previous invocation completed in ``out_dir`` (otherwise start afresh)."""
+
+    def __post_init__(self):
+        if not self.objectives or len(set(self.objectives)) != len(self.objectives):
+            raise CompareConfigError(f"CompareConfig.objectives={self.objectives}: must be non-empty and distinct")
+        unknown = [o for o in self.objectives if o not in OBJECTIVES]
+        if unknown:
+            raise CompareConfigError(f"CompareConfig.objectives: {unknown} not in the registry {sorted(OBJECTIVES)}")
+        mismatched = [o for o in self.objectives if OBJECTIVES[o].needs_mismatched]
+        if mismatched:
+            raise CompareConfigError(f"CompareConfig.objectives: {mismatched} need mismatched pairs, which the "
+                                     "trainer's streams do not build")
+        if any(s.path for s in self.train.streams) or self.train.eval_path:
+            raise CompareConfigError("CompareConfig.train: the comparison is scored by the synthetic task's ground "
+                                     "truth, so every stream and the evaluation must be synthetic (empty path)")
+        if self.train.lora_rank:
+            raise CompareConfigError("CompareConfig.train.lora_rank: the comparison trains weights selected by "
+                                     "train.trainable (the paper's selective fine-tuning); LoRA is not supported")
+        if self.sft.steps and self.train.model.kind in ("hf", "gguf") and not self.train.model.path:
+            raise CompareConfigError("CompareConfig.train.model.path is required for the SFT stage")
+
+    # --- presets -----------------------------------------------------------------------------------------------
+
+    @classmethod
+    def synthetic(cls, out_dir: str = "runs/bfpo_compare/synthetic", **overrides) -> "CompareConfig":
+        """The tiny byte-level model: SFT from scratch (400 steps), then 100 preference steps per objective on a
+        safety stream (all four pair types) plus the safe/safe buffer, every weight trainable, tau = beta = 0.1."""
+        run = RunConfig(out_dir=out_dir, steps=100, log_every=25, eval_every=0, checkpoint_every=0,
+                        progress=False, tensorboard=False)
+        train = BFPOTrainConfig.tiny(
+            out_dir, run=run, tau=0.1, beta=0.1, trainable="", eval_pairs=256, export=False,
+            streams=(StreamData(name="safety", batch_size=16, synthetic_pairs=1024),
+                     StreamData(name="buffer", batch_size=8, synthetic_pairs=256,
+                                synthetic_fractions=(1.0, 0.0, 0.0, 0.0))),
+            optimizer=OptimizerConfig(learning_rate=5e-4, warmup_ratio=0.1))
+        base = dict(train=train, sft=SFTConfig(steps=400), eval=EvalConfig(), out_dir=out_dir)
+        return cls(**{**base, **overrides})
+
+    @classmethod
+    def demo(cls, out_dir: str = "runs/demo/bfpo_compare", **overrides) -> "CompareConfig":
+        """``make demo``: the synthetic comparison with BFPO and DPO only, shorter stages and fewer prompts."""
+        cfg = cls.synthetic(out_dir)
+        train = dataclasses.replace(cfg.train, run=dataclasses.replace(cfg.train.run, steps=60, log_every=20),
+                                    eval_pairs=128)
+        base = dict(train=train, objectives=("bfpo", "dpo"), sft=dataclasses.replace(cfg.sft, steps=250),
+                    eval=EvalConfig(harmful_prompts=64, benign_prompts=64), out_dir=out_dir)
+        return cls(**{**base, **overrides})
+
+    @classmethod
+    def smollm2(cls, out_dir: str = "runs/bfpo_compare/smollm2", **overrides) -> "CompareConfig":
+        """SmolLM2-135M-Instruct (GGUF): SFT of ``down_proj`` on the synthetic answers in ChatML, then each
+        objective, ``down_proj`` only, on short sequences and small batches with cached reference log-probs."""
+        run = RunConfig(out_dir=out_dir, steps=60, log_every=10, eval_every=0, checkpoint_every=0,
+                        progress=False, tensorboard=False, mesh=MeshConfig(data=1, fsdp=-1))
+        train = BFPOTrainConfig.smollm2(
+            out_dir, run=run, tau=0.1, beta=0.1, trainable="down_proj", eval_pairs=128, export=False,
+            eval_batch_size=16, max_length=48, max_prompt_length=37, buckets=(48,), logprob_chunk=48,
+            streams=(StreamData(name="safety", batch_size=8, synthetic_pairs=480),),
+            optimizer=OptimizerConfig(learning_rate=1e-4, warmup_ratio=0.1))
+        sft = SFTConfig(steps=60, examples=480, batch_size=8, trainable="down_proj",
+                        optimizer=OptimizerConfig(learning_rate=3e-4, warmup_ratio=0.1))
+        base = dict(train=train, sft=sft, eval=EvalConfig(harmful_prompts=48, benign_prompts=48, batch_size=16,
+                                                          max_new_tokens=24),
+                    out_dir=out_dir)
+        return cls(**{**base, **overrides})
+
+
+PRESETS = {"synthetic": CompareConfig.synthetic, "demo": CompareConfig.demo, "smollm2": CompareConfig.smollm2}
