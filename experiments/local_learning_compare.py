@@ -45,6 +45,9 @@ class CompareConfig:
     """Also run gradient-checkpointed BP."""
     memory: bool = True
     """Measure the compiled step memory of every run (once per run, seed-independent)."""
+    reuse: bool = False
+    """Take a (run, seed) from its directory's summary.json when it completed ``base.run.steps`` steps, instead of
+    training it again (to finish an interrupted comparison or extend it with seeds or lambdas)."""
     out_dir: str = "runs/local_learning/compare"
 
     def __post_init__(self):
@@ -102,20 +105,31 @@ def measure_memory(run_cfg: LocalLearningConfig) -> int | None:
     return None if mem is None else mem.peak
 
 
+def _finished_summary(run_dir: Path, steps: int) -> dict | None:
+    path = run_dir / "summary.json"
+    if not path.exists():
+        return None
+    summary = json.loads(path.read_text())
+    return summary if summary.get("stopped") == "completed" and summary.get("steps_done") == steps else None
+
+
 def run_one(cfg: CompareConfig, v: Variant, seed: int, out: Path) -> dict:
-    """Train one (variant, seed) afresh and return its per-seed row."""
+    """Train one (variant, seed) afresh (or reuse its finished run) and return its per-seed row."""
     run_dir = out / v.slug / f"seed{seed}"
-    if run_dir.exists():
-        shutil.rmtree(run_dir)  # each comparison starts its runs afresh
-    run_cfg = seeded(cfg.base, seed).with_modules(v.k, v.weight, v.executor, out_dir=str(run_dir))
-    run_cfg = dataclasses.replace(run_cfg, run=dataclasses.replace(run_cfg.run, progress=False, resume=False))
-    summary = launcher.main(run_cfg)
+    summary = _finished_summary(run_dir, cfg.base.run.steps) if cfg.reuse else None
+    if summary is None:
+        if run_dir.exists():
+            shutil.rmtree(run_dir)  # each comparison starts its runs afresh
+        run_cfg = seeded(cfg.base, seed).with_modules(v.k, v.weight, v.executor, out_dir=str(run_dir))
+        run_cfg = dataclasses.replace(run_cfg, run=dataclasses.replace(run_cfg.run, progress=False, resume=False))
+        summary = dataclasses.asdict(launcher.main(run_cfg))
+    train, evals = summary["train_metrics"], summary["eval_metrics"]
     return {"run": v.label, "K": v.k, "sgr_weight": v.weight, "executor": v.executor, "seed": seed,
-            "test_accuracy": summary.eval_metrics.get("test_accuracy"),
-            "module_accuracy": [summary.eval_metrics.get(f"test_accuracy_{i}") for i in range(1, v.k + 1)],
-            "reconciliation_cosine": [summary.train_metrics.get(f"cos_{i}") for i in range(2, v.k + 1)],
+            "test_accuracy": evals.get("test_accuracy"),
+            "module_accuracy": [evals.get(f"test_accuracy_{i}") for i in range(1, v.k + 1)],
+            "reconciliation_cosine": [train.get(f"cos_{i}") for i in range(2, v.k + 1)],
             # The last logging window's rate: compilation excluded.
-            "steps_per_second": summary.train_metrics.get("steps_per_second", summary.steps_per_second),
+            "steps_per_second": train.get("steps_per_second", summary["steps_per_second"]),
             "metrics_jsonl": str(run_dir / "metrics.jsonl")}
 
 
