@@ -8,10 +8,14 @@ same batch (non-greedy, simultaneous training), with one optimizer step.
 Memory: module k's activations must be dead before module k+1 runs. Module k+1's forward needs only h_k, so
 inside one XLA program the scheduler could run every forward first and keep all modules' residuals alive at
 once; making h_k depend on module k's gradients makes module k+1 wait for module k's backward (a data
-dependency: ordering.py explains why not a barrier). ``make_host_loop_step`` instead runs each module as its own compiled program (K + 1 programs per
-step), the layout whose peak is exactly the largest module's; the two give identical updates. Measured on the
-CPU backend (ResNet-32, batch 128, K = 4 balanced splits, jax 0.10.2): compiled temp memory 342 MiB without
-the ordering, 208 MiB with it, against a largest module program of 142 MiB and 463 MiB for global BP.
+dependency: ordering.py explains why not a barrier). Ordering is not enough on residual networks: h_k is an
+elementwise function of module k's raw convolution outputs, and XLA's fusion recomputes it inside module k+1's
+consumers instead of writing it once, which keeps those outputs alive; ``materialize`` hands h_k forward
+through a conditional, which fusion cannot see through. ``make_host_loop_step`` instead runs each module as its
+own compiled program (K + 1 programs per step), the layout whose peak is exactly the largest module's; the two
+give identical updates. Measured on the CPU backend (ResNet-32, batch 128, balanced splits, jax 0.10.2),
+compiled peak per device against 468 MiB for global BP: K = 4, 342 MiB unordered, 214 MiB ordered, 165 MiB
+ordered and materialised (host loop 158 MiB); K = 2, 307 MiB ordered, 267 MiB materialised (host loop 263 MiB).
 
 Global BP (``make_bp_step``) backpropagates the last head's loss through every module (the auxiliary heads
 are unused), optionally with every block under ``jax.checkpoint`` (gradient checkpointing, the honest memory
@@ -33,7 +37,7 @@ from flax import nnx
 
 from local_learning import network, reconcile
 from local_learning.errors import ConfigError
-from local_learning.ordering import after, ordered_checkpoint
+from local_learning.ordering import after, materialize, ordered_checkpoint
 from local_learning.estimators import ESTIMATOR_NAMES, ModuleGrads, ReconcileConfig, get_estimator
 from runtime.metrics import Metric
 from runtime.train_state import TrainState, merge_by_mask, split_by_mask
@@ -50,6 +54,9 @@ class LocalConfig:
     projection of the label as the body's error signal) or ``forward_gradient`` (BP-free, forward mode only)."""
     ordered: bool = True
     """Make module k+1 start after module k's backward (ordering.after), so one module's activations are alive."""
+    materialize: bool = True
+    """With ``ordered``: hand h_k forward through a conditional (ordering.materialize), so that XLA writes it to
+    memory instead of recomputing it in module k+1 from module k's activations, which would keep them alive."""
     diagnostics: bool = True
     """Compute g_in^(k) for k >= 2 even without SGR, for the reconciliation cosine."""
 
@@ -168,7 +175,7 @@ def local_step_fn(netdef: network.NetworkDef, cfg: LocalConfig, params: list, st
         metrics.update(_module_metrics(k, res, labels, target, cfg))
         h_out, g_out, g = res.aux.h_out, res.g_out, res.grads
         if cfg.ordered:
-            h_out = after(h_out, g, g_out)
+            h_out = materialize(h_out, g, g_out) if cfg.materialize else after(h_out, g, g_out)
         grads.append(g)
         new_stats.append(res.aux.stats)
         inputs.append(h_in)

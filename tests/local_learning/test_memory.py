@@ -51,3 +51,41 @@ def test_after_changes_no_value_and_keeps_integers():
 def test_tree_bytes_and_device_peak():
     assert tree_bytes({"a": jnp.zeros((3, 4)), "b": jnp.zeros(5, jnp.int8)}) == 3 * 4 * 4 + 5
     assert device_peak_bytes() is None or device_peak_bytes() > 0
+
+
+
+def test_materialize_survives_compilation_and_lowers_memory_of_a_residual_step():
+    """The module boundary goes through a conditional that XLA keeps (an optimization barrier or a one-trip loop
+    would be removed), and on a residual network the compiled step needs no more temporary memory with it; the
+    values are those of ``after`` (a non-finite dependency still poisons them)."""
+    import optax
+
+    from local_learning import network
+    from local_learning import train_step as ts
+    from local_learning.models import ResNetConfig
+    from local_learning.ordering import materialize
+    from local_learning.partition import PartitionConfig
+    from local_learning.step_memory import step_memory
+    from runtime.mesh import make_mesh
+    from runtime.train_state import init_train_state
+
+    model = ResNetConfig(stage_blocks=(3,), widths=(8,), stem_width=8, image_size=16)
+    plan = network.plan_partition(model, PartitionConfig(num_modules=2))
+    netdef, _ = network.abstract_network(model, plan)
+    tx = optax.sgd(0.1)
+    state = init_train_state(lambda: network.build(model, plan)[1], tx, make_mesh(devices=jax.devices()[:1]),
+                             seed=0, trainable=lambda p: p.startswith("params/"))[0]
+    rng = np.random.default_rng(0)
+    batch = {"image": jnp.asarray(rng.standard_normal((64, 16, 16, 3)), jnp.float32),
+             "label": jnp.asarray(rng.integers(0, 10, 64), jnp.int32)}
+    out = {}
+    for mat in (False, True):
+        mem, compiled = step_memory(ts.make_local_step(netdef, ts.LocalConfig(materialize=mat), tx), state, batch)
+        out[mat] = (mem, compiled.as_text().count(" conditional("))
+    assert out[True][1] == netdef.num_modules - 1 and out[False][1] == 0
+    if out[True][0] is not None:
+        assert out[True][0].temp <= out[False][0].temp, (out[True][0].temp, out[False][0].temp)
+    ok = jax.jit(lambda h, g: materialize(h, g))(jnp.arange(3.0), jnp.ones(2))
+    np.testing.assert_array_equal(ok, np.arange(3.0))
+    bad = jax.jit(lambda h, g: materialize(h, g))(jnp.ones(3), jnp.array([jnp.nan]))
+    assert np.all(np.isnan(np.asarray(bad)))

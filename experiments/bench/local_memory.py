@@ -5,10 +5,12 @@ executor: the compiled step's
 memory per device (argument + output - alias + temp, state donated) and its ratio to global BP, the temp
 (activation) bytes and their ratio, the device allocator's peak where the backend reports one, and the
 median step time and its ratio to BP; for local learning also the one-program-per-module executor's bound
-(step_memory.host_loop_memory). Targets (issue 6): plain local <= 0.60 at K = 2 and <= 0.40 at K = 4;
-with SGR <= 0.60 at K = 4.
+(step_memory.host_loop_memory). Targets: plain local <= 0.60 at K = 2 and <= 0.40 at K = 4; with SGR
+<= 0.60 at K = 4. ``--no-materialize`` measures the single-program step without ordering.materialize at the
+module boundaries (the layout before it existed).
 
-Run: ``python -m experiments.bench.local_learning_memory [--batch-size 128] [--arch resnet32]``.
+Run: ``python -m experiments.bench.local_memory [--batch-size 128] [--arch resnet32] [--iters 5]``; the JSON goes
+to ``runs/bench/local_memory.json``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import platform
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +38,7 @@ from runtime.train_state import init_train_state
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class BenchConfig:
+class Config:
     arch: str = "resnet32"
     batch_size: int = 128
     image_size: int = 32
@@ -43,12 +46,15 @@ class BenchConfig:
     modules: tuple[int, ...] = (2, 4)
     split: str = "balanced_memory"
     iters: int = 3
+    """Timed steps per variant (median reported); 0: memory only."""
     host_loop: bool = True
     """Also measure the one-program-per-module executor."""
-    json_out: str = ""
+    materialize: bool = True
+    """Hand h_k forward through ordering.materialize in the single-program local step."""
+    json_out: str = "runs/bench/local_memory.json"
 
 
-def variants(cfg: BenchConfig):
+def variants(cfg: Config):
     yield "bp", 1, None, "bp"
     yield "bp_checkpoint", 1, None, "bp_checkpoint"
     for k in cfg.modules:
@@ -59,7 +65,7 @@ def variants(cfg: BenchConfig):
     yield f"local K={k} +SGR(direct)", k, ReconcileConfig(weight=cfg.sgr_weight, impl="direct"), "local"
 
 
-def main(cfg: BenchConfig) -> list[dict]:
+def main(cfg: Config) -> dict:
     model = model_config(cfg.arch, 10, cfg.image_size)
     mesh = make_mesh(devices=jax.devices()[:1])
     rng = np.random.default_rng(0)
@@ -72,13 +78,16 @@ def main(cfg: BenchConfig) -> list[dict]:
         plan = network.plan_partition(model, PartitionConfig(num_modules=k, split=cfg.split if k > 1 else "equal"))
         netdef, _ = network.abstract_network(model, plan)
         state = init_train_state(lambda: network.build(model, plan)[1], tx, mesh, seed=0, trainable=ts.trainable)[0]
-        local_cfg = ts.LocalConfig(reconcile=rc or ReconcileConfig(), diagnostics=False)
+        local_cfg = ts.LocalConfig(reconcile=rc or ReconcileConfig(), diagnostics=False, materialize=cfg.materialize)
         if executor == "local":
             step = ts.make_local_step(netdef, local_cfg, tx)
         else:
             step = ts.make_bp_step(netdef, tx, remat=executor == "bp_checkpoint")
         mem, compiled = step_memory(step, state, batch)
-        seconds, state = time_steps(compiled, state, batch, iters=cfg.iters)
+        # Memory comes from the compiled program alone; iters = 0 skips the timing (e.g. on a loaded machine).
+        seconds = float("nan")
+        if cfg.iters:
+            seconds, state = time_steps(compiled, state, batch, iters=cfg.iters)
         row = {"executor": name, "K": k, "split_points": list(plan.split_points), "peak_bytes": mem.peak,
                "temp_bytes": mem.temp, "argument_bytes": mem.argument, "device_peak_bytes": device_peak_bytes(),
                "step_seconds": seconds}
@@ -99,13 +108,15 @@ def main(cfg: BenchConfig) -> list[dict]:
             rows.append(hl_row)
             print(f"{hl_row['executor']:24s} peak<={hl['peak'] / 2**20:7.1f} MiB (x{hl_row['peak_ratio']:.3f})  "
                   f"module temps={[round(m.temp / 2**20, 1) for m in hl['per_module']]} MiB", flush=True)
-    print(f"machine: {platform.processor() or platform.machine()}, backend {jax.default_backend()}, "
-          f"{jax.devices()[0].device_kind}; jax {jax.__version__}")
+    machine = (f"{platform.processor() or platform.machine()}, backend {jax.default_backend()}, "
+               f"{jax.devices()[0].device_kind}; jax {jax.__version__}")
+    print(f"machine: {machine}")
+    result = {"config": dataclasses.asdict(cfg), "machine": machine, "rows": rows}
     if cfg.json_out:
-        with open(cfg.json_out, "w") as f:
-            json.dump({"config": dataclasses.asdict(cfg), "rows": rows}, f, indent=2)
-    return rows
+        Path(cfg.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(cfg.json_out).write_text(json.dumps(result, indent=2) + "\n")
+    return result
 
 
 if __name__ == "__main__":
-    main(tyro.cli(BenchConfig))
+    main(tyro.cli(Config))
