@@ -41,6 +41,8 @@ class CompareConfig:
     sweep_weights: tuple[float, ...] = ()
     """Extra SGR weights lambda run at K = ``sweep_modules`` (0 and ``sgr_weight`` come from the main runs)."""
     sweep_modules: int = 4
+    sweep_seeds: tuple[int, ...] = ()
+    """Seeds of the sweep-only runs (empty: ``seeds``)."""
     checkpoint_bp: bool = True
     """Also run gradient-checkpointed BP."""
     memory: bool = True
@@ -57,6 +59,8 @@ class CompareConfig:
             raise ConfigError(f"CompareConfig.modules={self.modules}: local runs need K >= 2 (K = 1 is BP)")
         if not self.sgr_weight > 0 or any(not w >= 0 for w in self.sweep_weights):
             raise ConfigError("CompareConfig.sgr_weight must be > 0 and every sweep_weights entry >= 0")
+        if len(set(self.sweep_seeds)) != len(self.sweep_seeds):
+            raise ConfigError(f"CompareConfig.sweep_seeds={self.sweep_seeds}: must be distinct")
         if self.sweep_weights and self.sweep_modules < 2:
             raise ConfigError(f"CompareConfig.sweep_modules={self.sweep_modules}: must be >= 2")
 
@@ -160,8 +164,10 @@ def main(cfg: CompareConfig) -> list[dict]:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     per_seed, rows = [], []
+    sweep_only = {f"local K={cfg.sweep_modules} + SGR lambda={w:g}" for w in cfg.sweep_weights}
     for v in variants(cfg):
-        seed_rows = [run_one(cfg, v, s, out) for s in cfg.seeds]
+        seeds = cfg.sweep_seeds if v.label in sweep_only and cfg.sweep_seeds else cfg.seeds
+        seed_rows = [run_one(cfg, v, s, out) for s in seeds]
         per_seed += seed_rows
         peak = measure_memory(cfg.base.with_modules(v.k, v.weight, v.executor)) if cfg.memory else None
         rows.append(aggregate(v, seed_rows, peak))
@@ -212,7 +218,8 @@ def write_table(rows: list[dict], path: Path, cfg: CompareConfig) -> None:
         lines.append(f"| {r['run']} | {r['K']} | {r['sgr_weight']:g} | {_pm(r['test_accuracy'], r['test_accuracy_std'])}"
                      f" | {mods} | {cos} | {mem} | {ratio} | {r['steps_per_second']:.2f} |")
     if cfg.sweep_weights:
-        lines += ["", f"SGR weight sweep at K = {cfg.sweep_modules}:", "",
+        extra = f" (lambda not in {{0, {cfg.sgr_weight:g}}}: seeds {list(cfg.sweep_seeds)})" if cfg.sweep_seeds else ""
+        lines += ["", f"SGR weight sweep at K = {cfg.sweep_modules}{extra}:", "",
                   "| lambda | test accuracy | per-seed test accuracy | mean final cos(g_in, g_out) | peak MiB/device |",
                   "|---|---|---|---|---|"]
         for r in sweep_rows(rows, cfg):
@@ -293,7 +300,7 @@ def plot_sweep(rows: list[dict], out: Path, cfg: CompareConfig) -> None:
         ax.set_xlabel("SGR weight lambda")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-    fig.suptitle(f"K = {cfg.sweep_modules}, {len(cfg.seeds)} seeds (mean ± std)")
+    fig.suptitle(f"K = {cfg.sweep_modules}, mean ± std over seeds")
     fig.tight_layout()
     fig.savefig(out / "sgr_sweep.png", dpi=110)
     plt.close(fig)
