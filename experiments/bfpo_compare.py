@@ -199,26 +199,27 @@ def completed(run_dir: Path, steps: int) -> bool:
     return s.get("stopped") == "completed" and s.get("steps_done") == steps
 
 
-def make_base(cfg: CompareConfig, out: Path) -> tuple[ModelSource, Any, Any, Tokenizer]:
-    """(model source of the preference runs, model config, base parameters, tokenizer). With an SFT stage the
-    base is exported to ``<out>/base/hf`` and every preference run loads it from there."""
+def make_base(cfg: CompareConfig, out: Path) -> tuple[ModelSource, Any, Any, Tokenizer, bool]:
+    """(model source of the preference runs, model config, base parameters, tokenizer, whether a finished base
+    was reused). With an SFT stage the base is exported to ``<out>/base/hf`` and every preference run loads it
+    from there."""
     tokenizer = source_tokenizer(cfg.train.model)
     if not cfg.sft.steps:
         model_cfg, params, _ = bfpo_train.load_model(cfg.train, make_mesh(cfg.train.run.mesh))
         if params is None:
             params = init_params(model_cfg, cfg.train.run.seed)
-        return cfg.train.model, model_cfg, params, tokenizer
+        return cfg.train.model, model_cfg, params, tokenizer, False
     hf_dir = out / BASE / "hf"
     source = dataclasses.replace(cfg.train.model, kind="hf", path=str(hf_dir))
     if cfg.reuse and completed(out / BASE, cfg.sft.steps) and (hf_dir / "config.json").exists():
         model_cfg, params, _ = bfpo_train.load_model(dataclasses.replace(cfg.train, model=source),
                                                       make_mesh(cfg.train.run.mesh))
-        return source, model_cfg, params, tokenizer
+        return source, model_cfg, params, tokenizer, True
     if (out / BASE).exists():
         shutil.rmtree(out / BASE)
     model_cfg, params = run_sft(cfg, out)
     save_hf(model_from_params(model_cfg, params), hf_dir, tokenizer=tokenizer)
-    return source, model_cfg, params, tokenizer
+    return source, model_cfg, params, tokenizer, False
 
 
 # --- the preference runs ----------------------------------------------------------------------------------------
@@ -231,8 +232,10 @@ def objective_run_config(cfg: CompareConfig, objective: str, source: ModelSource
                                reference_cache_dir=str(out / "reference_cache"))
 
 
-def train_objective(cfg: CompareConfig, objective: str, source: ModelSource, out: Path) -> tuple[Any, dict]:
-    """(trained policy parameters, {train_seconds, eval metrics of the trainer's held-out hook})."""
+def train_objective(cfg: CompareConfig, objective: str, source: ModelSource, out: Path
+                    ) -> tuple[Any, dict, bool]:
+    """(trained policy parameters, {train_seconds, eval metrics of the trainer's held-out hook}, whether a
+    finished run was reused)."""
     run_cfg = objective_run_config(cfg, objective, source, out)
     run_dir = Path(run_cfg.run.out_dir)
     reuse = cfg.reuse and completed(run_dir, run_cfg.run.steps)
@@ -243,7 +246,7 @@ def train_objective(cfg: CompareConfig, objective: str, source: ModelSource, out
         bfpo_train.train_and_export(run_cfg, task, prepared)
     summary = json.loads((run_dir / "summary.json").read_text())
     params = policy_params(prepared.layout, bfpo_train.final_params(run_cfg, task))
-    return params, {"train_seconds": summary["wall_seconds"], "trainer_eval": summary["eval_metrics"]}
+    return params, {"train_seconds": summary["wall_seconds"], "trainer_eval": summary["eval_metrics"]}, reuse
 
 
 # --- evaluation -------------------------------------------------------------------------------------------------
@@ -334,11 +337,11 @@ def evaluate_model(model, tokenizer: Tokenizer, cfg: CompareConfig, pairs: Seque
 
 
 def evaluate_cached(name: str, model_fn, tokenizer: Tokenizer, cfg: CompareConfig, pairs, out: Path,
-                    fresh: bool) -> dict:
+                    reused: bool) -> dict:
     """``evaluate_model`` of ``model_fn()``, written to ``<out>/eval/<name>.json``; read back from there when
-    ``cfg.reuse`` and the model itself was reused (``fresh`` False)."""
+    the model itself was reused from a finished earlier invocation."""
     path = out / "eval" / f"{name}.json"
-    if cfg.reuse and not fresh and path.exists():
+    if reused and path.exists():
         return json.loads(path.read_text())
     result = evaluate_model(model_fn(), tokenizer, cfg, pairs)
     write_report(path, result)
@@ -484,7 +487,9 @@ def plot(rows: list[dict], path: Path) -> None:
                         color="black" if is_base else colors[i % len(colors)], capsize=3, linestyle="none",
                         label=r["label"] if xk == "helpful_rate" else None)
             note = f"{r['model']}" + (f"\nrefusal {r['refusal_rate']:.2f}" if xk == "helpful_rate" else "")
-            ax.annotate(note, (r[xk], r[yk]), textcoords="offset points", xytext=(6, 4), fontsize=7)
+            # Alternate sides so that neighbouring points keep readable labels.
+            ax.annotate(note, (r[xk], r[yk]), textcoords="offset points", xytext=(6, 4) if i % 2 else (-6, -12),
+                        ha="left" if i % 2 else "right", fontsize=7)
         ax.set_xlim(-0.05, 1.05)
         ax.set_ylim(-0.05, 1.05)
         ax.set_xlabel(xlabel)
@@ -534,17 +539,17 @@ def main(cfg: CompareConfig, report_dir: str | None = None) -> list[dict]:
     Returns the table rows, the base first."""
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    source, model_cfg, base_params, tokenizer = make_base(cfg, out)
+    source, model_cfg, base_params, tokenizer, reused = make_base(cfg, out)
     pairs = bfpo_train.eval_pairs(cfg.train)
     results = {BASE: evaluate_cached(BASE, lambda: model_from_params(model_cfg, base_params), tokenizer, cfg, pairs,
-                                     out, fresh=not cfg.reuse)}
+                                     out, reused)}
     rows = [row_of(BASE, f"base ({'SFT' if cfg.sft.steps else cfg.train.model.kind})", results[BASE],
                    {"train_seconds": None})]
     del base_params  # the runs load their own copy; do not keep two
     for objective in cfg.objectives:
-        params, extra = train_objective(cfg, objective, source, out)
+        params, extra, reused = train_objective(cfg, objective, source, out)
         results[objective] = evaluate_cached(objective, lambda: model_from_params(model_cfg, params), tokenizer, cfg,
-                                             pairs, out, fresh=True)
+                                             pairs, out, reused)
         rows.append(row_of(objective, objective_label(cfg, objective), results[objective], extra))
         del params
     write_outputs(rows, results, cfg, out)

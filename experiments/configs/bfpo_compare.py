@@ -19,7 +19,7 @@ import math
 from bfpo.errors import BFPOError
 from bfpo.objectives import OBJECTIVES
 from bfpo.optim import OptimizerConfig
-from experiments.configs.bfpo_train import BFPOTrainConfig, ModelSource, StreamData
+from experiments.configs.bfpo_train import BFPOTrainConfig, StreamData
 from experiments.run import RunConfig
 from runtime.mesh import MeshConfig
 
@@ -162,11 +162,11 @@ class CompareConfig:
         run = RunConfig(out_dir=out_dir, steps=60, log_every=10, eval_every=0, checkpoint_every=0,
                         progress=False, tensorboard=False, mesh=MeshConfig(data=1, fsdp=-1))
         train = BFPOTrainConfig.smollm2(
-            out_dir, run=run, tau=0.1, beta=0.1, trainable="down_proj", eval_pairs=128, export=False,
+            out_dir, run=run, tau=0.1, beta=0.1, trainable="down_proj", eval_pairs=96, export=False,
             eval_batch_size=16, max_length=48, max_prompt_length=37, buckets=(48,), logprob_chunk=48,
-            streams=(StreamData(name="safety", batch_size=8, synthetic_pairs=480),),
+            streams=(StreamData(name="safety", batch_size=4, synthetic_pairs=240),),
             optimizer=OptimizerConfig(learning_rate=1e-4, warmup_ratio=0.1))
-        sft = SFTConfig(steps=60, examples=480, batch_size=8, trainable="down_proj",
+        sft = SFTConfig(steps=40, examples=320, batch_size=8, trainable="down_proj",
                         optimizer=OptimizerConfig(learning_rate=3e-4, warmup_ratio=0.1))
         base = dict(train=train, sft=sft, eval=EvalConfig(harmful_prompts=48, benign_prompts=48, batch_size=16,
                                                           max_new_tokens=24),
