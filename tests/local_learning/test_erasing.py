@@ -15,7 +15,7 @@ CFG = RandomErasingConfig(probability=0.5, area=(0.05, 0.3), aspect=(0.5, 2.0))
 
 @pytest.fixture(scope="module")
 def erased():
-    images = np.asarray(jax.random.normal(jax.random.key(0), (N, H, W, C)))
+    images = np.random.default_rng(0).standard_normal((N, H, W, C)).astype(np.float32)
     out, boxes = random_erasing(jax.random.key(1), images, CFG)
     return images, np.asarray(out), np.asarray(boxes)
 
@@ -55,7 +55,7 @@ def test_exactly_the_box_is_replaced(erased):
 
 
 def test_probability_zero_is_the_identity_and_other_fills():
-    images = np.asarray(jax.random.normal(jax.random.key(2), (32, H, W, C)))
+    images = np.random.default_rng(2).standard_normal((16, H, W, C)).astype(np.float32)
     same, boxes = random_erasing(jax.random.key(3), images, RandomErasingConfig(probability=0.0))
     np.testing.assert_array_equal(np.asarray(same), images)
     assert not np.asarray(boxes)[:, 0].any()

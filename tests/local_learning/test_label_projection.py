@@ -79,7 +79,7 @@ def test_linear_module_update_equals_the_hand_computed_one():
 def test_projection_and_feedback_stay_fixed_across_steps():
     model = ResNetConfig(stage_blocks=(1,), widths=(4,), stem_width=4, image_size=8)
     plan = network.plan_partition(model, PartitionConfig(num_modules=2))
-    cfg = ts.LocalConfig(estimator="label_projection", reconcile=ReconcileConfig(weight=0.5, impl="direct"))
+    cfg = ts.LocalConfig(estimator="label_projection")
     assert cfg.feedback and cfg.label_projection
     netdef, _ = network.abstract_network(model, plan, feedback=True, label_projection=True)
     tx = optax.sgd(0.1)
@@ -114,11 +114,13 @@ def test_projection_and_feedback_stay_fixed_across_steps():
     for a, b1, b2 in zip(before, after1, after2):
         np.testing.assert_array_equal(a, b1)
         np.testing.assert_array_equal(a, b2)
-    # Training moved the weights, with SGR on the projected boundary gradients.
+    # Training moved the weights; the boundary cosine is measured on the projected gradients.
     assert not np.allclose(jax.tree.leaves(s2.params["params"])[0], jax.tree.leaves(state.params["params"])[0])
-    assert float(m1["sgr_2"].compute()) > 0 and np.isfinite(float(m1["loss"].compute()))
+    assert np.isfinite(float(m1["loss"].compute())) and -1 <= float(m1["cos_2"].compute()) <= 1
     # Another seed draws other fixed matrices.
     other = fixed(jax.jit(lambda: init(1).params["stats"])())
     assert not np.array_equal(other[0], before[0])
+    # SGR on top goes through the direct form only (feedback layers have no forward-mode rule).
+    assert ts.LocalConfig(estimator="label_projection", reconcile=ReconcileConfig(weight=0.5, impl="direct")).feedback
     with pytest.raises(ConfigError, match="impl='direct'"):
         ts.LocalConfig(estimator="label_projection", reconcile=ReconcileConfig(weight=0.5))
