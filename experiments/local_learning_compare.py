@@ -261,6 +261,8 @@ def plot(rows: list[dict], out: Path) -> None:
     main_rows = [r for r in rows if "lambda=" not in r["run"]]
     for key, ylabel, name in (("test_accuracy", "test accuracy", "accuracy_vs_k.png"),
                               ("memory_ratio", "peak memory / global BP", "memory_vs_k.png")):
+        if all(r.get(key) is None for r in main_rows):
+            continue  # e.g. memory not measured
         fig, ax = plt.subplots(figsize=(5, 3.5))
         for label, sgr, marker in (("local", False, "o"), ("local + SGR", True, "s")):
             pts = sorted((r["K"], r[key], r.get(f"{key}_std") or 0.0) for r in main_rows
