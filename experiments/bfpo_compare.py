@@ -242,6 +242,8 @@ def train_objective(cfg: CompareConfig, objective: str, source: ModelSource, out
     if run_dir.exists() and not reuse:
         shutil.rmtree(run_dir)
     task, prepared = bfpo_train.make_task(run_cfg)
+    if not cfg.trainer_eval:
+        task = dataclasses.replace(task, evals=())
     if not reuse:
         bfpo_train.train_and_export(run_cfg, task, prepared)
     summary = json.loads((run_dir / "summary.json").read_text())

@@ -108,6 +108,9 @@ class CompareConfig:
     out_dir: str = "runs/bfpo_compare/synthetic"
     reuse: bool = False
     """Keep the base and the runs that a previous invocation completed in ``out_dir`` (otherwise start afresh)."""
+    trainer_eval: bool = True
+    """Also run the trainer's held-out hook at the end of each run (reference-relative margins per pair type,
+    kept in results.json)."""
 
     def __post_init__(self):
         if not self.objectives or len(set(self.objectives)) != len(self.objectives):

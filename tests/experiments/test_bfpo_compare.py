@@ -1,4 +1,4 @@
-"""The BFPO comparison: a small synthetic run (short SFT base, BFPO and DPO) where BFPO's held-out log-likelihood
+"""The BFPO comparison: a small synthetic run (BFPO and DPO from one base) where BFPO's held-out log-likelihood
 prefers the safe response on harmful requests and DPO's the unsafe one; its reported scores equal independent
 recomputations from the written records and from the models' own log-probs; the SFT stage's data and loss; the
 report files; config errors."""
@@ -16,7 +16,7 @@ import pytest
 
 from bfpo.data import TokenizeConfig, evaluation_batches, synthetic, tokenize_pairs
 from bfpo.model.llama import init_params, model_from_params
-from bfpo.model.load_hf import load_hf
+from bfpo.model.config import LlamaConfig
 from bfpo.objectives import OBJECTIVES
 from bfpo.optim import OptimizerConfig
 from bfpo.tokenize import Tokenizer
@@ -30,16 +30,18 @@ QUIET = dict(progress=False, tensorboard=False, plot=False)
 
 
 def small_config(out_dir) -> CompareConfig:
-    """A short SFT base (enough to exercise the stage and the export it hands the runs), then 25 steps of BFPO
-    and DPO on one safety stream, every weight trainable, tau = beta = 0.1."""
+    """The randomly initialised tiny model as the base (no SFT stage: each run through the loop costs seconds of
+    compilation, and the stage's data and loss have their own tests below), then 25 steps of BFPO and DPO on one
+    safety stream, every weight trainable, tau = beta = 0.1."""
     cfg = CompareConfig.synthetic(str(out_dir))
     run = RunConfig(out_dir=str(out_dir), steps=25, log_every=25, eval_every=0, **QUIET)
     train = dataclasses.replace(cfg.train, run=run, eval_pairs=64,
                                 streams=(StreamData(name="safety", batch_size=8, synthetic_pairs=256),),
                                 optimizer=OptimizerConfig(learning_rate=3e-3, schedule="constant"))
-    return dataclasses.replace(cfg, train=train, objectives=("bfpo", "dpo"),
-                               sft=dataclasses.replace(cfg.sft, steps=8, examples=256),
-                               eval=EvalConfig(harmful_prompts=16, benign_prompts=16, batch_size=16, samples=3))
+    return dataclasses.replace(cfg, train=train, objectives=("bfpo", "dpo"), trainer_eval=False,
+                               sft=dataclasses.replace(cfg.sft, steps=0),
+                               eval=EvalConfig(harmful_prompts=16, benign_prompts=16, batch_size=16, max_new_tokens=32,
+                                               samples=3))
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +58,7 @@ def test_bfpo_prefers_the_safe_response_to_harmful_requests_where_dpo_prefers_co
         rows["dpo"]["safe_margin_harmful"]
     # LL(refusal) - LL(compliance) on held-out harmful requests, in nats: BFPO's target reverses on these pairs,
     # DPO's (helpfulness labels only) rewards compliance.
+    print(f"LL(safe) - LL(unsafe) on harmful requests: base {base:.2f}, bfpo {bfpo:.2f}, dpo {dpo:.2f}")
     assert bfpo - base > 2.0, (base, bfpo)
     assert dpo - base < -5.0, (base, dpo)
     assert rows["bfpo"]["safe_preference"] > rows["dpo"]["safe_preference"]
@@ -113,15 +116,12 @@ def direct_loglikelihoods(model_cfg, params, tokenizer, pairs) -> np.ndarray:
 
 def test_discriminative_scores_equal_the_models_own_loglikelihoods(comparison):
     cfg, rows, _ = comparison
-    out = Path(cfg.out_dir)
     tokenizer = Tokenizer.byte_level()
     pairs = bfpo_train.eval_pairs(cfg.train)
     mixed = [p for p in pairs if p.chosen_safe != p.rejected_safe]
     harmful = [p for p in mixed if p.pair_type == "unsafe_safe"]
-    base = load_hf(out / "base" / "hf")
-    from flax import nnx
-
-    ll = direct_loglikelihoods(base.config, nnx.state(base, nnx.Param), tokenizer, mixed)
+    model_cfg = LlamaConfig.tiny()
+    ll = direct_loglikelihoods(model_cfg, init_params(model_cfg, cfg.train.run.seed), tokenizer, mixed)
     safe_first = np.asarray([p.chosen_safe for p in mixed])
     safe_ll = np.where(safe_first, ll[:, 0], ll[:, 1])
     unsafe_ll = np.where(safe_first, ll[:, 1], ll[:, 0])
@@ -175,8 +175,6 @@ def test_sft_examples_follow_the_configured_shares():
 
 
 def test_sft_loss_is_the_token_mean_nll_of_the_answers():
-    from bfpo.model.config import LlamaConfig
-
     model_cfg = LlamaConfig.tiny()
     tokenizer = Tokenizer.byte_level()
     examples = bfpo_compare.sft_examples(6, 1, SFTConfig())
