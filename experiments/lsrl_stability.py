@@ -406,7 +406,6 @@ def plot(rows: list[dict], cfg: LSRLStabilityConfig, out: Path) -> list[str]:
                     ax.grid(alpha=0.3)
                     ax.set_title(f"{target}, {panel}", fontsize=9)
                     if study == "length":
-                        ax.set_xscale("log")
                         ax.set_xlabel("prompt tokens T", fontsize=8)
                     else:
                         ax.set_xlabel(f"{panel} noise sigma", fontsize=8)
@@ -434,6 +433,9 @@ def _draw(ax, study: str, sel: list[dict], cfg: LSRLStabilityConfig, label: str,
         sel = sorted(sel, key=lambda r: r["tokens"])
         ax.plot([r["tokens"] for r in sel], _clip([r["error_max"] for r in sel]), marker="o", ms=3, label=label,
                 **style)
+        ax.set_xscale("log")
+        ax.set_xticks([r["tokens"] for r in sel], [str(r["tokens"]) for r in sel], fontsize=7)
+        ax.minorticks_off()
         return
     sigmas = sorted({r["sigma"] for r in sel})
     positive = [s for s in sigmas if s > 0]
