@@ -276,6 +276,7 @@ def plot(rows: list[dict], out: Path) -> None:
                 if key == "test_accuracy" and r.get("test_accuracy_std"):
                     ax.axhspan(r[key] - r["test_accuracy_std"], r[key] + r["test_accuracy_std"], color="gray",
                                alpha=0.12)
+        ax.set_xticks(sorted({r["K"] for r in main_rows if r["executor"] == "local"}))
         ax.set_xlabel("modules K")
         ax.set_ylabel(ylabel)
         ax.legend()
