@@ -12,8 +12,9 @@ refusal otherwise. The stage minimises the token-mean negative log-likelihood of
 
     L_SFT(theta) = - (1 / sum_i |y_i|) sum_i sum_t log pi_theta(y_i,t | x_i, y_i,<t),
 
-(the SFT stage that precedes BFPO in the paper's recipe), so the base is helpful and unsafe on about half of the
-harmful requests: the room in which the objectives differ.
+(the SFT stage that precedes BFPO in the paper's recipe), so the base is helpful and complies with a share of
+the harmful requests (30% for the tiny model, 54% for SmolLM2 in the committed reports): the room in which the
+objectives differ.
 
 The scores (every one names its judge; rates over n items carry the binomial standard error sqrt(r(1-r)/n)):
 
