@@ -73,8 +73,15 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, *, grad_a
 
             (grads, metrics), _ = jax.lax.scan(body, zeros, (batch, jnp.arange(grad_accum)))
         total_count = metrics["loss"].count
-        grads = jax.tree.map(lambda g: g / total_count.astype(g.dtype), grads)
-        new_state = state.apply_gradients(grads, tx)
+        # A batch whose loss counts nothing (e.g. SafeDPO dropping every unsafe/unsafe pair) carries no gradient:
+        # divide by at least 1 so no 0/0 appears, and keep parameters and optimizer state as they were (an Adam
+        # update with a zero gradient would still move them by its momentum). The step counter still advances.
+        has_data = total_count > 0
+        grads = jax.tree.map(lambda g: g / jnp.maximum(total_count, 1).astype(g.dtype), grads)
+        updated = state.apply_gradients(grads, tx)
+        keep = lambda new, old: jnp.where(has_data, new, old)  # noqa: E731
+        new_state = updated.replace(params=jax.tree.map(keep, updated.params, state.params),
+                                    opt_state=jax.tree.map(keep, updated.opt_state, state.opt_state))
         metrics = dict(metrics)
         metrics["grad_norm"] = Metric.scalar(optax.global_norm(grads))
         return new_state, metrics

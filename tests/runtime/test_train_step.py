@@ -154,3 +154,28 @@ def test_state_from_placed_params_equals_initialised_state():
     chex.assert_trees_all_equal(jax.device_get(state), jax.device_get(ref))
     assert state.trainable == ref.trainable
     assert jax.tree.map(lambda a: a.sharding, state) == jax.tree.map(lambda a: a.sharding, ref)
+
+
+def test_batch_that_counts_nothing_leaves_parameters_and_optimizer_state_unchanged():
+    """A loss with count 0 (every pair masked out) must not produce 0/0 gradients, and Adam's momentum must not
+    move the parameters on it; the step counter still advances."""
+    params = {"w": jnp.ones((3,)), "b": jnp.zeros(())}
+
+    def loss_fn(p, batch, rng):
+        del rng
+        per = (p["w"] * batch["x"]).sum(-1) + p["b"]
+        metric = Metric.from_values(per ** 2, batch["mask"])
+        return metric.total / jnp.maximum(metric.count, 1.0), {"loss": metric}
+
+    tx = optax.adam(0.1)
+    step = jax.jit(make_train_step(loss_fn, tx))
+    from runtime.train_state import _fresh_state
+
+    state = _fresh_state(params, tx, 0, (True, True))
+    x = jnp.arange(6.0).reshape(2, 3)
+    state, _ = step(state, {"x": x, "mask": jnp.array([True, True])})
+    empty, metrics = step(state, {"x": x, "mask": jnp.array([False, False])})
+    assert int(empty.step) == int(state.step) + 1
+    chex.assert_trees_all_equal(empty.params, state.params)
+    chex.assert_trees_all_equal(empty.opt_state, state.opt_state)
+    assert np.isfinite(float(metrics["grad_norm"].total))
