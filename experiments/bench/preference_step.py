@@ -61,6 +61,7 @@ from bfpo.reference_cache import reference_logprob_fn
 from bfpo.tokenize import Tokenizer, pack_prompt_response
 from bfpo.train_params import ParamLayout, build_params, trainable_predicate
 from bfpo.train_step import PreferenceConfig, make_preference_step
+from experiments.bench._trl_dpo_peer import peak_rss_mib
 from runtime.mesh import MeshConfig, make_mesh
 from runtime.train_state import train_state_from_params
 
@@ -79,16 +80,6 @@ class Config:
     peer_steps: int = 12
     peer_warmup: int = 2
     out: str = "runs/bench/preference_step.json"
-
-
-def peak_rss_mib() -> float:
-    """This process's peak resident set (VmHWM). ``ru_maxrss`` would not do: Linux carries it across fork and exec,
-    so a child started by a large parent reports the parent's peak."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def make_pairs(cfg: Config, n: int, seed: int = 0) -> list[dict[str, str]]:

@@ -84,6 +84,14 @@ class TargetSummary:
     nonzeros: int
     max_weight: float
 
+    @classmethod
+    def of(cls, target: str, layers, arrays) -> "TargetSummary":
+        """The summary of ``layers`` (each with ``width`` and ``recurrent``) whose parameters are ``arrays``."""
+        flat = np.concatenate([np.asarray(a).reshape(-1) for a in arrays])
+        return cls(target=target, widths=tuple(l.width for l in layers), recurrent=tuple(l.recurrent for l in layers),
+                   parameters=int(flat.size), nonzeros=int(np.count_nonzero(flat)),
+                   max_weight=float(np.abs(flat).max()) if flat.size else 0.0)
+
     def format(self) -> str:
         lines = [
             f"{self.target}: {len(self.widths)} layers, max width {max(self.widths, default=0)}, "
@@ -107,16 +115,7 @@ class ElmanNet:
 
     def summary(self) -> TargetSummary:
         arrays = [a for l in self.layers for k, a in l.arrays().items() if k != "carry"]
-        arrays += [self.readout_kernel, self.readout_bias]
-        flat = np.concatenate([a.reshape(-1) for a in arrays])
-        return TargetSummary(
-            target=TARGET,
-            widths=tuple(l.width for l in self.layers),
-            recurrent=tuple(l.recurrent for l in self.layers),
-            parameters=int(flat.size),
-            nonzeros=int(np.count_nonzero(flat)),
-            max_weight=float(np.abs(flat).max()) if flat.size else 0.0,
-        )
+        return TargetSummary.of(TARGET, self.layers, arrays + [self.readout_kernel, self.readout_bias])
 
 
 def _nonneg_rows(W: np.ndarray, b: np.ndarray, inputs_nonneg: np.ndarray) -> np.ndarray:

@@ -106,16 +106,8 @@ class GriffinNet:
         return self.blocks
 
     def summary(self) -> TargetSummary:
-        arrays = [a for b in self.blocks for a in b.arrays.values()] + [self.readout_weight, self.readout_bias]
-        flat = np.concatenate([a.reshape(-1) for a in arrays])
-        return TargetSummary(
-            target=TARGET,
-            widths=tuple(b.width for b in self.blocks),
-            recurrent=tuple(b.recurrent for b in self.blocks),
-            parameters=int(flat.size),
-            nonzeros=int(np.count_nonzero(flat)),
-            max_weight=float(np.abs(flat).max()) if flat.size else 0.0,
-        )
+        arrays = [a for b in self.blocks for a in b.arrays.values()]
+        return TargetSummary.of(TARGET, self.blocks, arrays + [self.readout_weight, self.readout_bias])
 
 
 def _decay_param(decay: float, decay_exponent: int) -> tuple[float, float]:

@@ -95,15 +95,7 @@ class GRUNet:
 
     def summary(self) -> TargetSummary:
         arrays = [a for l in self.layers for k, a in l.arrays().items() if k != "carry"]
-        flat = np.concatenate([a.reshape(-1) for a in arrays + [self.readout_kernel, self.readout_bias]])
-        return TargetSummary(
-            target=TARGET,
-            widths=tuple(l.width for l in self.layers),
-            recurrent=tuple(l.recurrent for l in self.layers),
-            parameters=int(flat.size),
-            nonzeros=int(np.count_nonzero(flat)),
-            max_weight=float(np.abs(flat).max()) if flat.size else 0.0,
-        )
+        return TargetSummary.of(TARGET, self.layers, arrays + [self.readout_kernel, self.readout_bias])
 
 
 def _state_layer(W: np.ndarray, b: np.ndarray, A: np.ndarray, init: np.ndarray, eps: float) -> GRULayer:

@@ -97,16 +97,8 @@ class LSTMNet:
     eps: float
 
     def summary(self) -> TargetSummary:
-        flat = np.concatenate([a.reshape(-1) for l in self.layers for a in l.weights()]
-                              + [self.readout_kernel.reshape(-1), self.readout_bias])
-        return TargetSummary(
-            target=TARGET,
-            widths=tuple(l.width for l in self.layers),
-            recurrent=tuple(l.recurrent for l in self.layers),
-            parameters=int(flat.size),
-            nonzeros=int(np.count_nonzero(flat)),
-            max_weight=float(np.abs(flat).max()) if flat.size else 0.0,
-        )
+        arrays = [a for l in self.layers for a in l.weights()]
+        return TargetSummary.of(TARGET, self.layers, arrays + [self.readout_kernel, self.readout_bias])
 
 
 def _gate_layer(W: np.ndarray, b: np.ndarray, eps: float) -> LSTMLayer:
