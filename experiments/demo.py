@@ -12,7 +12,7 @@ from pathlib import Path
 
 import tyro
 
-from experiments import lm_generate, local_learning_compare, lsrl_approx, mlp_regression
+from experiments import bfpo_compare, lm_generate, local_learning_compare, lsrl_approx, mlp_regression
 from experiments.configs.lm_generate import LMGenerateConfig
 from experiments.configs.lsrl_approx import LSRLApproxConfig
 from experiments.configs.mlp_regression import MLPRegressionConfig
@@ -44,6 +44,10 @@ def main(cfg: DemoConfig) -> dict[str, str]:
     chat = lm_generate.main(LMGenerateConfig(out_dir=str(root / "lm_generate")))
     reports["SmolLM2-135M (GGUF) chat replies"] = chat.report
 
+    bfpo_dir = root / "bfpo_compare"
+    bfpo_compare.demo(out_dir=str(bfpo_dir))
+    reports["BFPO vs DPO on the synthetic safety task: table"] = str(bfpo_dir / "results.md")
+    reports["BFPO vs DPO: helpfulness-harmlessness plot"] = str(bfpo_dir / "tradeoff.png")
     local_dir = root / "local_learning"
     local_learning_compare.demo(out_dir=str(local_dir))
     reports["local learning on digits (BP vs K=4, K=4 + SGR): table"] = str(local_dir / "results.md")
