@@ -18,6 +18,22 @@ def _path_name(path) -> str:
     return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
 
 
+def scan_tokens(layer_step: Callable[[Any, Any, jax.Array], tuple[Any, jax.Array]], layers: list, carry0: list,
+                x_TxBxD: jax.Array) -> jax.Array:
+    """Hidden outputs (T, B, W) of a stack run token-major: one ``lax.scan`` over the tokens whose body passes the
+    token through every layer, ``layer_step(layer_params, carry, u) -> (carry, u)`` (Mamba and Hawk blocks, whose
+    per-layer carries are a conv window and a diagonal state)."""
+
+    def step(carry, u_BxD):
+        new = []
+        for p, c in zip(layers, carry):
+            c, u_BxD = layer_step(p, c, u_BxD)
+            new.append(c)
+        return new, u_BxD
+
+    return jax.lax.scan(step, carry0, x_TxBxD)[1]
+
+
 class CompiledRNN(nnx.Module):
     """Runs ``run(params, x)`` with ``params`` held as named ``nnx.Param`` leaves."""
 

@@ -61,7 +61,7 @@ from recurrent.compile import CompileConfig, compile_program
 from recurrent.errors import CompileError
 from recurrent.lsrl.syntax import ForEach, Variable
 from recurrent.scan import check_dtype
-from recurrent.targets.compiled_module import CompiledRNN
+from recurrent.targets.compiled_module import CompiledRNN, scan_tokens
 from recurrent.targets.diagonal import CONV_WIDTH, DiagonalChain, DiagonalLayer, lower_to_diagonal
 from recurrent.targets.elman import TargetSummary
 
@@ -300,15 +300,7 @@ def run_griffin(params: dict, x_BxTxD: jax.Array) -> jax.Array:
     for p in params["layers"]:
         w = p["rg_lru.a_param"].shape[0] if "rg_lru.a_param" in p else 0
         carry0.append((jnp.zeros((batch, CONV_WIDTH - 1, w), dtype), jnp.zeros((batch, w), dtype)))
-
-    def step(carry, u_BxD):
-        new = []
-        for p, c in zip(params["layers"], carry):
-            c, u_BxD = griffin_step(p, c, u_BxD)
-            new.append(c)
-        return new, u_BxD
-
-    _, h_TxBxW = jax.lax.scan(step, carry0, x_TxBxD)
+    h_TxBxW = scan_tokens(griffin_step, params["layers"], carry0, x_TxBxD)
     return jnp.swapaxes(h_TxBxW @ params["readout_weight"].T + params["readout_bias"], 0, 1)
 
 

@@ -54,7 +54,7 @@ from recurrent.compile import CompileConfig, compile_program
 from recurrent.errors import CompileError
 from recurrent.lsrl.syntax import ForEach, Variable
 from recurrent.scan import check_dtype
-from recurrent.targets.compiled_module import CompiledRNN
+from recurrent.targets.compiled_module import CompiledRNN, scan_tokens
 from recurrent.targets.diagonal import CONV_WIDTH, DiagonalChain, DiagonalLayer, lower_to_diagonal
 from recurrent.targets.elman import TargetSummary
 
@@ -258,15 +258,7 @@ def run_mamba(params: dict, x_BxTxD: jax.Array) -> jax.Array:
         (jnp.zeros((batch, CONV_WIDTH - 1, p["D"].shape[0]), dtype), jnp.zeros((batch,) + p["A_log"].shape, dtype))
         for p in params["layers"]
     ]
-
-    def step(carry, u_BxD):
-        new = []
-        for p, c in zip(params["layers"], carry):
-            c, u_BxD = mamba_step(p, c, u_BxD)
-            new.append(c)
-        return new, u_BxD
-
-    _, h_TxBxW = jax.lax.scan(step, carry0, x_TxBxD)
+    h_TxBxW = scan_tokens(mamba_step, params["layers"], carry0, x_TxBxD)
     return jnp.swapaxes(h_TxBxW @ params["readout_weight"].T + params["readout_bias"], 0, 1)
 
 
