@@ -160,13 +160,17 @@ def grouped_attention(q_BxTxHxE: jax.Array, k_BxSxKxE: jax.Array, v_BxSxKxE: jax
         _, out = jax.lax.scan(lambda c, xs: (c, one(*xs)), None, (q_chunks, allowed_chunks))
         return jnp.moveaxis(out, 0, 1).reshape(b, t + pad, h, e)[:, :t]
     k_heads = k_BxSxKxE.shape[2]
-    q = q_BxTxHxE.reshape(b, t, k_heads, h // k_heads, e)
-    scores = jnp.einsum("btkge,bske->bkgts", q, k_BxSxKxE, preferred_element_type=jnp.float32)
+    # (batch, kv head) lead both contractions: XLA:CPU runs these batched matmuls (and their transposes in the
+    # backward pass) markedly faster than with the batch dims interleaved with t and s.
+    q = q_BxTxHxE.reshape(b, t, k_heads, h // k_heads, e).transpose(0, 2, 3, 1, 4)
+    k = k_BxSxKxE.transpose(0, 2, 1, 3)
+    v = v_BxSxKxE.transpose(0, 2, 1, 3)
+    scores = jnp.einsum("bkgte,bkse->bkgts", q, k, preferred_element_type=jnp.float32)
     scores = scores * (e ** -0.5)
     scores = jnp.where(allowed_BxTxS[:, None, None], scores, NEG_INF)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v_BxSxKxE.dtype)
-    out = jnp.einsum("bkgts,bske->btkge", probs, v_BxSxKxE)
-    return out.reshape(b, t, h, e)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bkse->bkgte", probs, v)
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, e)
 
 
 def decoder_layer(cfg: LlamaConfig, w: dict[str, jax.Array], x_BxTxD: jax.Array, cos: jax.Array, sin: jax.Array,
