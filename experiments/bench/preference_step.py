@@ -73,11 +73,11 @@ class Config:
     batch: int = 8
     prompt_len: int = 64
     response_len: int = 64
-    steps: int = 12
+    steps: int = 30
     """Timed steps per variant (after compilation and one warm-up call)."""
     peer_python: str | None = None
     """Python of an environment with trl installed (see the module docstring); None skips the peer."""
-    peer_steps: int = 12
+    peer_steps: int = 30
     peer_warmup: int = 2
     out: str = "runs/bench/preference_step.json"
 
