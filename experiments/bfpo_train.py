@@ -90,11 +90,11 @@ def load_model(cfg: BFPOTrainConfig, mesh) -> tuple[LlamaConfig, Any | None, Tok
     return model.config, nnx.state(model, nnx.Param), tokenizer
 
 
-def stream_pairs(s: StreamData, seed: int, split: str = "train") -> list:
+def stream_pairs(s: StreamData, seed: int, split: str = "train", on_bad_record: str = "error") -> list:
     if not s.path:
         config = synthetic.SyntheticConfig(pair_type_fractions=s.synthetic_fractions)
         return synthetic.make_pairs(s.synthetic_pairs, seed, split=split, config=config)
-    pairs, report = load_pairs(s.path, split=s.split, on_bad_record="skip")
+    pairs, report = load_pairs(s.path, split=s.split, on_bad_record=on_bad_record)
     if report.dropped and jax.process_index() == 0:
         print(f"[bfpo_train] {s.name}: {report.summary()}", flush=True)
     return pairs[:s.max_pairs] if s.max_pairs else pairs
@@ -103,7 +103,9 @@ def stream_pairs(s: StreamData, seed: int, split: str = "train") -> list:
 def eval_pairs(cfg: BFPOTrainConfig) -> list:
     if not cfg.eval_path:
         return synthetic.make_pairs(cfg.eval_pairs, cfg.data_seed, split="test")
-    pairs, _ = load_pairs(cfg.eval_path, split=cfg.eval_split, on_bad_record="skip")
+    pairs, report = load_pairs(cfg.eval_path, split=cfg.eval_split, on_bad_record=cfg.on_bad_record)
+    if report.dropped and jax.process_index() == 0:
+        print(f"[bfpo_train] evaluation data: {report.summary()}", flush=True)
     return pairs[:cfg.eval_pairs]
 
 
@@ -132,7 +134,8 @@ def make_task(cfg: BFPOTrainConfig) -> tuple[Task, Prepared]:
             loaded = jax.jit(fresh, out_shardings=shardings)()
 
     tok_cfg = TokenizeConfig(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length, buckets=cfg.buckets)
-    tokenized = {s.name: tokenize_pairs(stream_pairs(s, cfg.data_seed + i), tokenizer, tok_cfg)
+    tokenized = {s.name: tokenize_pairs(stream_pairs(s, cfg.data_seed + i, on_bad_record=cfg.on_bad_record),
+                                        tokenizer, tok_cfg)
                  for i, s in enumerate(cfg.streams)}
     eval_tok = tokenize_pairs(eval_pairs(cfg), tokenizer, tok_cfg)
     data = MixedStreams({s.name: PreferenceStream(tokenized[s.name], s.batch_size, cfg.data_seed + i,

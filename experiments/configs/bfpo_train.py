@@ -107,6 +107,9 @@ class BFPOTrainConfig:
     eval_pairs: int = 64
     """Held-out pairs evaluated (the first N of eval_path; the synthetic test split's size)."""
     eval_batch_size: int = 16
+    on_bad_record: Literal["error", "skip"] = "error"
+    """A malformed record in a data file stops the run with its file, line and field ("error"), or is dropped and
+    counted in a report printed at start-up ("skip")."""
     data_seed: int = 0
     bucket_window: int = 1
     """Batches of similar length are grouped over this many batches (1: no grouping)."""
