@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from flax import nnx, struct
 
 from bfpo.model.config import LlamaConfig
+from bfpo.model.dense import dense
 from bfpo.model.rope import apply_rotary, rotary_tables
 from runtime.sharding import constrain, logical
 
@@ -181,7 +182,7 @@ def decoder_layer(cfg: LlamaConfig, w: dict[str, jax.Array], x_BxTxD: jax.Array,
     h = rms_norm(x_BxTxD, w["input_norm"], cfg.rms_norm_eps)
 
     def project(name, heads_axis):
-        y = jnp.einsum("btd,dhe->bthe", h, w[name].astype(dt))
+        y = dense(h, w[name], 1, dt)
         if w[name + "_bias"] is not None:
             y = y + w[name + "_bias"].astype(dt)
         return constrain(y, ("batch", "seq", heads_axis, None))
@@ -193,11 +194,11 @@ def decoder_layer(cfg: LlamaConfig, w: dict[str, jax.Array], x_BxTxD: jax.Array,
         k = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), (0, index, 0, 0))
         v = jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), (0, index, 0, 0))
     attn = grouped_attention(q, k.astype(dt), v.astype(dt), allowed_BxTxS, cfg.attention_query_chunk)
-    x = x_BxTxD + constrain(jnp.einsum("bthe,hed->btd", attn, w["o"].astype(dt)), act)
+    x = x_BxTxD + constrain(dense(attn, w["o"], 2, dt), act)
     h = rms_norm(x, w["post_norm"], cfg.rms_norm_eps)
-    gate = constrain(jnp.einsum("btd,df->btf", h, w["gate"].astype(dt)), ("batch", "seq", "act_mlp"))
-    up = constrain(jnp.einsum("btd,df->btf", h, w["up"].astype(dt)), ("batch", "seq", "act_mlp"))
-    x = x + constrain(jnp.einsum("btf,fd->btd", jax.nn.silu(gate) * up, w["down"].astype(dt)), act)
+    gate = constrain(dense(h, w["gate"], 1, dt), ("batch", "seq", "act_mlp"))
+    up = constrain(dense(h, w["up"], 1, dt), ("batch", "seq", "act_mlp"))
+    x = x + constrain(dense(jax.nn.silu(gate) * up, w["down"], 1, dt), act)
     return x, (None if kv is None else (k, v))
 
 
@@ -249,10 +250,13 @@ class LlamaForCausalLM(nnx.Module):
         if cfg.scan_layers:
             x, new_kv = jax.lax.scan(body, x, (weights, kv_all))
         else:
+            # Unstacking once (its transpose is one stack) rather than indexing layer by layer: the gradient of
+            # 30 indexed slices is 30 padded copies summed, which XLA:CPU evaluates as written.
+            unstack = lambda a: [None] * cfg.num_layers if a is None else list(jnp.unstack(a))  # noqa: E731
+            per_layer = jax.tree.map(unstack, (weights, kv_all), is_leaf=lambda a: a is None)
             outs = []
             for layer in range(cfg.num_layers):
-                take = lambda a: None if a is None else a[layer]  # noqa: E731
-                x, kv = body(x, jax.tree.map(take, (weights, kv_all), is_leaf=lambda a: a is None))
+                x, kv = body(x, jax.tree.map(lambda a: a[layer], per_layer, is_leaf=lambda a: isinstance(a, list)))
                 outs.append(kv)
             new_kv = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *outs)
         h = rms_norm(x, self.norm.scale[...], cfg.rms_norm_eps)

@@ -1,0 +1,67 @@
+"""The linear map y = x W with a hand-written backward pass whose three matmuls all have the row-major form.
+
+For x [..., K] (the last ``n`` axes of x contracted with the first ``n`` of W) and W [K, N], with the rows of x
+flattened to X [M, K] and an upstream gradient G [M, N]:
+
+    Y = X W,        dX = G W^T,        dW = X^T G,
+
+each computed as a [M, K] x [K, N] product of ``dtype`` operands accumulated in float32 (then cast: Y and dX to
+the compute dtype, dW to the parameter's dtype). This is the gradient automatic differentiation gives; what
+differs is the form. Left to itself, XLA:CPU folds W^T and X^T into the dot's dimension numbers and may then fuse
+the producer of G into a transposing copy (a SiLU derivative evaluated in column order: a tenth of a SmolLM2
+step), and its bfloat16 kernels (the AMX path, about 3x the float32 rate on CPUs that have it) accept only the
+plain row-major form, other forms being silently upcast to float32. Transposing the small operand explicitly,
+through a trailing unit axis that the compiler keeps as a real copy, gives every product the plain form. On
+accelerators the explicit transposes are ordinary copies (or are fused into the matmul) and cost little.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+
+
+def transposed(a_MxN: jax.Array) -> jax.Array:
+    """a^T [N, M] as a physical copy: a transpose through a unit axis is not folded into a consumer dot."""
+    return jnp.transpose(a_MxN[:, :, None], (1, 0, 2))[:, :, 0]
+
+
+def _matmul(a: jax.Array, b: jax.Array, out_dtype) -> jax.Array:
+    return jnp.dot(a, b, preferred_element_type=jnp.float32).astype(out_dtype)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def dense(x: jax.Array, w: jax.Array, n: int, dtype) -> jax.Array:
+    """x [*lead, *k] contracted with w [*k, *out] over the ``n`` axes k: [*lead, *out] in ``dtype``."""
+    return _forward(x, w, n, dtype)[0]
+
+
+def _forward(x, w, n, dtype):
+    lead, k_shape, out_shape = x.shape[:x.ndim - n], w.shape[:n], w.shape[n:]
+    k, m = math.prod(k_shape), math.prod(lead)
+    x2 = x.reshape(m, k).astype(dtype)
+    w2 = w.reshape(k, -1).astype(dtype)
+    y = _matmul(x2, w2, dtype).reshape(*lead, *out_shape)
+    return y, (x2, w2)
+
+
+def _fwd(x, w, n, dtype):
+    y, (x2, w2) = _forward(x, w, n, dtype)
+    # W's cast is recomputed in the backward pass rather than kept: it is cheap and would double its memory.
+    return y, (x2, w, jnp.zeros((0,), x.dtype))
+
+
+def _bwd(n, dtype, res, g):
+    x2, w, x_dtype_probe = res
+    m, k = x2.shape
+    g2 = g.reshape(m, -1).astype(dtype)
+    w2 = w.reshape(k, -1).astype(dtype)
+    dx = _matmul(g2, transposed(w2), x_dtype_probe.dtype)
+    dw = _matmul(transposed(x2), g2, w.dtype)
+    return dx.reshape(*g.shape[:g.ndim - (w.ndim - n)], *w.shape[:n]), dw.reshape(w.shape)
+
+
+dense.defvjp(_fwd, _bwd)
