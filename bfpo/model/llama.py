@@ -28,13 +28,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
+from bfpo.model.attention import grouped_attention
 from bfpo.model.config import LlamaConfig
 from bfpo.model.dense import dense
 from bfpo.model.rope import apply_rotary, rotary_tables
 from runtime.sharding import constrain, logical
-
-NEG_INF = float(jnp.finfo(jnp.float32).min)
-
 
 def _param(rngs: nnx.Rngs, init, shape: tuple[int, ...], axes: tuple[str, ...], dtype) -> nnx.Param:
     return nnx.Param(logical(init, *axes)(rngs.params(), shape, dtype))
@@ -138,40 +136,6 @@ def attention_mask(q_slots_T: jax.Array, k_slots_S: jax.Array, k_valid_BxS: jax.
     if window is not None:
         causal &= q_slots_T[:, None] - k_slots_S[None, :] < window
     return causal[None] & k_valid_BxS[:, None, :]
-
-
-def grouped_attention(q_BxTxHxE: jax.Array, k_BxSxKxE: jax.Array, v_BxSxKxE: jax.Array,
-                      allowed_BxTxS: jax.Array, query_chunk: int | None = None) -> jax.Array:
-    """Softmax attention with G query heads per key/value head; scores and softmax in float32.
-
-    With ``query_chunk`` C < T the queries are processed C at a time in a rematerialised scan, so the scores
-    held at once are [B, K, G, C, S] instead of [B, K, G, T, S], in the backward pass too (exact, not an
-    approximation). A query with no visible key (a padding row) gets a uniform average instead of NaN; its
-    output is masked downstream.
-    """
-    b, t, h, e = q_BxTxHxE.shape
-    if query_chunk is not None and t > query_chunk:
-        pad = -t % query_chunk
-        q = jnp.pad(q_BxTxHxE, ((0, 0), (0, pad), (0, 0), (0, 0)))
-        allowed = jnp.pad(allowed_BxTxS, ((0, 0), (0, pad), (0, 0)))
-        n = (t + pad) // query_chunk
-        q_chunks = jnp.moveaxis(q.reshape(b, n, query_chunk, h, e), 1, 0)
-        allowed_chunks = jnp.moveaxis(allowed.reshape(b, n, query_chunk, -1), 1, 0)
-        one = jax.checkpoint(lambda qc, ac: grouped_attention(qc, k_BxSxKxE, v_BxSxKxE, ac))
-        _, out = jax.lax.scan(lambda c, xs: (c, one(*xs)), None, (q_chunks, allowed_chunks))
-        return jnp.moveaxis(out, 0, 1).reshape(b, t + pad, h, e)[:, :t]
-    k_heads = k_BxSxKxE.shape[2]
-    # (batch, kv head) lead both contractions: XLA:CPU runs these batched matmuls (and their transposes in the
-    # backward pass) markedly faster than with the batch dims interleaved with t and s.
-    q = q_BxTxHxE.reshape(b, t, k_heads, h // k_heads, e).transpose(0, 2, 3, 1, 4)
-    k = k_BxSxKxE.transpose(0, 2, 1, 3)
-    v = v_BxSxKxE.transpose(0, 2, 1, 3)
-    scores = jnp.einsum("bkgte,bkse->bkgts", q, k, preferred_element_type=jnp.float32)
-    scores = scores * (e ** -0.5)
-    scores = jnp.where(allowed_BxTxS[:, None, None], scores, NEG_INF)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bkse->bkgte", probs, v)
-    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, e)
 
 
 def decoder_layer(cfg: LlamaConfig, w: dict[str, jax.Array], x_BxTxD: jax.Array, cos: jax.Array, sin: jax.Array,

@@ -79,6 +79,9 @@ class Config:
     """Python of an environment with trl installed (see the module docstring); None skips the peer."""
     peer_steps: int = 30
     peer_warmup: int = 2
+    scan_layers: bool = False
+    """Our layers as one scanned layer (compile time independent of depth) or unrolled, like PyTorch's Python
+    loop: on XLA:CPU the scan's per-iteration bookkeeping costs about as much as the tiny model's layers."""
     out: str = "runs/bench/preference_step.json"
 
 
@@ -152,7 +155,7 @@ def run_peer(cfg: Config, work: Path) -> dict[str, Any]:
 
 def main(cfg: Config) -> dict[str, Any]:
     tok = Tokenizer.byte_level()
-    model_cfg = LlamaConfig.tiny()
+    model_cfg = LlamaConfig.tiny(scan_layers=cfg.scan_layers)
     params = jax.device_get(jax.jit(lambda: init_params(model_cfg, 0))())
     pairs = make_pairs(cfg, cfg.batch)
     variants = [("dpo", DPOConfig(beta=0.1), "frozen"),

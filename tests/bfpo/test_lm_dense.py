@@ -1,5 +1,5 @@
-"""The hand-written backward passes (``dense``, ``chunk_logprob_sums``) equal automatic differentiation of the
-plain formulas, in float32 and with bfloat16 operands."""
+"""The hand-written backward passes (``dense``, ``chunk_logprob_sums``, ``attention_core``) equal automatic
+differentiation of the plain formulas, in float32 and with bfloat16 operands."""
 
 import chex
 import jax
@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bfpo.logprobs import chunk_logprob_sums
+from bfpo.model.attention import NEG_INF, attention_core
 from bfpo.model.dense import dense, transposed
 
 RNG = np.random.default_rng(0)
@@ -63,3 +64,23 @@ def test_chunk_logprob_gradients_equal_autodiff_of_log_softmax():
 
     chex.assert_trees_all_close(jax.jit(jax.value_and_grad(ours, (0, 1, 2)))(h, w, weights),
                                 jax.value_and_grad(reference, (0, 1, 2))(h, w, weights), rtol=1e-5, atol=1e-5)
+
+
+def test_attention_gradients_equal_autodiff_of_softmax_attention():
+    b, k, m, s, e = 2, 3, 4, 5, 6
+    q = jnp.asarray(RNG.normal(size=(b, k, m, e)), jnp.float32)
+    key = jnp.asarray(RNG.normal(size=(b, k, s, e)), jnp.float32)
+    v = jnp.asarray(RNG.normal(size=(b, k, s, e)), jnp.float32)
+    allowed = jnp.asarray(RNG.random((b, 1, m, s)) < 0.7).at[0, 0, 1].set(False)  # one row sees nothing
+    d_out = jnp.asarray(RNG.normal(size=(b, k, m, e)), jnp.float32)
+
+    def reference(q, key, v):
+        scores = jnp.einsum("bkme,bkse->bkms", q, key, precision="highest")
+        probs = jax.nn.softmax(jnp.where(allowed, scores, NEG_INF), axis=-1)
+        return jnp.sum(jnp.einsum("bkms,bkse->bkme", probs, v, precision="highest") * d_out)
+
+    def ours(q, key, v):
+        return jnp.sum(attention_core(q, key, v, allowed) * d_out)
+
+    chex.assert_trees_all_close(jax.jit(jax.value_and_grad(ours, (0, 1, 2)))(q, key, v),
+                                jax.value_and_grad(reference, (0, 1, 2))(q, key, v), rtol=1e-5, atol=1e-5)

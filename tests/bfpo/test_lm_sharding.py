@@ -136,5 +136,6 @@ def test_chunked_attention_never_holds_all_scores():
     host = {k: jnp.asarray(v) for k, v in batch().items()}
     text = str(jax.make_jaxpr(jax.grad(lambda p: loss(p, host, None)[0]))(jax.eval_shape(init(cfg))))
     b, t, k, g = 8, 12, cfg.num_kv_heads, cfg.num_groups
-    assert f"f32[{b},{k},{g},4,{t}]" in text
-    assert f"f32[{b},{k},{g},{t},{t}]" not in text
+    # scores are [batch, kv head, G query heads x queries, keys]
+    assert f"f32[{b},{k},{g * 4},{t}]" in text
+    assert f"f32[{b},{k},{g * t},{t}]" not in text

@@ -1,0 +1,106 @@
+"""Grouped-query softmax attention with a hand-written backward pass.
+
+With K key/value heads each shared by G query heads, for one (batch row, key/value head) and queries already
+scaled by 1/sqrt(E) (Q [G T, E], keys K [S, E], values V [S, E], mask m [T, S], 0 where allowed, -inf where not):
+
+    P = softmax_rows(Q K^T + m),        O = P V,
+
+and for an upstream gradient dO the backward pass (Dao et al. 2022, FlashAttention, section 3.1 and appendix B.2)
+
+    dP = dO V^T,   D = rowsum(dO * O) = rowsum(P * dP),   dS = P * (dP - D),
+    dQ = dS K,     dK = dS^T Q,      dV = P^T dO.
+
+What the hand-written backward saves over automatic differentiation is traffic over the [G T, S] score-sized
+arrays, which dominate small models' attention on a CPU: D comes from the [G T, E] arrays, not from a pass over
+P * dP, and dK and dV are computed transposed (dK^T = Q^T dS, dV^T = dO^T P), so that no [G T, S] array is ever
+copied into transposed order, only the small [S, E] results. Scores and softmax run in float32; P is cast to the
+compute dtype before it meets V, as in the forward pass of the reference implementations.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+NEG_INF = float(jnp.finfo(jnp.float32).min)
+
+
+def _swap_last(a: jax.Array) -> jax.Array:
+    """The last two axes exchanged, as a physical copy (a trailing unit axis keeps it out of the consumer dot)."""
+    axes = tuple(range(a.ndim - 2)) + (a.ndim - 1, a.ndim - 2, a.ndim)
+    return jnp.transpose(a[..., None], axes)[..., 0]
+
+
+def _bmm(a: jax.Array, b: jax.Array, out_dtype) -> jax.Array:
+    """Batched [*, M, K] x [*, K, N] over the leading axes, accumulated in float32."""
+    n = a.ndim - 2
+    dims = (((a.ndim - 1,), (n,)), (tuple(range(n)), tuple(range(n))))
+    return jax.lax.dot_general(a, b, dims, preferred_element_type=jnp.float32).astype(out_dtype)
+
+
+@jax.custom_vjp
+def attention_core(q_BxKxMxE: jax.Array, k_BxKxSxE: jax.Array, v_BxKxSxE: jax.Array,
+                   allowed_BxKxMxS: jax.Array) -> jax.Array:
+    """O [B, K, M, E] for pre-scaled queries (M = G T rows per key/value head) and a boolean mask that
+    broadcasts to [B, K, M, S]. A row with no allowed key averages all values uniformly (no NaN)."""
+    return _forward(q_BxKxMxE, k_BxKxSxE, v_BxKxSxE, allowed_BxKxMxS)[0]
+
+
+def _forward(q, k, v, allowed):
+    scores = _bmm(q, _swap_last(k), jnp.float32)
+    probs = jax.nn.softmax(jnp.where(allowed, scores, NEG_INF), axis=-1).astype(v.dtype)
+    return _bmm(probs, v, v.dtype), probs
+
+
+def _fwd(q, k, v, allowed):
+    out, probs = _forward(q, k, v, allowed)
+    return out, (q, k, v, probs, out, allowed)
+
+
+def _bwd(res, d_out):
+    q, k, v, probs, out, allowed = res
+    d_out = d_out.astype(v.dtype)
+    d_probs = _bmm(d_out, _swap_last(v), jnp.float32)
+    row = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1, keepdims=True)
+    # Masked scores are constants (the fill value), so no gradient reaches them, even in a row that sees nothing.
+    d_scores = jnp.where(allowed, probs.astype(jnp.float32) * (d_probs - row), 0.0).astype(q.dtype)
+    d_q = _bmm(d_scores, k, q.dtype)
+    d_k = _swap_last(_bmm(_swap_last(q), d_scores, k.dtype))
+    d_v = _swap_last(_bmm(_swap_last(d_out), probs, v.dtype))
+    return d_q, d_k, d_v, None
+
+
+attention_core.defvjp(_fwd, _bwd)
+
+
+def grouped_attention(q_BxTxHxE: jax.Array, k_BxSxKxE: jax.Array, v_BxSxKxE: jax.Array,
+                      allowed_BxTxS: jax.Array, query_chunk: int | None = None) -> jax.Array:
+    """Softmax attention with G = H / K query heads per key/value head; scores and softmax in float32.
+
+    With ``query_chunk`` C < T the queries are processed C at a time in a rematerialised scan, so the scores
+    held at once are [B, K, G, C, S] instead of [B, K, G, T, S], in the backward pass too (exact, not an
+    approximation). A query with no visible key (a padding row) gets a uniform average instead of NaN; its
+    output is masked downstream.
+    """
+    b, t, h, e = q_BxTxHxE.shape
+    if query_chunk is not None and t > query_chunk:
+        pad = -t % query_chunk
+        q = jnp.pad(q_BxTxHxE, ((0, 0), (0, pad), (0, 0), (0, 0)))
+        allowed = jnp.pad(allowed_BxTxS, ((0, 0), (0, pad), (0, 0)))
+        n = (t + pad) // query_chunk
+        q_chunks = jnp.moveaxis(q.reshape(b, n, query_chunk, h, e), 1, 0)
+        allowed_chunks = jnp.moveaxis(allowed.reshape(b, n, query_chunk, -1), 1, 0)
+        one = jax.checkpoint(lambda qc, ac: grouped_attention(qc, k_BxSxKxE, v_BxSxKxE, ac))
+        _, out = jax.lax.scan(lambda c, xs: (c, one(*xs)), None, (q_chunks, allowed_chunks))
+        return jnp.moveaxis(out, 0, 1).reshape(b, t + pad, h, e)[:, :t]
+    kv = k_BxSxKxE.shape[2]
+    g = h // kv
+    s = k_BxSxKxE.shape[1]
+    # (batch, kv head) lead every product; the G query heads of a kv head and the T queries form the M rows.
+    q = (q_BxTxHxE * jnp.asarray(e ** -0.5, q_BxTxHxE.dtype)).reshape(b, t, kv, g, e)
+    q = q.transpose(0, 2, 3, 1, 4).reshape(b, kv, g * t, e)
+    k = k_BxSxKxE.transpose(0, 2, 1, 3)
+    v = v_BxSxKxE.transpose(0, 2, 1, 3)
+    allowed = jnp.broadcast_to(allowed_BxTxS[:, None, None], (b, 1, g, t, s)).reshape(b, 1, g * t, s)
+    out = attention_core(q, k, v, allowed)
+    return out.reshape(b, kv, g, t, e).transpose(0, 3, 1, 2, 4).reshape(b, t, h, e)
