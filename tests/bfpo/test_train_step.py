@@ -118,7 +118,7 @@ def test_accumulated_sharded_step_equals_full_batch_on_one_device(single, sharde
     _, ref_state, ref_metrics = single
     _, state, metrics = sharded
     chex.assert_trees_all_close(state.params, ref_state.params, rtol=2e-5, atol=2e-6)
-    chex.assert_trees_all_close(state.opt_state, ref_state.opt_state, rtol=2e-4, atol=1e-9)
+    chex.assert_trees_all_close(state.opt_state, ref_state.opt_state, rtol=2e-4, atol=1e-8)  # moments ~1e-3; summation order differs
     for m, r in zip(metrics, ref_metrics):
         for key in ("loss", "safety/loss", "buffer/loss", "safety/safety/accuracy", "buffer/rewards/margin"):
             np.testing.assert_allclose(m[key].total / m[key].count, r[key].total / r[key].count, rtol=1e-4,
