@@ -47,7 +47,9 @@ def attention_core(q_BxKxMxE: jax.Array, k_BxKxSxE: jax.Array, v_BxKxSxE: jax.Ar
 
 
 def _forward(q, k, v, allowed):
-    scores = _bmm(q, _swap_last(k), jnp.float32)
+    # No explicit transpose of K here: when decoding, K is the whole cache, and copying it per token costs more
+    # than the product's own layout handling.
+    scores = jnp.einsum("bkme,bkse->bkms", q, k, preferred_element_type=jnp.float32)
     probs = jax.nn.softmax(jnp.where(allowed, scores, NEG_INF), axis=-1).astype(v.dtype)
     return _bmm(probs, v, v.dtype), probs
 

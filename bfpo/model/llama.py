@@ -211,7 +211,8 @@ class LlamaForCausalLM(nnx.Module):
 
         body = _remat(body, cfg.remat)
         kv_all = None if cache is None else (cache.k, cache.v)
-        if cfg.scan_layers:
+        # Decoding always scans: unrolled, each token would unstack and restack the whole cache.
+        if cfg.scan_layers or cache is not None:
             x, new_kv = jax.lax.scan(body, x, (weights, kv_all))
         else:
             # Unstacking once (its transpose is one stack) rather than indexing layer by layer: the gradient of

