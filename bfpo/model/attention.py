@@ -31,6 +31,12 @@ def _swap_last(a: jax.Array) -> jax.Array:
     return jnp.transpose(a[..., None], axes)[..., 0]
 
 
+def _permuted(a: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+    """``a.transpose(axes)`` as a physical copy. Folded into the consumer as a strided layout instead, the
+    batched score products read their operands with strides, several times slower on XLA:CPU than the copy."""
+    return jnp.transpose(a[..., None], axes + (a.ndim,))[..., 0]
+
+
 def _bmm(a: jax.Array, b: jax.Array, out_dtype) -> jax.Array:
     """Batched [*, M, K] x [*, K, N] over the leading axes, accumulated in float32."""
     n = a.ndim - 2
@@ -76,13 +82,14 @@ attention_core.defvjp(_fwd, _bwd)
 
 
 def grouped_attention(q_BxTxHxE: jax.Array, k_BxSxKxE: jax.Array, v_BxSxKxE: jax.Array,
-                      allowed_BxTxS: jax.Array, query_chunk: int | None = None) -> jax.Array:
+                      allowed_BxTxS: jax.Array, query_chunk: int | None = None, causal_blocks: int = 1) -> jax.Array:
     """Softmax attention with G = H / K query heads per key/value head; scores and softmax in float32.
 
     With ``query_chunk`` C < T the queries are processed C at a time in a rematerialised scan, so the scores
     held at once are [B, K, G, C, S] instead of [B, K, G, T, S], in the backward pass too (exact, not an
-    approximation). A query with no visible key (a padding row) gets a uniform average instead of NaN; its
-    output is masked downstream.
+    approximation). With ``causal_blocks`` n > 1 (queries and keys on the same slots, T divisible by n) query
+    block i meets only the first (i + 1) T / n keys. A query with no visible key (a padding row) gets a uniform
+    average instead of NaN; its output is masked downstream.
     """
     b, t, h, e = q_BxTxHxE.shape
     if query_chunk is not None and t > query_chunk:
@@ -95,14 +102,22 @@ def grouped_attention(q_BxTxHxE: jax.Array, k_BxSxKxE: jax.Array, v_BxSxKxE: jax
         one = jax.checkpoint(lambda qc, ac: grouped_attention(qc, k_BxSxKxE, v_BxSxKxE, ac))
         _, out = jax.lax.scan(lambda c, xs: (c, one(*xs)), None, (q_chunks, allowed_chunks))
         return jnp.moveaxis(out, 0, 1).reshape(b, t + pad, h, e)[:, :t]
+    if causal_blocks > 1 and t == k_BxSxKxE.shape[1] and t % causal_blocks == 0:
+        # Query slot i*C + c sees key slots <= i*C + c only, so block i needs the first (i + 1) C keys: a
+        # triangle's worth of score products instead of the square. Exact for every query with a visible key.
+        c = t // causal_blocks
+        outs = [grouped_attention(q_BxTxHxE[:, i * c:(i + 1) * c], k_BxSxKxE[:, :(i + 1) * c],
+                                  v_BxSxKxE[:, :(i + 1) * c], allowed_BxTxS[:, i * c:(i + 1) * c, :(i + 1) * c])
+                for i in range(causal_blocks)]
+        return jnp.concatenate(outs, axis=1)
     kv = k_BxSxKxE.shape[2]
     g = h // kv
     s = k_BxSxKxE.shape[1]
     # (batch, kv head) lead every product; the G query heads of a kv head and the T queries form the M rows.
     q = (q_BxTxHxE * jnp.asarray(e ** -0.5, q_BxTxHxE.dtype)).reshape(b, t, kv, g, e)
-    q = q.transpose(0, 2, 3, 1, 4).reshape(b, kv, g * t, e)
-    k = k_BxSxKxE.transpose(0, 2, 1, 3)
-    v = v_BxSxKxE.transpose(0, 2, 1, 3)
+    q = _permuted(q, (0, 2, 3, 1, 4)).reshape(b, kv, g * t, e)
+    k = _permuted(k_BxSxKxE, (0, 2, 1, 3))
+    v = _permuted(v_BxSxKxE, (0, 2, 1, 3))
     allowed = jnp.broadcast_to(allowed_BxTxS[:, None, None], (b, 1, g, t, s)).reshape(b, 1, g * t, s)
     out = attention_core(q, k, v, allowed)
     return out.reshape(b, kv, g, t, e).transpose(0, 3, 1, 2, 4).reshape(b, t, h, e)

@@ -58,7 +58,9 @@ class LlamaConfig:
     backward pass ("full") or keeps only its matmul outputs ("dots"); ``scan_layers`` compiles one layer and
     scans it over the stacked weights, which keeps compile time independent of depth (decoding with a KV cache
     always scans); unrolled layers (False) compile longer and train faster on XLA:CPU;
-    ``attention_query_chunk`` bounds the attention scores held at once to that many queries (long sequences).
+    ``attention_query_chunk`` bounds the attention scores held at once to that many queries (long sequences);
+    ``causal_blocks`` n > 1 splits a full-sequence pass's queries into n blocks, block i attending to the first
+    (i + 1) T / n keys only (exact: the rest are in its future), which saves up to half the score products.
     """
 
     vocab_size: int
@@ -80,6 +82,7 @@ class LlamaConfig:
     remat: Literal["none", "full", "dots"] = "none"
     scan_layers: bool = True
     attention_query_chunk: int | None = None
+    causal_blocks: int = 1
     initializer_range: float = 0.02
 
     def __post_init__(self):
@@ -104,6 +107,8 @@ class LlamaConfig:
                 raise ModelError(f"LlamaConfig.{name}={getattr(self, name)!r}: expected one of {sorted(DTYPES)}")
         if self.attention_query_chunk is not None and self.attention_query_chunk < 1:
             raise ModelError(f"LlamaConfig.attention_query_chunk={self.attention_query_chunk}: must be None or >= 1")
+        if self.causal_blocks < 1:
+            raise ModelError(f"LlamaConfig.causal_blocks={self.causal_blocks}: must be at least 1")
         if self.remat not in ("none", "full", "dots"):
             raise ModelError(f"LlamaConfig.remat={self.remat!r}: expected 'none', 'full' or 'dots'")
 

@@ -157,7 +157,9 @@ def decoder_layer(cfg: LlamaConfig, w: dict[str, jax.Array], x_BxTxD: jax.Array,
     if kv is not None:
         k = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), (0, index, 0, 0))
         v = jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), (0, index, 0, 0))
-    attn = grouped_attention(q, k.astype(dt), v.astype(dt), allowed_BxTxS, cfg.attention_query_chunk)
+    # A full-sequence pass (no cache) has query slot == key slot, so causal blocks may skip the future.
+    blocks = cfg.causal_blocks if kv is None else 1
+    attn = grouped_attention(q, k.astype(dt), v.astype(dt), allowed_BxTxS, cfg.attention_query_chunk, blocks)
     x = x_BxTxD + constrain(dense(attn, w["o"], 2, dt), act)
     h = rms_norm(x, w["post_norm"], cfg.rms_norm_eps)
     gate = constrain(dense(h, w["gate"], 1, dt), ("batch", "seq", "act_mlp"))

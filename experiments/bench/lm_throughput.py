@@ -75,6 +75,8 @@ class Config:
     param_dtype: str = "float32"
     """Storage dtype of our weights (bfloat16 halves memory on an accelerator; the peer keeps float32)."""
     scan_layers: bool = False
+    causal_blocks: int = 4
+    """Query blocks per training attention pass, each skipping its future keys (exact; see LlamaConfig)."""
     peer: bool = True
     peak_tflops: float | None = None
     out: str = "runs/bench/lm_throughput.json"
@@ -89,7 +91,8 @@ def build(name: str, directory: Path, cfg: Config) -> LlamaForCausalLM:
     else:
         raise ValueError(f"Config.models: unknown model {name!r}; expected 'tiny' or 'smollm2'")
     save_hf(model, directory)
-    return load_hf(directory, param_dtype=cfg.param_dtype, scan_layers=cfg.scan_layers)
+    return load_hf(directory, param_dtype=cfg.param_dtype, scan_layers=cfg.scan_layers,
+                   causal_blocks=cfg.causal_blocks)
 
 
 def train_flops_per_token(cfg: LlamaConfig, seq_len: int) -> float:

@@ -82,6 +82,8 @@ class Config:
     scan_layers: bool = False
     """Our layers as one scanned layer (compile time independent of depth) or unrolled, like PyTorch's Python
     loop: on XLA:CPU the scan's per-iteration bookkeeping costs about as much as the tiny model's layers."""
+    causal_blocks: int = 4
+    """Query blocks per attention pass, each skipping its future keys (``LlamaConfig.causal_blocks``; exact)."""
     out: str = "runs/bench/preference_step.json"
 
 
@@ -155,7 +157,7 @@ def run_peer(cfg: Config, work: Path) -> dict[str, Any]:
 
 def main(cfg: Config) -> dict[str, Any]:
     tok = Tokenizer.byte_level()
-    model_cfg = LlamaConfig.tiny(scan_layers=cfg.scan_layers)
+    model_cfg = LlamaConfig.tiny(scan_layers=cfg.scan_layers, causal_blocks=cfg.causal_blocks)
     params = jax.device_get(jax.jit(lambda: init_params(model_cfg, 0))())
     pairs = make_pairs(cfg, cfg.batch)
     variants = [("dpo", DPOConfig(beta=0.1), "frozen"),

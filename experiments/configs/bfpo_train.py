@@ -76,6 +76,11 @@ class ModelSource:
     remat: Literal["none", "full", "dots"] = "none"
     attention_query_chunk: int = 0
     """Queries per attention chunk (0: all at once)."""
+    causal_blocks: int = 1
+    """Query blocks per full-sequence attention pass, each skipping its future keys (exact; 4 saves about a
+    third of the score work, and on a CPU makes small models' steps about 25% faster)."""
+    scan_layers: bool = True
+    """One scanned layer (compile time independent of depth) or unrolled layers (faster steps on a CPU)."""
 
     def __post_init__(self):
         if self.kind not in ("tiny", "smollm2", "gguf", "hf"):
@@ -84,9 +89,12 @@ class ModelSource:
             raise TrainConfigError(f"ModelSource.path is required for kind={self.kind!r}")
         if self.attention_query_chunk < 0:
             raise TrainConfigError(f"ModelSource.attention_query_chunk={self.attention_query_chunk}: must be >= 0")
+        if self.causal_blocks < 1:
+            raise TrainConfigError(f"ModelSource.causal_blocks={self.causal_blocks}: must be >= 1")
 
     def overrides(self) -> dict:
-        out = dict(dtype=self.dtype, param_dtype=self.param_dtype, remat=self.remat)
+        out = dict(dtype=self.dtype, param_dtype=self.param_dtype, remat=self.remat,
+                   causal_blocks=self.causal_blocks, scan_layers=self.scan_layers)
         if self.attention_query_chunk:
             out["attention_query_chunk"] = self.attention_query_chunk
         return out

@@ -35,6 +35,7 @@ def test_presets_have_the_published_size_and_shard(preset):
     ("sliding_window", 0, "LlamaConfig.sliding_window=0"),
     ("dtype", "int8", "LlamaConfig.dtype='int8'"),
     ("remat", "some", "LlamaConfig.remat='some'"),
+    ("causal_blocks", 0, "LlamaConfig.causal_blocks=0"),
     ("vocab_size", 0, "LlamaConfig.vocab_size=0"),
 ])
 def test_invalid_fields_are_named(field, value, message):

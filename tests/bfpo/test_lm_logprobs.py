@@ -1,6 +1,8 @@
 """Chunked response log-probs equal a direct full-logits computation, are invariant to padding, have the same
 gradient, and never build the [B, T, V] logits."""
 
+import dataclasses
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -87,3 +89,18 @@ def test_gradient_equals_full_logits_gradient(model):
     assert f"f32[{b},4,{v}]" in text  # one chunk of logits at a time...
     for length in range(5, t + 4):
         assert f"f32[{b},{length},{v}]" not in text  # ...never the whole sequence's
+
+
+def test_causal_blocks_change_neither_scores_nor_gradients(model):
+    """Causal blocks skip only score products that the mask zeroes, with left and right padding present."""
+    tokens, mask, score = pack(PAIRS, 3, 2)  # 9 + 9 = 18 slots: 3 blocks of 6
+    graphdef, params = nnx.split(model)
+
+    def scores(params, blocks):
+        merged = nnx.merge(graphdef, params)
+        merged.config = dataclasses.replace(merged.config, causal_blocks=blocks)
+        return sequence_logprobs(merged, tokens, mask, score, chunk=8)[0]
+
+    fn = jax.jit(lambda p, blocks: (scores(p, blocks), jax.grad(lambda p: jnp.sum(scores(p, blocks)))(p)),
+                 static_argnums=1)
+    chex.assert_trees_all_close(fn(params, 3), fn(params, 1), rtol=1e-5, atol=1e-6)
