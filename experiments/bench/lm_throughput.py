@@ -25,6 +25,11 @@ bfloat16, every matmul with bfloat16 operands accumulated in float32, norms, sof
 PyTorch: ``torch.autocast("cpu", dtype=torch.bfloat16)``, its standard CPU mixed precision). Generation runs in
 float32. On CPUs with AMX or AVX512-BF16 both libraries reach their bfloat16 kernels this way.
 
+Matmul ceiling: for each precision, the training tokens/s that the step would reach if all of its FLOPs ran at
+the rate of one bare product of the MLP's shape ([B T, D] x [D, F], float32 accumulation) in each library. It
+bounds what any implementation of the step can do on this machine (not computed for the tiny model, whose
+products are too small for one call to measure them).
+
 On an accelerator, ``--no-peer`` skips PyTorch (it runs on the CPU here), ``--precisions bfloat16`` trains in
 bf16, and ``--peak-tflops`` (the device's dense peak for that dtype, e.g. 989 for an H100 in bf16) adds the model
 FLOPs utilisation of the training step, counting 6 N + 12 L T D FLOPs per token (N the non-embedding
@@ -132,6 +137,25 @@ def ours_train(model: LlamaForCausalLM, cfg: Config, tokens: np.ndarray, precisi
     return out
 
 
+def matmul_ceiling(model_cfg: LlamaConfig, cfg: Config, precision: str, peer: bool) -> dict[str, float]:
+    """Training tokens/s if every FLOP ran at the rate of one bare [B T, D] x [D, F] product (the MLP's shape,
+    float32 accumulation) on this machine: an upper bound that no implementation of the step can pass."""
+    m, d, f = cfg.train_batch * cfg.train_len, model_cfg.hidden_size, model_cfg.intermediate_size
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((m, d), np.float32), rng.standard_normal((d, f), np.float32)
+    per_token = train_flops_per_token(model_cfg, cfg.train_len)
+    dt = jnp.dtype(precision)
+    product = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
+    xa, xb = jnp.asarray(a, dt), jnp.asarray(b, dt)
+    out = {"ours": 2 * m * d * f / timed(lambda: product(xa, xb).block_until_ready(), 20, 1.0) / per_token}
+    if peer:
+        import torch
+
+        ta, tb = torch.from_numpy(a).to(getattr(torch, precision)), torch.from_numpy(b).to(getattr(torch, precision))
+        out["pytorch"] = 2 * m * d * f / timed(lambda: ta @ tb, 20, 1.0) / per_token
+    return out
+
+
 def ours_generate(model: LlamaForCausalLM, cfg: Config, prompts: np.ndarray) -> float:
     model.config = dataclasses.replace(model.config, dtype="float32")
     mask = np.ones_like(prompts, bool)
@@ -188,7 +212,13 @@ def main(cfg: Config) -> dict[str, Any]:
             vocab = model.config.vocab_size
             tokens = rng.integers(0, vocab, (cfg.train_batch, cfg.train_len)).astype(np.int32)
             prompts = rng.integers(0, vocab, (cfg.gen_batch, cfg.gen_prompt)).astype(np.int32)
-            row: dict[str, Any] = {"train": {p: {"ours": ours_train(model, cfg, tokens, p)} for p in cfg.precisions},
+            row: dict[str, Any] = {"train": {p: {"ours": ours_train(model, cfg, tokens, p),
+                                                 # Skipped for the tiny model: one call's dispatch outweighs
+                                                 # its products, so the figure would bound nothing.
+                                                 "matmul_ceiling_tok_per_s": matmul_ceiling(model.config, cfg, p,
+                                                                                            cfg.peer)
+                                                 if model.config.hidden_size >= 256 else None}
+                                             for p in cfg.precisions},
                                    "generate": {"ours": ours_generate(model, cfg, prompts)}}
             peer = pytorch(Path(tmp), cfg, tokens, prompts) if cfg.peer else None
         for precision, entry in row["train"].items():
@@ -203,6 +233,10 @@ def main(cfg: Config) -> dict[str, Any]:
                 line += (f"; PyTorch {b['train_tok_per_s']:.0f} tok/s, ratio {entry['ratio']:.2f}x "
                          f"(vs PyTorch float32 {entry['ratio_vs_pytorch_float32']:.2f}x); loss {a['loss']:.4f} "
                          f"vs {b['loss']:.4f}")
+            ceiling = entry["matmul_ceiling_tok_per_s"]
+            if ceiling:
+                line += f"; matmul ceiling ours {ceiling['ours']:.0f}" + (
+                    f", PyTorch {ceiling['pytorch']:.0f} tok/s" if "pytorch" in ceiling else " tok/s")
             print(line, flush=True)
         g = row["generate"]
         line = f"{name} generate float32: ours {g['ours']:.1f} tok/s"
