@@ -22,8 +22,8 @@ then sum_m n_{0,m} L_m / sum_m n_{0,m} = sum_s w_s sum_m T_{s,m} / n_s. Padding 
 micro-batch of a secondary stream would weight its pairs slightly differently; training batches have none.
 
 KTO needs log-probs of prompts paired with another pair's response: a stream batch may carry an optional
-"mismatched" side (same layout) that joins the same forward as a third block of rows; without it a KTO trainer
-raises ``BFPOError``.
+"mismatched" side (same layout; ``TokenizedPairs.batch(mismatched=True)`` builds it from the batch's own
+responses) that joins the same forward as a third block of rows; without it a KTO trainer raises ``BFPOError``.
 
 Per-stream metrics are prefixed by the stream name ("buffer/loss", "safety/rewards/margin",
 "safety/safety/accuracy", "safety/logps/chosen"); per-pair-type ones, including the objective-independent
@@ -143,7 +143,8 @@ def stream_scores(graphdef: nnx.GraphDef, policy: Any, reference: Any | None, st
     if objective.needs_mismatched:
         if "mismatched" not in stream:
             raise BFPOError(f"{where}: objective {objective.name!r} needs log-probs of mismatched (prompt, response) "
-                            "pairs; the stream batch has no 'mismatched' side and the trainer does not build one")
+                            "pairs; the stream batch has no 'mismatched' side (build it with "
+                            "TokenizedPairs.batch(..., mismatched=True) or PreferenceStream(..., mismatched=True))")
         sides = SIDES + ("mismatched",)
     rows = concatenated_rows(stream, sides, where)
     b = jnp.shape(stream["chosen"]["tokens"])[0]

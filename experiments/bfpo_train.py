@@ -138,8 +138,9 @@ def make_task(cfg: BFPOTrainConfig) -> tuple[Task, Prepared]:
                                         tokenizer, tok_cfg)
                  for i, s in enumerate(cfg.streams)}
     eval_tok = tokenize_pairs(eval_pairs(cfg), tokenizer, tok_cfg)
+    mismatched = get_objective(cfg.objective).needs_mismatched  # KTO's reference-point rows
     data = MixedStreams({s.name: PreferenceStream(tokenized[s.name], s.batch_size, cfg.data_seed + i,
-                                                  bucket_window=cfg.bucket_window)
+                                                  bucket_window=cfg.bucket_window, mismatched=mismatched)
                          for i, s in enumerate(cfg.streams)})
     eval_caches = None
     if layout.reference == "batch":
@@ -194,7 +195,8 @@ def make_evaluation(model_cfg, pref: PreferenceConfig, tokenized, batch_size: in
     """Held-out metrics of the main stream's objective over every evaluation pair (padding rows masked out)."""
     metrics_fn = jax.jit(make_eval_metrics(model_cfg, pref))
     name = pref.streams[0].name
-    batches = [{name: b} for b in evaluation_batches(tokenized, batch_size)]
+    mismatched = get_objective(pref.objective).needs_mismatched
+    batches = [{name: b} for b in evaluation_batches(tokenized, batch_size, mismatched)]
     if caches is not None:
         batches = list(WithReference(iter(batches), caches))
 

@@ -28,7 +28,7 @@ class PreferenceStream:
     """An endless stream of [batch_size]-pair batches (the ``runtime.batches.BatchIterator`` protocol)."""
 
     def __init__(self, tokenized: TokenizedPairs, batch_size: int, seed: int, *, shuffle: bool = True,
-                 bucket_window: int = 1):
+                 bucket_window: int = 1, mismatched: bool = False):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise DataError(f"PreferenceStream.batch_size={batch_size!r}: expected a positive integer")
         if len(tokenized) < batch_size:
@@ -39,7 +39,7 @@ class PreferenceStream:
         if not isinstance(seed, int) or seed < 0:
             raise DataError(f"PreferenceStream.seed={seed!r}: expected a non-negative integer")
         self.tokenized, self.batch_size, self.seed = tokenized, batch_size, seed
-        self.shuffle, self.bucket_window = shuffle, bucket_window
+        self.shuffle, self.bucket_window, self.mismatched = shuffle, bucket_window, mismatched
         self.steps_per_epoch = len(tokenized) // batch_size
         self.epoch, self.step = 0, 0
         self._order: tuple[int, np.ndarray] | None = None
@@ -67,7 +67,7 @@ class PreferenceStream:
             self.epoch, self.step = self.epoch + 1, 0
         if self._order is None or self._order[0] != self.epoch:
             self._order = (self.epoch, self.epoch_order(self.epoch))
-        batch = self.tokenized.batch(self._order[1][self.step])
+        batch = self.tokenized.batch(self._order[1][self.step], mismatched=self.mismatched)
         self.step += 1
         return batch
 
@@ -121,10 +121,10 @@ class EvaluationBatches:
     """Every example exactly once, in index order, ``batch_size`` rows per batch; the last batch is filled up with
     padding rows (pair_mask False, example_id -1) so that every batch has the same B."""
 
-    def __init__(self, tokenized: TokenizedPairs, batch_size: int):
+    def __init__(self, tokenized: TokenizedPairs, batch_size: int, mismatched: bool = False):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise DataError(f"evaluation_batches.batch_size={batch_size!r}: expected a positive integer")
-        self.tokenized, self.batch_size = tokenized, batch_size
+        self.tokenized, self.batch_size, self.mismatched = tokenized, batch_size, mismatched
 
     def __len__(self) -> int:
         return -(-len(self.tokenized) // self.batch_size)
@@ -132,8 +132,12 @@ class EvaluationBatches:
     def __iter__(self) -> Iterator[dict]:
         n, b = len(self.tokenized), self.batch_size
         for start in range(0, n, b):
-            yield self.tokenized.batch(range(start, min(start + b, n)), rows=b)
+            idx = np.arange(start, min(start + b, n))
+            # A last batch of one example takes its mismatched response from the example after it.
+            partners = [(start + 1) % n] if self.mismatched and idx.size == 1 else None
+            yield self.tokenized.batch(idx, rows=b, mismatched=self.mismatched, partners=partners)
 
 
-def evaluation_batches(tokenized: TokenizedPairs, batch_size: int) -> EvaluationBatches:
-    return EvaluationBatches(tokenized, batch_size)
+def evaluation_batches(tokenized: TokenizedPairs, batch_size: int, mismatched: bool = False) -> EvaluationBatches:
+    """``mismatched``: with KTO's mismatched side (``TokenizedPairs.batch``)."""
+    return EvaluationBatches(tokenized, batch_size, mismatched)

@@ -170,8 +170,14 @@ class TokenizedPairs:
         key under which per-example results (cached reference log-probs) stay valid."""
         return self._fingerprint
 
-    def batch(self, indices: Sequence[int], *, rows: int | None = None) -> dict:
-        """The stream batch of the given examples, in order, padded with masked rows up to ``rows``."""
+    def batch(self, indices: Sequence[int], *, rows: int | None = None, mismatched: bool = False,
+              partners: Sequence[int] | None = None) -> dict:
+        """The stream batch of the given examples, in order, padded with masked rows up to ``rows``.
+
+        ``mismatched`` adds the side KTO's reference point reads (Ethayarajh et al. 2024, Sec. 4.1): row i holds
+        prompt i with the chosen response of the next example of the batch (cyclically), so every row pairs a
+        prompt with a response written for another prompt, a fresh pairing whenever the stream reshuffles.
+        ``partners`` (one example index per row) chooses the responses instead."""
         idx = np.asarray(indices, np.int64).reshape(-1)
         n = len(self)
         if idx.size == 0 or idx.min() < 0 or idx.max() >= n:
@@ -179,15 +185,29 @@ class TokenizedPairs:
         rows = idx.size if rows is None else rows
         if rows < idx.size:
             raise DataError(f"rows={rows} is fewer than the {idx.size} examples asked for")
+        if mismatched and partners is None and idx.size < 2:
+            raise DataError("a batch with a mismatched side needs at least 2 examples (each prompt takes the next "
+                            f"example's response) or explicit partners, got {idx.size}")
+        if partners is not None:
+            partners = np.asarray(partners, np.int64).reshape(-1)
+            if partners.shape != idx.shape or partners.min() < 0 or partners.max() >= n or np.any(partners == idx):
+                raise DataError(f"partners must give one other example in [0, {n}) per row, got "
+                                f"{partners.tolist()[:8]} for examples {idx.tolist()[:8]}")
         prompts = [self.prompt(i).tolist() for i in idx]
         chosen = [self.chosen(i).tolist() for i in idx]
         rejected = [self.rejected(i).tolist() for i in idx]
+        shifted = []
+        if mismatched:
+            shifted = chosen[1:] + chosen[:1] if partners is None else [self.chosen(j).tolist() for j in partners]
         p = max(len(x) for x in prompts)
-        r = max(len(x) for x in chosen + rejected)
+        r = max(len(x) for x in chosen + rejected + shifted)
         length = self.config.bucket_for(p + r)
         pad = rows - idx.size
         out = {}
-        for side, responses in (("chosen", chosen), ("rejected", rejected)):
+        sides = [("chosen", chosen), ("rejected", rejected)]
+        if mismatched:
+            sides.append(("mismatched", shifted))
+        for side, responses in sides:
             packed = pack_prompt_response(prompts, responses, self.pad_id, p, length - p)
             out[side] = {
                 "tokens": np.concatenate([packed["tokens"], np.full((pad, length), self.pad_id, np.int32)]),

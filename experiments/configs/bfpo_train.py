@@ -20,6 +20,7 @@ from typing import Literal
 
 from bfpo.errors import BFPOError
 from bfpo.labeling import PAIR_TYPES
+from bfpo.objectives.registry import get_objective
 from bfpo.optim import OptimizerConfig
 from bfpo.train_params import REFERENCE_SOURCES
 from experiments.run import RunConfig
@@ -163,6 +164,11 @@ class BFPOTrainConfig:
         for field in ("eval_pairs", "eval_batch_size", "bucket_window", "logprob_chunk"):
             if getattr(self, field) < 1:
                 raise TrainConfigError(f"BFPOTrainConfig.{field}={getattr(self, field)}: must be at least 1")
+        if get_objective(self.objective).needs_mismatched and self.reference == "batch":
+            raise TrainConfigError(f"BFPOTrainConfig.objective={self.objective!r} with reference='batch': its "
+                                   "mismatched rows pair each prompt with another example of the same (reshuffled) "
+                                   "batch, so their reference log-probs cannot come from the per-example cache; use "
+                                   "reference='frozen', or 'base' with LoRA")
         if self.lora_rank < 0:
             raise TrainConfigError(f"BFPOTrainConfig.lora_rank={self.lora_rank}: must be >= 0 (0: no LoRA)")
         if self.trainable:

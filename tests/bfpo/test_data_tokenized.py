@@ -131,3 +131,30 @@ def test_config_and_index_errors(tight):
         tight.batch([30])
     with pytest.raises(DataError, match="rows=1 is fewer"):
         tight.batch([0, 1], rows=1)
+
+
+def test_mismatched_side_pairs_each_prompt_with_the_next_examples_response(tight):
+    indices = [7, 29, 12]
+    batch = tight.batch(indices, rows=5, mismatched=True)
+    side = batch["mismatched"]
+    assert side["tokens"].shape == batch["chosen"]["tokens"].shape
+    for row, (i, j) in enumerate(zip(indices, indices[1:] + indices[:1])):
+        mask, score = side["mask"][row], side["score_mask"][row]
+        np.testing.assert_array_equal(side["tokens"][row][mask], np.concatenate([tight.prompt(i), tight.chosen(j)]))
+        np.testing.assert_array_equal(side["tokens"][row][score], tight.chosen(j))
+    assert not side["mask"][3:].any()
+    explicit = tight.batch([4], mismatched=True, partners=[9])["mismatched"]
+    np.testing.assert_array_equal(explicit["tokens"][0][explicit["score_mask"][0]], tight.chosen(9))
+    with pytest.raises(DataError, match="at least 2 examples"):
+        tight.batch([4], mismatched=True)
+    with pytest.raises(DataError, match="partners must give one other example"):
+        tight.batch([4, 5], mismatched=True, partners=[5, 5])
+
+
+def test_evaluation_batches_give_a_lone_last_example_a_mismatched_partner(tight):
+    from bfpo.data import evaluation_batches
+
+    batches = list(evaluation_batches(tight, len(tight) - 1, mismatched=True))
+    last = batches[-1]
+    assert last["pair_mask"].sum() == 1 and last["example_id"][0] == len(tight) - 1
+    np.testing.assert_array_equal(last["mismatched"]["tokens"][0][last["mismatched"]["score_mask"][0]], tight.chosen(0))

@@ -136,3 +136,15 @@ def test_config_errors_name_the_field():
         from experiments.configs.bfpo_train import ModelSource
 
         ModelSource(kind="hf")
+
+
+def test_kto_trains_on_batches_with_a_mismatched_side(tmp_path):
+    with pytest.raises(TrainConfigError, match="objective='kto' with reference='batch'"):
+        BFPOTrainConfig(objective="kto", reference="batch")
+    cfg = config(tmp_path, "--objective", "kto", "--reference", "frozen", "--run.steps", "3", "--no-export")
+    task, prepared = bfpo_train.make_task(cfg)
+    batch = next(iter(task.data))
+    assert set(batch["safety"]) >= {"chosen", "rejected", "mismatched"}
+    summary = bfpo_train.train_and_export(cfg, task, prepared)
+    ev = summary.eval_metrics
+    assert np.isfinite(ev["loss"]) and "safety/kto/reference_point" in ev, sorted(ev)
