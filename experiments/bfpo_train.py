@@ -38,10 +38,9 @@ from bfpo.tokenize import Tokenizer
 from bfpo.train_params import ParamLayout, build_params, policy_params, trainable_predicate
 from bfpo.train_step import PreferenceConfig, StreamSpec, make_eval_metrics, make_preference_step
 from experiments.configs.bfpo_train import BFPOTrainConfig, StreamData, TrainConfigError
-from experiments.run import Task, cli, train
+from experiments.run import Task, checkpointer_for, cli, restore_state, train
 from runtime import sharding as sharding_lib
 from runtime.batches import batch_axes, batch_shardings, put_batch
-from runtime.checkpoint import Checkpointer
 from runtime.mesh import make_mesh
 from runtime.metrics import merge, to_host
 from runtime.train_state import train_state_from_params, train_state_spec
@@ -174,6 +173,15 @@ def make_task(cfg: BFPOTrainConfig) -> tuple[Task, Prepared]:
             built = build_params(layout, loaded, seed)
         return train_state_from_params(built, tx, mesh, seed=seed, trainable=predicate)[0]
 
+    def frozen_params(mesh):
+        # The loaded arrays were donated into the first train state, so the frozen weights come from the source
+        # again (the same file, or the same seed).
+        _, again, _ = load_model(cfg, mesh)
+        with sharding_lib.activate(mesh):
+            if again is None:
+                again = jax.jit(fresh, out_shardings=sharding_lib.state_shardings(jax.eval_shape(fresh), mesh))()
+            return build_params(layout, again, seed)
+
     evaluate = make_evaluation(model_cfg, eval_pref, eval_tok, cfg.eval_batch_size, mesh, eval_caches)
     main = cfg.streams[0].name
     task = Task(
@@ -185,6 +193,7 @@ def make_task(cfg: BFPOTrainConfig) -> tuple[Task, Prepared]:
         evals=(evaluate,),
         config=dataclasses.asdict(cfg),
         main_metrics=("loss", f"{main}/rewards/margin", f"{main}/safety/accuracy"),
+        frozen_params=frozen_params,
     )
     prepared = Prepared(model_cfg=model_cfg, tokenizer=tokenizer, layout=layout, tokenized=tokenized,
                         eval_tokenized=eval_tok, eval_config=eval_pref)
@@ -213,9 +222,8 @@ def make_evaluation(model_cfg, pref: PreferenceConfig, tokenized, batch_size: in
 def final_params(cfg: BFPOTrainConfig, task: Task) -> Any:
     """The trained parameter dict, restored from the run's last checkpoint onto the mesh."""
     mesh = make_mesh(cfg.run.mesh)
-    abstract, shardings = task.state_spec(mesh)
-    with Checkpointer(str(Path(cfg.run.out_dir).absolute() / "checkpoints")) as ckpt:
-        state, _ = ckpt.restore(abstract, shardings)
+    with checkpointer_for(task, str(Path(cfg.run.out_dir).absolute() / "checkpoints")) as ckpt:
+        state, _ = restore_state(ckpt, task, mesh)
     return state.params
 
 

@@ -91,7 +91,9 @@ class Task:
     ``state_spec(mesh)`` returns (abstract state, shardings) without allocating; ``init_state(mesh)`` returns
     the initialised state on those shardings; ``step_fn(state, batch) -> (state, metrics)`` is jitted by the
     loop; ``data`` yields global host batches and has a restorable position; ``batch_axes`` maps a batch (as
-    split for accumulation) to the logical axes of its leaves.
+    split for accumulation) to the logical axes of its leaves. ``frozen_params(mesh)``, when given, rebuilds the
+    parameters from their source (only its frozen leaves are used): checkpoints then hold the trainable
+    parameters alone, and resuming takes the frozen ones from it (checked against checksums).
     """
 
     name: str
@@ -103,6 +105,24 @@ class Task:
     batch_axes: Callable[[Any, int], Any] = batches_lib.batch_axes
     config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     main_metrics: Sequence[str] = ("loss",)
+    frozen_params: Callable[[jax.sharding.Mesh], Any] | None = None
+
+
+def checkpointer_for(task: Task, directory: str, **kwargs) -> Checkpointer:
+    """The run's checkpointer: without the frozen parameters when the task can rebuild them."""
+    return Checkpointer(directory, frozen_params=task.frozen_params is None, **kwargs)
+
+
+def restore_state(checkpointer: Checkpointer, task: Task, mesh, step: int | None = None):
+    """(state, meta) of checkpoint ``step`` (default: the latest) on the task's shardings for ``mesh``."""
+    abstract, shardings = task.state_spec(mesh)
+    frozen = None
+    if not checkpointer.holds_frozen_params(step):
+        if task.frozen_params is None:
+            raise RunError(f"{checkpointer.directory} holds only trainable parameters and task {task.name!r} "
+                           "cannot rebuild the frozen ones (Task.frozen_params)")
+        frozen = task.frozen_params(mesh)
+    return checkpointer.restore(abstract, shardings, step=step, frozen=frozen)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,7 +226,8 @@ def train(cfg: RunConfig, task: Task) -> RunSummary:
     mesh = make_mesh(cfg.mesh)
     out_dir = Path(cfg.out_dir).absolute()
     is_main = jax.process_index() == 0
-    checkpointer = Checkpointer(str(out_dir / "checkpoints"), keep=cfg.keep_checkpoints, async_save=cfg.async_checkpoint)
+    checkpointer = checkpointer_for(task, str(out_dir / "checkpoints"), keep=cfg.keep_checkpoints,
+                                    async_save=cfg.async_checkpoint)
     config_json = to_jsonable(task.config)
 
     latest = checkpointer.latest_step()
@@ -217,8 +238,8 @@ def train(cfg: RunConfig, task: Task) -> RunSummary:
         )
     with sharding_lib.activate(mesh):
         if latest is not None:
-            abstract, shardings = task.state_spec(mesh)
-            state, meta = checkpointer.restore(abstract, shardings)
+            _, shardings = task.state_spec(mesh)
+            state, meta = restore_state(checkpointer, task, mesh)
             task.data.set_state(meta["data"])
             if meta.get("config") != config_json and is_main:
                 tqdm.write(f"[{task.name}] resuming with a config that differs from the checkpoint's")

@@ -3,6 +3,11 @@
 Layout: ``<directory>/<step>/state`` (the arrays, written by every process for its own shards) and
 ``<directory>/<step>/meta`` (JSON: config, data iterator position, anything else the loop needs).
 
+With ``frozen_params=False`` a checkpoint holds only the trainable parameters (with the optimizer state, step
+and rng): a model fine-tuned in a few of its weights, or through LoRA adapters, then checkpoints megabytes, not
+its whole base. The frozen leaves are restored from their source (``restore(..., frozen=params)``) and checked
+against a per-leaf checksum (sum of |x| in float32) that the checkpoint's metadata records.
+
 Atomicity comes from orbax: a step is written into a temporary directory and renamed into place only once
 every array and the metadata are complete (and, with several processes, once all of them finished), so a
 crash mid-save leaves a temporary directory that is never listed as a step. Restoring takes an abstract
@@ -12,34 +17,58 @@ another.
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from runtime.errors import CheckpointError
-from runtime.train_state import TrainState
+from runtime.train_state import TrainState, leaf_paths
 
 
-def _arrays(state: TrainState) -> dict[str, Any]:
-    return {"step": state.step, "params": state.params, "opt_state": state.opt_state, "rng": state.rng}
+FROZEN_META = "frozen_params"
 
 
-def abstract_target(like: TrainState, shardings: TrainState) -> dict[str, Any]:
+def _trainable_only(params: Any, trainable: tuple[bool, ...]) -> dict[str, Any]:
+    """The trainable leaves keyed by their index among all leaves (paths may hold characters orbax splits on)."""
+    return {f"{i:05d}": x for i, (x, m) in enumerate(zip(jax.tree.leaves(params), trainable)) if m}
+
+
+def _arrays(state: TrainState, frozen: bool = True) -> dict[str, Any]:
+    params = state.params if frozen else _trainable_only(state.params, state.trainable)
+    return {"step": state.step, "params": params, "opt_state": state.opt_state, "rng": state.rng}
+
+
+def abstract_target(like: TrainState, shardings: TrainState, frozen: bool = True) -> dict[str, Any]:
     """Shape/dtype/sharding description of a train state, from an (abstract or concrete) state and its shardings."""
     return jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), _arrays(like), _arrays(shardings)
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), _arrays(like, frozen),
+        _arrays(shardings.replace(trainable=like.trainable), frozen),
     )
+
+
+@jax.jit
+def _checksums(leaves: list[jax.Array]) -> jax.Array:
+    return jnp.stack([jnp.sum(jnp.abs(x.astype(jnp.float32))) for x in leaves]) if leaves else jnp.zeros((0,))
+
+
+def frozen_checksums(params: Any, trainable: tuple[bool, ...]) -> list[float]:
+    """sum |x| (float32) of every frozen leaf, in leaf order."""
+    leaves = [x for x, m in zip(jax.tree.leaves(params), trainable) if not m]
+    return [float(v) for v in jax.device_get(_checksums(leaves))]
 
 
 class Checkpointer:
     """Keeps the last ``keep`` checkpoints of a run in ``directory``."""
 
-    def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True):
+    def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True, frozen_params: bool = True):
         if keep < 1:
             raise CheckpointError(f"keep={keep}: at least one checkpoint must be kept")
         self.directory = os.path.abspath(directory)
+        self.frozen_params = frozen_params
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=async_save
         )
@@ -56,22 +85,39 @@ class Checkpointer:
         step = int(jax.device_get(state.step)) if step is None else step
         if step in self._manager.all_steps():
             return
+        frozen = self.frozen_params or all(state.trainable)
+        if not frozen:
+            indices = [i for i, m in enumerate(state.trainable) if not m]
+            meta = {**meta, FROZEN_META: {"leaves": indices,
+                                          "checksums": frozen_checksums(state.params, state.trainable)}}
         self._manager.save(
             step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(_arrays(state)), meta=ocp.args.JsonSave(meta)),
+            args=ocp.args.Composite(state=ocp.args.StandardSave(_arrays(state, frozen)),
+                                    meta=ocp.args.JsonSave(meta)),
             force=True,
         )
 
+    def holds_frozen_params(self, step: int | None = None) -> bool:
+        """Whether checkpoint ``step`` (default: the latest) holds every parameter, frozen ones included."""
+        return FROZEN_META not in self.read_meta(step)
+
     def restore(
-        self, like: TrainState, shardings: TrainState, *, step: int | None = None
+        self, like: TrainState, shardings: TrainState, *, step: int | None = None, frozen: Any = None
     ) -> tuple[TrainState, dict[str, Any]]:
-        """Restores onto ``shardings`` (any mesh); ``like`` gives structure, shapes and the trainable mask."""
+        """Restores onto ``shardings`` (any mesh); ``like`` gives structure, shapes and the trainable mask.
+
+        A checkpoint saved without its frozen parameters takes them from ``frozen`` (a parameter tree like
+        ``like.params``, on the target shardings, whose trainable leaves are ignored), after checking them against
+        the checksums recorded at save time."""
         step = self.latest_step() if step is None else step
         if step is None:
             raise CheckpointError(f"no complete checkpoint in {self.directory}")
         if step not in self._manager.all_steps():
             raise CheckpointError(f"no checkpoint for step {step} in {self.directory}; have {self.all_steps()}")
-        target = abstract_target(like, shardings)
+        frozen_meta = self.read_meta(step).get(FROZEN_META)
+        if frozen_meta is not None:
+            self._check_frozen(step, like, frozen, frozen_meta)
+        target = abstract_target(like, shardings, frozen_meta is None)
         try:
             restored = self._manager.restore(
                 step,
@@ -82,14 +128,36 @@ class Checkpointer:
                 f"checkpoint {self.directory}/{step} does not match the train state being restored: {e}"
             ) from e
         arrays = restored["state"]
+        params = arrays["params"]
+        if frozen_meta is not None:
+            leaves, treedef = jax.tree.flatten(frozen)
+            params = treedef.unflatten([params[f"{i:05d}"] if m else x
+                                        for i, (x, m) in enumerate(zip(leaves, like.trainable))])
         state = TrainState(
             step=arrays["step"],
-            params=arrays["params"],
+            params=params,
             opt_state=arrays["opt_state"],
             rng=arrays["rng"],
             trainable=like.trainable,
         )
         return state, dict(restored["meta"])
+
+    def _check_frozen(self, step: int, like: TrainState, frozen: Any, frozen_meta: dict[str, Any]) -> None:
+        where = f"checkpoint {self.directory}/{step}"
+        if frozen is None:
+            raise CheckpointError(f"{where} holds only the trainable parameters; restoring it needs the frozen ones "
+                                  "(restore(..., frozen=params))")
+        if jax.tree.structure(frozen) != jax.tree.structure(like.params):
+            raise CheckpointError(f"{where}: the frozen parameters given do not have the train state's structure")
+        indices = [i for i, m in enumerate(like.trainable) if not m]
+        if indices != frozen_meta["leaves"]:
+            raise CheckpointError(f"{where} was saved with frozen leaves {frozen_meta['leaves'][:8]}..., the train "
+                                  f"state being restored freezes {indices[:8]}...")
+        paths = leaf_paths(like.params)
+        for i, got, want in zip(indices, frozen_checksums(frozen, like.trainable), frozen_meta["checksums"]):
+            if not math.isclose(got, want, rel_tol=1e-5, abs_tol=1e-6):
+                raise CheckpointError(f"{where}: frozen parameter {paths[i]!r} differs from the one trained with "
+                                      f"(sum |x| {got!r}, saved {want!r}); the base weights changed since")
 
     def read_meta(self, step: int | None = None) -> dict[str, Any]:
         step = self.latest_step() if step is None else step

@@ -22,6 +22,8 @@ from bfpo.model.load_hf import load_hf
 from experiments import bfpo_train
 from experiments.configs.bfpo_train import BFPOTrainConfig, StreamData, TrainConfigError
 from experiments.run import RunConfig
+from runtime import make_mesh
+from runtime.checkpoint import Checkpointer
 
 REPO = Path(__file__).resolve().parents[2]
 # The tiny preset (safety stream + safe/safe buffer) made small: tau = beta = 0.1 and all weights trainable make
@@ -148,3 +150,11 @@ def test_kto_trains_on_batches_with_a_mismatched_side(tmp_path):
     summary = bfpo_train.train_and_export(cfg, task, prepared)
     ev = summary.eval_metrics
     assert np.isfinite(ev["loss"]) and "safety/kto/reference_point" in ev, sorted(ev)
+    # The frozen reference copy is not in the checkpoint; restoring rebuilds it from the source.
+    with Checkpointer(str(tmp_path / "checkpoints")) as ckpt:
+        assert not ckpt.holds_frozen_params()
+    params = jax.device_get(bfpo_train.final_params(cfg, task))
+    mesh = make_mesh(cfg.run.mesh)
+    chex.assert_trees_all_equal(params["reference"], jax.device_get(task.frozen_params(mesh)["reference"]))
+    moved = jax.tree.map(lambda a, b: bool(np.any(a != b)), params["policy"], params["reference"])
+    assert any(jax.tree.leaves(moved))

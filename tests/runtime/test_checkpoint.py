@@ -124,3 +124,28 @@ def test_crash_during_save_leaves_the_previous_checkpoint_restorable(tmp_path):
         restored, meta = ckpt.restore(like, shardings)
     assert int(restored.step) == 1 and meta["data"] == {"index": 1}
     np.testing.assert_array_equal(np.asarray(restored.params["w"][:1000]), np.ones(1000, np.float32))
+
+
+def test_trainable_only_checkpoints_restore_with_checked_frozen_params(tmp_path):
+    mesh = make_mesh({"data": 8})
+    params = {"frozen": jnp.arange(8.0), "train": jnp.ones(3)}
+    state = TrainState(step=jnp.asarray(4, jnp.int32), params=params, opt_state={"m": jnp.full(3, 2.0)},
+                       rng=jax.random.PRNGKey(1), trainable=(False, True))
+    state = state.replace(params={"frozen": params["frozen"], "train": params["train"] * 5})
+    shardings = jax.tree.map(lambda _: jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()), state)
+    with Checkpointer(str(tmp_path), frozen_params=False) as ckpt:
+        ckpt.save(state, {"data": {}})
+        ckpt.wait()
+        assert not ckpt.holds_frozen_params()
+        with pytest.raises(CheckpointError, match="holds only the trainable parameters"):
+            ckpt.restore(state, shardings)
+        restored, _ = ckpt.restore(state, shardings, frozen=params)
+        chex.assert_trees_all_equal(jax.device_get(restored.params), jax.device_get(state.params))
+        chex.assert_trees_all_equal(jax.device_get(restored.opt_state), jax.device_get(state.opt_state))
+        changed = {"frozen": params["frozen"] + 1, "train": params["train"]}
+        with pytest.raises(CheckpointError, match="frozen parameter 'frozen' differs"):
+            ckpt.restore(state, shardings, frozen=changed)
+    # On disk: the trainable leaf (index 1 of the two) and nothing of the frozen one.
+    import orbax.checkpoint as ocp
+
+    assert list(ocp.StandardCheckpointer().metadata(tmp_path / "4" / "state").item_metadata.tree["params"]) == ["00001"]
