@@ -22,19 +22,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from bfpo.model.dense import permuted
+
 NEG_INF = float(jnp.finfo(jnp.float32).min)
 
 
 def _swap_last(a: jax.Array) -> jax.Array:
-    """The last two axes exchanged, as a physical copy (a trailing unit axis keeps it out of the consumer dot)."""
-    axes = tuple(range(a.ndim - 2)) + (a.ndim - 1, a.ndim - 2, a.ndim)
-    return jnp.transpose(a[..., None], axes)[..., 0]
-
-
-def _permuted(a: jax.Array, axes: tuple[int, ...]) -> jax.Array:
-    """``a.transpose(axes)`` as a physical copy. Folded into the consumer as a strided layout instead, the
-    batched score products read their operands with strides, several times slower on XLA:CPU than the copy."""
-    return jnp.transpose(a[..., None], axes + (a.ndim,))[..., 0]
+    """The last two axes exchanged, as a physical copy."""
+    return permuted(a, tuple(range(a.ndim - 2)) + (a.ndim - 1, a.ndim - 2))
 
 
 def _bmm(a: jax.Array, b: jax.Array, out_dtype) -> jax.Array:
@@ -115,9 +110,9 @@ def grouped_attention(q_BxTxHxE: jax.Array, k_BxSxKxE: jax.Array, v_BxSxKxE: jax
     s = k_BxSxKxE.shape[1]
     # (batch, kv head) lead every product; the G query heads of a kv head and the T queries form the M rows.
     q = (q_BxTxHxE * jnp.asarray(e ** -0.5, q_BxTxHxE.dtype)).reshape(b, t, kv, g, e)
-    q = _permuted(q, (0, 2, 3, 1, 4)).reshape(b, kv, g * t, e)
-    k = _permuted(k_BxSxKxE, (0, 2, 1, 3))
-    v = _permuted(v_BxSxKxE, (0, 2, 1, 3))
+    q = permuted(q, (0, 2, 3, 1, 4)).reshape(b, kv, g * t, e)
+    k = permuted(k_BxSxKxE, (0, 2, 1, 3))
+    v = permuted(v_BxSxKxE, (0, 2, 1, 3))
     allowed = jnp.broadcast_to(allowed_BxTxS[:, None, None], (b, 1, g, t, s)).reshape(b, 1, g * t, s)
     out = attention_core(q, k, v, allowed)
     return out.reshape(b, kv, g, t, e).transpose(0, 3, 1, 2, 4).reshape(b, t, h, e)

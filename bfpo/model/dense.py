@@ -24,9 +24,15 @@ import jax
 import jax.numpy as jnp
 
 
+def permuted(a: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+    """``a.transpose(axes)`` as a physical copy: a transpose through a trailing unit axis is not folded into the
+    consuming dot as a strided operand layout (which XLA:CPU's kernels read several times slower, or upcast)."""
+    return jnp.transpose(a[..., None], tuple(axes) + (a.ndim,))[..., 0]
+
+
 def transposed(a_MxN: jax.Array) -> jax.Array:
-    """a^T [N, M] as a physical copy: a transpose through a unit axis is not folded into a consumer dot."""
-    return jnp.transpose(a_MxN[:, :, None], (1, 0, 2))[:, :, 0]
+    """a^T [N, M] as a physical copy."""
+    return permuted(a_MxN, (1, 0))
 
 
 def _matmul(a: jax.Array, b: jax.Array, out_dtype) -> jax.Array:
@@ -49,8 +55,9 @@ def _forward(x, w, n, dtype):
 
 
 def _fwd(x, w, n, dtype):
-    y, (x2, w2) = _forward(x, w, n, dtype)
+    y, (x2, _) = _forward(x, w, n, dtype)
     # W's cast is recomputed in the backward pass rather than kept: it is cheap and would double its memory.
+    # Residuals must be arrays, so x's dtype (that of dx) travels as an empty array of that dtype.
     return y, (x2, w, jnp.zeros((0,), x.dtype))
 
 
