@@ -92,6 +92,8 @@ def chunked_logprob_sums(h_BxTxD: jax.Array, w_DxV: jax.Array, targets_BxT: jax.
         return total_B + chunk_logprob_sums(xs[0], w, xs[1], xs[2]), None
 
     weights = weights_BxT.astype(jnp.float32)
+    if n == 1:  # one chunk: no loop to pay for
+        return chunk_logprob_sums(h_BxTxD, w, targets_BxT, weights), jnp.sum(weights, axis=-1)
     total, _ = jax.lax.scan(body, jnp.zeros((b,), jnp.float32),
                             (to_chunks(h_BxTxD), to_chunks(targets_BxT), to_chunks(weights)))
     return total, jnp.sum(weights, axis=-1)
