@@ -113,9 +113,10 @@ def checkpointer_for(task: Task, directory: str, **kwargs) -> Checkpointer:
     return Checkpointer(directory, frozen_params=task.frozen_params is None, **kwargs)
 
 
-def restore_state(checkpointer: Checkpointer, task: Task, mesh, step: int | None = None):
-    """(state, meta) of checkpoint ``step`` (default: the latest) on the task's shardings for ``mesh``."""
-    abstract, shardings = task.state_spec(mesh)
+def restore_state(checkpointer: Checkpointer, task: Task, mesh, step: int | None = None, spec=None):
+    """(state, meta) of checkpoint ``step`` (default: the latest) on the task's shardings for ``mesh``; ``spec``
+    is ``task.state_spec(mesh)`` when the caller already has it."""
+    abstract, shardings = task.state_spec(mesh) if spec is None else spec
     frozen = None
     if not checkpointer.holds_frozen_params(step):
         if task.frozen_params is None:
@@ -238,8 +239,9 @@ def train(cfg: RunConfig, task: Task) -> RunSummary:
         )
     with sharding_lib.activate(mesh):
         if latest is not None:
-            _, shardings = task.state_spec(mesh)
-            state, meta = restore_state(checkpointer, task, mesh)
+            spec = task.state_spec(mesh)
+            shardings = spec[1]
+            state, meta = restore_state(checkpointer, task, mesh, spec=spec)
             task.data.set_state(meta["data"])
             if meta.get("config") != config_json and is_main:
                 tqdm.write(f"[{task.name}] resuming with a config that differs from the checkpoint's")
