@@ -14,6 +14,8 @@ float32 logits at a time.
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 
@@ -21,58 +23,87 @@ from bfpo.model.dense import transposed
 from runtime.sharding import constrain
 
 
-def _logits(h_BxCxD: jax.Array, w_DxV: jax.Array) -> jax.Array:
+def _logits(h_BxCxD: jax.Array, w: jax.Array, vocab_major: bool) -> jax.Array:
     b, c, d = h_BxCxD.shape
-    logits = jnp.dot(h_BxCxD.reshape(b * c, d), w_DxV, preferred_element_type=jnp.float32)
+    logits = jnp.dot(h_BxCxD.reshape(b * c, d), w.T if vocab_major else w, preferred_element_type=jnp.float32)
     return constrain(logits.reshape(b, c, -1), ("batch", "seq", "act_vocab"))
 
 
-@jax.custom_vjp
-def chunk_logprob_sums(h_BxCxD: jax.Array, w_DxV: jax.Array, targets_BxC: jax.Array,
-                       weights_BxC: jax.Array) -> jax.Array:
+@partial(jax.custom_vjp, nondiff_argnums=(5,))
+def chunk_logprob_sums(h_BxCxD: jax.Array, w: jax.Array, targets_BxC: jax.Array, weights_BxC: jax.Array,
+                       operands: tuple[jax.Array, jax.Array] | None = None, vocab_major: bool = False) -> jax.Array:
     """sum_c weights_c log softmax(h_c W)[targets_c], [B] float32, for one chunk of C positions.
 
-    The backward pass recomputes the [B, C, V] logits instead of keeping them, and with p = softmax(h W) and
-    upstream gradient g_b takes  dlogits = g_b w_c (onehot(targets_c) - p_c),  dh = dlogits W^T,
-    dW = h^T dlogits, each product in the row-major form (see ``bfpo.model.dense``).
+    W is [D, V], or with ``vocab_major`` its transpose [V, D] (a tied token embedding, used as stored). The
+    backward pass recomputes the [B, C, V] logits instead of keeping them, and with p = softmax(h W) and upstream
+    gradient g_b takes  dlogits = g_b w_c (onehot(targets_c) - p_c),  dh = dlogits W^T,  dW = h^T dlogits
+    (vocab-major: dW^T = dlogits^T h), each product in the row-major form (see ``bfpo.model.dense``).
+    ``operands`` (from ``head_operands``, no gradient) are W [D, V] and W^T [V, D] already in h's dtype and
+    physically in that order, prepared once for all chunks; dW is accumulated and returned in W's own dtype.
     """
-    return _chunk_forward(h_BxCxD, w_DxV, targets_BxC, weights_BxC)[0]
+    return _chunk_forward(h_BxCxD, w, targets_BxC, weights_BxC, operands, vocab_major)[0]
 
 
-def _chunk_forward(h, w, targets, weights):
-    logits = _logits(h, w)
+def head_operands(w: jax.Array, dtype, vocab_major: bool) -> tuple[jax.Array, jax.Array] | None:
+    """(W [D, V], W^T [V, D]) in ``dtype``, each a physical row-major array, or None when W already has that
+    dtype (the products then read W as stored). XLA:CPU runs a low-precision product only in the row-major form
+    and silently upcasts any other to float32, so a bfloat16 head needs both orientations; they are made once
+    per step, not once per chunk."""
+    if w.dtype == jnp.dtype(dtype):
+        return None
+    cast = jax.lax.stop_gradient(w.astype(dtype))
+    return (transposed(cast), cast) if vocab_major else (cast, transposed(cast))
+
+
+def _chunk_forward(h, w, targets, weights, operands, vocab_major):
+    if operands is None:
+        logits = _logits(h, w.astype(h.dtype), vocab_major)
+    else:
+        logits = _logits(h, operands[0], False)
     # One-hot contraction rather than a gather: it stays local when the vocabulary is sharded.
     onehot = jax.nn.one_hot(targets, logits.shape[-1], dtype=jnp.float32)
     lse = jax.nn.logsumexp(logits, axis=-1)
     picked = jnp.sum(logits * onehot, axis=-1)
-    return jnp.sum((picked - lse) * weights, axis=-1), lse
+    return jnp.sum((picked - lse) * weights, axis=-1), (logits, lse)
 
 
-def _chunk_fwd(h, w, targets, weights):
-    total, lse = _chunk_forward(h, w, targets, weights)
-    return total, (h, w, targets, weights, lse)
+def _chunk_fwd(h, w, targets, weights, operands, vocab_major):
+    total, (_, lse) = _chunk_forward(h, w, targets, weights, operands, vocab_major)
+    # Residuals must be arrays, so W's dtype (that of dW) travels as an empty array of that dtype.
+    return total, (h, w if operands is None else None, operands, targets, weights, lse, jnp.zeros((0,), w.dtype))
 
 
-def _chunk_bwd(res, g_B):
-    h, w, targets, weights, lse = res
+def _chunk_bwd(vocab_major, res, g_B):
+    h, w, operands, targets, weights, lse, w_dtype_probe = res
     b, c, d = h.shape
-    logits = _logits(h, w)
-    onehot = jax.nn.one_hot(targets, logits.shape[-1], dtype=jnp.float32)
+    f32 = jnp.float32
+    _, (logits, _) = _chunk_forward(h, w, targets, weights, operands, vocab_major)
+    onehot = jax.nn.one_hot(targets, logits.shape[-1], dtype=f32)
     scale = (g_B[:, None] * weights)[..., None]
     dlogits = (scale * (onehot - jnp.exp(logits - lse[..., None]))).astype(h.dtype).reshape(b * c, -1)
-    dh = jnp.dot(dlogits, transposed(w), preferred_element_type=jnp.float32).astype(h.dtype).reshape(b, c, d)
-    dw = jnp.dot(transposed(h.reshape(b * c, d)), dlogits, preferred_element_type=jnp.float32).astype(w.dtype)
+    h2 = h.reshape(b * c, d)
+    if operands is not None:
+        w_t = operands[1]
+    else:
+        w_t = w.astype(h.dtype) if vocab_major else transposed(w.astype(h.dtype))
+    dh = jnp.dot(dlogits, w_t, preferred_element_type=f32)
+    if vocab_major:
+        dw = jnp.dot(transposed(dlogits), h2, preferred_element_type=f32)
+    else:
+        dw = jnp.dot(transposed(h2), dlogits, preferred_element_type=f32)
     # The weights are data, but a caller may differentiate through them: d/dw_c = g (log p_c).
     dweights = g_B[:, None] * (jnp.sum(logits * onehot, axis=-1) - lse)
-    return dh, dw, None, dweights
+    return (dh.astype(h.dtype).reshape(b, c, d), dw.astype(w_dtype_probe.dtype), None, dweights, None)
 
 
 chunk_logprob_sums.defvjp(_chunk_fwd, _chunk_bwd)
 
 
-def chunked_logprob_sums(h_BxTxD: jax.Array, w_DxV: jax.Array, targets_BxT: jax.Array, weights_BxT: jax.Array,
-                         chunk: int = 128) -> tuple[jax.Array, jax.Array]:
+def chunked_logprob_sums(h_BxTxD: jax.Array, w: jax.Array, targets_BxT: jax.Array, weights_BxT: jax.Array,
+                         chunk: int = 128, vocab_major: bool = False) -> tuple[jax.Array, jax.Array]:
     """(sum_t weights_t log softmax(h_t W)[targets_t], sum_t weights_t), each [B], in float32.
+
+    W is [D, V], or [V, D] with ``vocab_major`` (a tied token embedding).
 
     Position t of ``h`` predicts ``targets[t]``; the caller shifts. T is padded up to a multiple of ``chunk``
     with zero-weight positions.
@@ -86,14 +117,14 @@ def chunked_logprob_sums(h_BxTxD: jax.Array, w_DxV: jax.Array, targets_BxT: jax.
         weights_BxT = jnp.pad(weights_BxT, ((0, 0), (0, pad)))
     n = (t + pad) // chunk
     to_chunks = lambda x: jnp.moveaxis(x.reshape(b, n, chunk, *x.shape[2:]), 1, 0)  # noqa: E731
-    w = w_DxV.astype(h_BxTxD.dtype)
+    operands = head_operands(w, h_BxTxD.dtype, vocab_major)
 
     def body(total_B, xs):
-        return total_B + chunk_logprob_sums(xs[0], w, xs[1], xs[2]), None
+        return total_B + chunk_logprob_sums(xs[0], w, xs[1], xs[2], operands, vocab_major), None
 
     weights = weights_BxT.astype(jnp.float32)
     if n == 1:  # one chunk: no loop to pay for
-        return chunk_logprob_sums(h_BxTxD, w, targets_BxT, weights), jnp.sum(weights, axis=-1)
+        return chunk_logprob_sums(h_BxTxD, w, targets_BxT, weights, operands, vocab_major), jnp.sum(weights, axis=-1)
     total, _ = jax.lax.scan(body, jnp.zeros((b,), jnp.float32),
                             (to_chunks(h_BxTxD), to_chunks(targets_BxT), to_chunks(weights)))
     return total, jnp.sum(weights, axis=-1)
@@ -109,4 +140,5 @@ def sequence_logprobs(model, tokens_BxT: jax.Array, mask_BxT: jax.Array, score_m
     """
     h = model.hidden_states(tokens_BxT, mask_BxT)
     weights = (score_mask_BxT.astype(bool) & mask_BxT.astype(bool))[:, 1:]
-    return chunked_logprob_sums(h[:, :-1], model.output_embedding(), tokens_BxT[:, 1:], weights, chunk)
+    w, vocab_major = model.head_weight()
+    return chunked_logprob_sums(h[:, :-1], w, tokens_BxT[:, 1:], weights, chunk, vocab_major)

@@ -192,6 +192,12 @@ class LlamaForCausalLM(nnx.Module):
             else _param(rngs, init, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), cfg.weight_dtype)
         )
 
+    def head_weight(self) -> tuple[jax.Array, bool]:
+        """(W, vocab_major): the untied head [D, V], or the tied token embedding as stored, [V, D]."""
+        if self.lm_head is None:
+            return self.embed_tokens.embedding[...], True
+        return self.lm_head[...], False
+
     def output_embedding(self) -> jax.Array:
         """W_out [D, V]: the untied head, or the transposed token embedding."""
         if self.lm_head is None:
@@ -202,7 +208,10 @@ class LlamaForCausalLM(nnx.Module):
                  cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
         """Final-norm hidden states [B, T, D] (compute dtype) and the updated cache."""
         cfg = self.config
-        x = constrain(self.embed_tokens(tokens_BxT).astype(cfg.compute_dtype), ("batch", "seq", "act_embed"))
+        # Rows are gathered from the table in its own dtype and then cast: casting the whole [V, D] table first
+        # (what ``nnx.Embed`` does) costs a pass over it per step.
+        rows = jnp.take(self.embed_tokens.embedding[...], tokens_BxT, axis=0)
+        x = constrain(rows.astype(cfg.compute_dtype), ("batch", "seq", "act_embed"))
         cos, sin = rotary_tables(cfg, positions_BxT)
         weights = self.layers.weights()
         index = None if cache is None else cache.index

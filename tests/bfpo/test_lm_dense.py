@@ -5,8 +5,9 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from bfpo.logprobs import chunk_logprob_sums
+from bfpo.logprobs import chunk_logprob_sums, head_operands
 from bfpo.model.attention import NEG_INF, attention_core
 from bfpo.model.dense import dense, transposed
 
@@ -46,24 +47,34 @@ def test_dense_bfloat16_rounds_operands_and_accumulates_in_float32():
     np.testing.assert_allclose(dw, r(x).T @ r(g), rtol=1e-2, atol=1e-2)
 
 
-def test_chunk_logprob_gradients_equal_autodiff_of_log_softmax():
+@pytest.mark.parametrize("vocab_major", [False, True], ids=["DxV", "VxD"])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
+def test_chunk_logprob_gradients_equal_autodiff_of_log_softmax(vocab_major, dtype):
+    """Both head layouts, float32 and bfloat16 products: the value and every gradient equal autodiff of
+    log_softmax with operands rounded the same way, and the head's gradient stays float32."""
     b, c, d, v = 2, 5, 4, 11
     h = jnp.asarray(RNG.normal(size=(b, c, d)), jnp.float32)
-    w = jnp.asarray(RNG.normal(size=(d, v)), jnp.float32)
+    w = jnp.asarray(RNG.normal(size=(v, d) if vocab_major else (d, v)), jnp.float32)
     targets = jnp.asarray(RNG.integers(0, v, (b, c)), jnp.int32)
     weights = jnp.asarray(RNG.integers(0, 2, (b, c)), jnp.float32)
     g = jnp.asarray([0.7, -1.3], jnp.float32)
+    rounded = lambda a: a.astype(dtype).astype(jnp.float32)  # noqa: E731
 
     def reference(h, w, weights):
-        logp = jax.nn.log_softmax(jnp.einsum("bcd,dv->bcv", h, w, precision="highest"), axis=-1)
+        w_dv = rounded(w).T if vocab_major else rounded(w)
+        logp = jax.nn.log_softmax(jnp.einsum("bcd,dv->bcv", rounded(h), w_dv, precision="highest"), axis=-1)
         picked = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
         return jnp.sum(g * jnp.sum(picked * weights, axis=-1))
 
     def ours(h, w, weights):
-        return jnp.sum(g * chunk_logprob_sums(h, w, targets, weights))
+        h = h.astype(dtype)
+        operands = head_operands(w, dtype, vocab_major)
+        return jnp.sum(g * chunk_logprob_sums(h, w, targets, weights, operands, vocab_major))
 
-    chex.assert_trees_all_close(jax.jit(jax.value_and_grad(ours, (0, 1, 2)))(h, w, weights),
-                                jax.value_and_grad(reference, (0, 1, 2))(h, w, weights), rtol=1e-5, atol=1e-5)
+    got = jax.jit(jax.value_and_grad(ours, (0, 1, 2)))(h, w, weights)
+    chex.assert_type(got[1][1], jnp.float32)
+    tol = 1e-5 if dtype == jnp.float32 else 2e-2
+    chex.assert_trees_all_close(got, jax.value_and_grad(reference, (0, 1, 2))(h, w, weights), rtol=tol, atol=tol)
 
 
 def test_attention_gradients_equal_autodiff_of_softmax_attention():
