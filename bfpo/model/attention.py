@@ -100,9 +100,15 @@ def grouped_attention(q_BxTxHxE: jax.Array, k_BxSxKxE: jax.Array, v_BxSxKxE: jax
     if causal_blocks > 1 and t == k_BxSxKxE.shape[1] and t % causal_blocks == 0:
         # Query slot i*C + c sees key slots <= i*C + c only, so block i needs the first (i + 1) C keys: a
         # triangle's worth of score products instead of the square. Exact for every query with a visible key.
+        # Splits and joins rather than slices: their gradients are joins and slices, where the gradient of a
+        # slice is a zero-padded copy that XLA:CPU sums pad by pad.
         c = t // causal_blocks
-        outs = [grouped_attention(q_BxTxHxE[:, i * c:(i + 1) * c], k_BxSxKxE[:, :(i + 1) * c],
-                                  v_BxSxKxE[:, :(i + 1) * c], allowed_BxTxS[:, i * c:(i + 1) * c, :(i + 1) * c])
+        qs = jnp.split(q_BxTxHxE, causal_blocks, axis=1)
+        ks = jnp.split(k_BxSxKxE, causal_blocks, axis=1)
+        vs = jnp.split(v_BxSxKxE, causal_blocks, axis=1)
+        allowed = jnp.split(allowed_BxTxS, causal_blocks, axis=1)
+        outs = [grouped_attention(qs[i], jnp.concatenate(ks[:i + 1], axis=1), jnp.concatenate(vs[:i + 1], axis=1),
+                                  allowed[i][:, :, :(i + 1) * c])
                 for i in range(causal_blocks)]
         return jnp.concatenate(outs, axis=1)
     kv = k_BxSxKxE.shape[2]
