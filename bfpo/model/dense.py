@@ -65,8 +65,9 @@ def _bwd(n, dtype, res, g):
     x2, w, x_dtype_probe = res
     m, k = x2.shape
     g2 = g.reshape(m, -1).astype(dtype)
-    w2 = w.reshape(k, -1).astype(dtype)
-    dx = _matmul(g2, transposed(w2), x_dtype_probe.dtype)
+    # Transposed before the cast, so that slicing a layer's weight, transposing and casting it is one pass.
+    w2_t = transposed(w.reshape(k, -1)).astype(dtype)
+    dx = _matmul(g2, w2_t, x_dtype_probe.dtype)
     dw = _matmul(transposed(x2), g2, w.dtype)
     return dx.reshape(*g.shape[:g.ndim - (w.ndim - n)], *w.shape[:n]), dw.reshape(w.shape)
 

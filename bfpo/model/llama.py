@@ -123,10 +123,12 @@ class KVCache:
 
 
 def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
-    """x / sqrt(mean(x^2) + eps) in float32, cast back to x's dtype, times the scale (the Hugging Face order)."""
+    """x / sqrt(mean(x^2) + eps) in float32, cast back to x's dtype, times the scale (the Hugging Face order),
+    the product taken in the scale's dtype as PyTorch's type promotion does (float32 scale, bfloat16 compute:
+    float32); the scale's gradient is then a float32 sum over the tokens."""
     x32 = x.astype(jnp.float32)
     normed = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + eps)
-    return normed.astype(x.dtype) * scale.astype(x.dtype)
+    return (normed.astype(x.dtype) * scale).astype(x.dtype)
 
 
 def attention_mask(q_slots_T: jax.Array, k_slots_S: jax.Array, k_valid_BxS: jax.Array,
