@@ -31,31 +31,49 @@ def _logits(h_BxCxD: jax.Array, w: jax.Array, vocab_major: bool) -> jax.Array:
 
 @partial(jax.custom_vjp, nondiff_argnums=(5,))
 def chunk_logprob_sums(h_BxCxD: jax.Array, w: jax.Array, targets_BxC: jax.Array, weights_BxC: jax.Array,
-                       operands: tuple[jax.Array, jax.Array] | None = None, vocab_major: bool = False) -> jax.Array:
+                       operands: tuple[jax.Array | None, jax.Array] | None = None,
+                       vocab_major: bool = False) -> jax.Array:
     """sum_c weights_c log softmax(h_c W)[targets_c], [B] float32, for one chunk of C positions.
 
     W is [D, V], or with ``vocab_major`` its transpose [V, D] (a tied token embedding, used as stored). The
     backward pass recomputes the [B, C, V] logits instead of keeping them, and with p = softmax(h W) and upstream
     gradient g_b takes  dlogits = g_b w_c (onehot(targets_c) - p_c),  dh = dlogits W^T,  dW = h^T dlogits
     (vocab-major: dW^T = dlogits^T h), each product in the row-major form (see ``bfpo.model.dense``).
-    ``operands`` (from ``head_operands``, no gradient) are W [D, V] and W^T [V, D] already in h's dtype and
-    physically in that order, prepared once for all chunks; dW is accumulated and returned in W's own dtype.
+    ``operands`` (from ``head_operands``, no gradient) hold W already in h's dtype, laid out for row-major
+    products and prepared once for all chunks; dW is accumulated and returned in W's own dtype.
     """
     return _chunk_forward(h_BxCxD, w, targets_BxC, weights_BxC, operands, vocab_major)[0]
 
 
-def head_operands(w: jax.Array, dtype, vocab_major: bool) -> tuple[jax.Array, jax.Array] | None:
-    """(W [D, V], W^T [V, D]) in ``dtype``, each a physical row-major array, or None when W already has that
-    dtype (the products then read W as stored). XLA:CPU runs a low-precision product only in the row-major form
-    and silently upcasts any other to float32, so a bfloat16 head needs both orientations; they are made once
-    per step, not once per chunk."""
+def head_operands(w: jax.Array, dtype, vocab_major: bool) -> tuple[jax.Array | None, jax.Array] | None:
+    """W in ``dtype`` for the head's products, prepared once per step rather than once per chunk, or None when W
+    already has that dtype (the products then read W as stored). XLA:CPU runs a low-precision product only in
+    the row-major form and silently upcasts any other to float32, so the layout matters:
+
+    * W [D, V] (untied): (W, W^T), each a physical row-major array;
+    * W [V, D] (vocab-major): (None, W). The chunk then works with vocabulary-major logits, logits^T = W h^T,
+      whose products (W h^T, dW = dlogits^T h, dh = dlogits W) need only a transposed copy of h and of dlogits,
+      never the [D, V] transpose of the whole embedding."""
     if w.dtype == jnp.dtype(dtype):
         return None
     cast = jax.lax.stop_gradient(w.astype(dtype))
-    return (transposed(cast), cast) if vocab_major else (cast, transposed(cast))
+    return (None, cast) if vocab_major else (cast, transposed(cast))
+
+
+def _vocab_rows_forward(h, w_VxD, targets, weights):
+    """The chunk's log-prob sums from vocabulary-major logits [V, B, C] (see ``head_operands``)."""
+    b, c, d = h.shape
+    logits = jnp.dot(w_VxD, transposed(h.reshape(b * c, d)), preferred_element_type=jnp.float32)
+    logits = constrain(logits.reshape(-1, b, c), ("act_vocab", "batch", "seq"))
+    onehot = (jnp.arange(logits.shape[0])[:, None, None] == targets[None]).astype(jnp.float32)
+    lse = jax.nn.logsumexp(logits, axis=0)
+    picked = jnp.sum(logits * onehot, axis=0)
+    return jnp.sum((picked - lse) * weights, axis=-1), (logits, onehot, lse, picked)
 
 
 def _chunk_forward(h, w, targets, weights, operands, vocab_major):
+    if operands is not None and vocab_major:
+        return _vocab_rows_forward(h, operands[1], targets, weights)[0], None
     if operands is None:
         logits = _logits(h, w.astype(h.dtype), vocab_major)
     else:
@@ -68,6 +86,9 @@ def _chunk_forward(h, w, targets, weights, operands, vocab_major):
 
 
 def _chunk_fwd(h, w, targets, weights, operands, vocab_major):
+    if operands is not None and vocab_major:
+        total, (_, _, lse, _) = _vocab_rows_forward(h, operands[1], targets, weights)
+        return total, (h, None, operands, targets, weights, lse, jnp.zeros((0,), w.dtype))
     total, (_, lse) = _chunk_forward(h, w, targets, weights, operands, vocab_major)
     # Residuals must be arrays, so W's dtype (that of dW) travels as an empty array of that dtype.
     return total, (h, w if operands is None else None, operands, targets, weights, lse, jnp.zeros((0,), w.dtype))
@@ -77,6 +98,8 @@ def _chunk_bwd(vocab_major, res, g_B):
     h, w, operands, targets, weights, lse, w_dtype_probe = res
     b, c, d = h.shape
     f32 = jnp.float32
+    if operands is not None and vocab_major:
+        return _vocab_rows_bwd(h, operands[1], targets, weights, w_dtype_probe.dtype, g_B)
     _, (logits, _) = _chunk_forward(h, w, targets, weights, operands, vocab_major)
     onehot = jax.nn.one_hot(targets, logits.shape[-1], dtype=f32)
     scale = (g_B[:, None] * weights)[..., None]
@@ -94,6 +117,18 @@ def _chunk_bwd(vocab_major, res, g_B):
     # The weights are data, but a caller may differentiate through them: d/dw_c = g (log p_c).
     dweights = g_B[:, None] * (jnp.sum(logits * onehot, axis=-1) - lse)
     return (dh.astype(h.dtype).reshape(b, c, d), dw.astype(w_dtype_probe.dtype), None, dweights, None)
+
+
+def _vocab_rows_bwd(h, w_VxD, targets, weights, w_dtype, g_B):
+    b, c, d = h.shape
+    f32 = jnp.float32
+    _, (logits, onehot, lse, picked) = _vocab_rows_forward(h, w_VxD, targets, weights)
+    scale = (g_B[:, None] * weights)[None]
+    dlogits = (scale * (onehot - jnp.exp(logits - lse[None]))).astype(h.dtype).reshape(-1, b * c)
+    dw = jnp.dot(dlogits, h.reshape(b * c, d), preferred_element_type=f32)
+    dh = jnp.dot(transposed(dlogits), w_VxD, preferred_element_type=f32)
+    dweights = g_B[:, None] * (picked - lse)
+    return dh.astype(h.dtype).reshape(b, c, d), dw.astype(w_dtype), None, dweights, None
 
 
 chunk_logprob_sums.defvjp(_chunk_fwd, _chunk_bwd)
