@@ -1,18 +1,20 @@
-"""The linear map y = x W with a hand-written backward pass whose three matmuls all have the row-major form.
+"""The linear map y = x W with a hand-written backward pass whose matmuls have the forms XLA:CPU runs fastest.
 
 For x [..., K] (the last ``n`` axes of x contracted with the first ``n`` of W) and W [K, N], with the rows of x
 flattened to X [M, K] and an upstream gradient G [M, N]:
 
     Y = X W,        dX = G W^T,        dW = X^T G,
 
-each computed as a [M, K] x [K, N] product of ``dtype`` operands accumulated in float32 (then cast: Y and dX to
-the compute dtype, dW to the parameter's dtype). This is the gradient automatic differentiation gives; what
-differs is the form. Left to itself, XLA:CPU folds W^T and X^T into the dot's dimension numbers and may then fuse
-the producer of G into a transposing copy (a SiLU derivative evaluated in column order: a tenth of a SmolLM2
-step), and its bfloat16 kernels (the AMX path, about 3x the float32 rate on CPUs that have it) accept only the
-plain row-major form, other forms being silently upcast to float32. Transposing the small operand explicitly,
-through a trailing unit axis that the compiler keeps as a real copy, gives every product the plain form. On
-accelerators the explicit transposes are ordinary copies (or are fused into the matmul) and cost little.
+each a product of ``dtype`` operands accumulated in float32 (then cast: Y and dX to the compute dtype, dW to the
+parameter's dtype). This is the gradient automatic differentiation gives; what differs is the form. XLA:CPU's
+bfloat16 kernels (the AMX path, about 3x the float32 rate on CPUs that have it) accept a product whose operands
+are row-major [M, K] x [K, N] or whose right operand is read transposed ([M, K] x [N, K], contracting both minor
+axes); any other form, such as a transposed left operand, is silently upcast to float32. Left to itself, XLA
+also folds X^T into the dot and may then fuse the producer of G into a transposing copy (a SiLU derivative
+evaluated in column order: a tenth of a SmolLM2 step). So Y and dX read W as stored (dX contracts G's and W's
+minor axes: no copy of W^T at all), and dW = X^T G transposes the small operand X explicitly, through a trailing
+unit axis that the compiler keeps as a real copy. On accelerators the explicit transpose is an ordinary copy
+(or is fused into the matmul) and costs little.
 """
 
 from __future__ import annotations
@@ -65,9 +67,9 @@ def _bwd(n, dtype, res, g):
     x2, w, x_dtype_probe = res
     m, k = x2.shape
     g2 = g.reshape(m, -1).astype(dtype)
-    # Transposed before the cast, so that slicing a layer's weight, transposing and casting it is one pass.
-    w2_t = transposed(w.reshape(k, -1)).astype(dtype)
-    dx = _matmul(g2, w2_t, x_dtype_probe.dtype)
+    w2 = w.reshape(k, -1).astype(dtype)
+    dx = jax.lax.dot_general(g2, w2, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+    dx = dx.astype(x_dtype_probe.dtype)
     dw = _matmul(transposed(x2), g2, w.dtype)
     return dx.reshape(*g.shape[:g.ndim - (w.ndim - n)], *w.shape[:n]), dw.reshape(w.shape)
 
