@@ -63,7 +63,8 @@ def _fwd(q, k, v, allowed):
 def _bwd(res, d_out):
     q, k, v, probs, out, allowed = res
     d_out = d_out.astype(v.dtype)
-    d_probs = _bmm(d_out, _swap_last(v), jnp.float32)
+    # dP = dO V^T reads V as stored: XLA:CPU runs the transposed-right form natively (see ``bfpo.model.dense``).
+    d_probs = jnp.einsum("bkme,bkse->bkms", d_out, v, preferred_element_type=jnp.float32)
     row = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1, keepdims=True)
     # Masked scores are constants (the fill value), so no gradient reaches them, even in a row that sees nothing.
     d_scores = jnp.where(allowed, probs.astype(jnp.float32) * (d_probs - row), 0.0).astype(q.dtype)
