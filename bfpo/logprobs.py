@@ -31,7 +31,7 @@ def _logits(h_BxCxD: jax.Array, w: jax.Array, vocab_major: bool) -> jax.Array:
 
 @partial(jax.custom_vjp, nondiff_argnums=(5,))
 def chunk_logprob_sums(h_BxCxD: jax.Array, w: jax.Array, targets_BxC: jax.Array, weights_BxC: jax.Array,
-                       operands: tuple[jax.Array | None, jax.Array] | None = None,
+                       operands: tuple[jax.Array | None, jax.Array | None] | None = None,
                        vocab_major: bool = False) -> jax.Array:
     """sum_c weights_c log softmax(h_c W)[targets_c], [B] float32, for one chunk of C positions.
 
@@ -45,19 +45,19 @@ def chunk_logprob_sums(h_BxCxD: jax.Array, w: jax.Array, targets_BxC: jax.Array,
     return _chunk_forward(h_BxCxD, w, targets_BxC, weights_BxC, operands, vocab_major)[0]
 
 
-def head_operands(w: jax.Array, dtype, vocab_major: bool) -> tuple[jax.Array | None, jax.Array] | None:
+def head_operands(w: jax.Array, dtype, vocab_major: bool) -> tuple[jax.Array | None, jax.Array | None] | None:
     """W in ``dtype`` for the head's products, prepared once per step rather than once per chunk, or None when W
     already has that dtype (the products then read W as stored). XLA:CPU runs a low-precision product only in
     the row-major form and silently upcasts any other to float32, so the layout matters:
 
-    * W [D, V] (untied): (W, W^T), each a physical row-major array;
+    * W [D, V] (untied): (W, None), W read as stored by the forward product and transposed by dh = dlogits W^T;
     * W [V, D] (vocab-major): (None, W). The chunk then works with vocabulary-major logits, logits^T = W h^T,
       whose products (W h^T, dW = dlogits^T h, dh = dlogits W) need only a transposed copy of h and of dlogits,
       never the [D, V] transpose of the whole embedding."""
     if w.dtype == jnp.dtype(dtype):
         return None
     cast = jax.lax.stop_gradient(w.astype(dtype))
-    return (None, cast) if vocab_major else (cast, transposed(cast))
+    return (None, cast) if vocab_major else (cast, None)
 
 
 def _vocab_rows_forward(h, w_VxD, targets, weights):
@@ -105,11 +105,10 @@ def _chunk_bwd(vocab_major, res, g_B):
     scale = (g_B[:, None] * weights)[..., None]
     dlogits = (scale * (onehot - jnp.exp(logits - lse[..., None]))).astype(h.dtype).reshape(b * c, -1)
     h2 = h.reshape(b * c, d)
-    if operands is not None:
-        w_t = operands[1]
-    else:
-        w_t = w.astype(h.dtype) if vocab_major else transposed(w.astype(h.dtype))
-    dh = jnp.dot(dlogits, w_t, preferred_element_type=f32)
+    # dh = dlogits W^T: W [V, D] as stored, or W [D, V] read transposed (a form XLA:CPU runs natively).
+    w_h = (operands[0] if operands is not None else w).astype(h.dtype)
+    dh = jax.lax.dot_general(dlogits, w_h, (((1,), (0 if vocab_major else 1,)), ((), ())),
+                             preferred_element_type=f32)
     if vocab_major:
         dw = jnp.dot(transposed(dlogits), h2, preferred_element_type=f32)
     else:
