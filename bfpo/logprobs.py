@@ -65,9 +65,9 @@ def _vocab_rows_forward(h, w_VxD, targets, weights):
     b, c, d = h.shape
     logits = jnp.dot(w_VxD, transposed(h.reshape(b * c, d)), preferred_element_type=jnp.float32)
     logits = constrain(logits.reshape(-1, b, c), ("act_vocab", "batch", "seq"))
-    onehot = (jnp.arange(logits.shape[0])[:, None, None] == targets[None]).astype(jnp.float32)
+    onehot = jnp.arange(logits.shape[0])[:, None, None] == targets[None]
     lse = jax.nn.logsumexp(logits, axis=0)
-    picked = jnp.sum(logits * onehot, axis=0)
+    picked = jnp.sum(jnp.where(onehot, logits, 0.0), axis=0)
     return jnp.sum((picked - lse) * weights, axis=-1), (logits, onehot, lse, picked)
 
 
@@ -123,7 +123,7 @@ def _vocab_rows_bwd(h, w_VxD, targets, weights, w_dtype, g_B):
     f32 = jnp.float32
     _, (logits, onehot, lse, picked) = _vocab_rows_forward(h, w_VxD, targets, weights)
     scale = (g_B[:, None] * weights)[None]
-    dlogits = (scale * (onehot - jnp.exp(logits - lse[None]))).astype(h.dtype).reshape(-1, b * c)
+    dlogits = (scale * (onehot.astype(f32) - jnp.exp(logits - lse[None]))).astype(h.dtype).reshape(-1, b * c)
     dw = jnp.dot(dlogits, h.reshape(b * c, d), preferred_element_type=f32)
     dh = jnp.dot(transposed(dlogits), w_VxD, preferred_element_type=f32)
     dweights = g_B[:, None] * (picked - lse)
