@@ -25,43 +25,36 @@ from runtime.sharding import constrain
 
 def _logits(h_BxCxD: jax.Array, w: jax.Array, vocab_major: bool) -> jax.Array:
     b, c, d = h_BxCxD.shape
+    # W [V, D] is read transposed, a form XLA:CPU runs natively (bfloat16 included).
     logits = jnp.dot(h_BxCxD.reshape(b * c, d), w.T if vocab_major else w, preferred_element_type=jnp.float32)
     return constrain(logits.reshape(b, c, -1), ("batch", "seq", "act_vocab"))
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(5,))
 def chunk_logprob_sums(h_BxCxD: jax.Array, w: jax.Array, targets_BxC: jax.Array, weights_BxC: jax.Array,
-                       operands: tuple[jax.Array | None, jax.Array | None] | None = None,
-                       vocab_major: bool = False) -> jax.Array:
+                       w_cast: jax.Array | None = None, vocab_major: bool = False) -> jax.Array:
     """sum_c weights_c log softmax(h_c W)[targets_c], [B] float32, for one chunk of C positions.
 
     W is [D, V], or with ``vocab_major`` its transpose [V, D] (a tied token embedding, used as stored). The
     backward pass recomputes the [B, C, V] logits instead of keeping them, and with p = softmax(h W) and upstream
     gradient g_b takes  dlogits = g_b w_c (onehot(targets_c) - p_c),  dh = dlogits W^T,  dW = h^T dlogits
-    (vocab-major: dW^T = dlogits^T h), each product in the row-major form (see ``bfpo.model.dense``).
-    ``operands`` (from ``head_operands``, no gradient) hold W already in h's dtype, laid out for row-major
-    products and prepared once for all chunks; dW is accumulated and returned in W's own dtype.
+    (vocab-major: dW^T = dlogits^T h), each product in a form XLA:CPU runs natively (see ``bfpo.model.dense``).
+    ``w_cast`` (from ``cast_head``: W in h's dtype, no gradient, made once for all chunks) is what the products
+    read when given; dW is accumulated and returned in W's own dtype. A vocabulary-major ``w_cast`` switches the
+    chunk to vocabulary-major logits, logits^T = W h^T [V, B, C], whose products (W h^T, dW = dlogits^T h,
+    dh = dlogits W) transpose only h and dlogits, never the whole embedding.
     """
-    return _chunk_forward(h_BxCxD, w, targets_BxC, weights_BxC, operands, vocab_major)[0]
+    return _chunk_forward(h_BxCxD, w, targets_BxC, weights_BxC, w_cast, vocab_major)[0]
 
 
-def head_operands(w: jax.Array, dtype, vocab_major: bool) -> tuple[jax.Array | None, jax.Array | None] | None:
-    """W in ``dtype`` for the head's products, prepared once per step rather than once per chunk, or None when W
-    already has that dtype (the products then read W as stored). XLA:CPU runs a low-precision product only in
-    the row-major form and silently upcasts any other to float32, so the layout matters:
-
-    * W [D, V] (untied): (W, None), W read as stored by the forward product and transposed by dh = dlogits W^T;
-    * W [V, D] (vocab-major): (None, W). The chunk then works with vocabulary-major logits, logits^T = W h^T,
-      whose products (W h^T, dW = dlogits^T h, dh = dlogits W) need only a transposed copy of h and of dlogits,
-      never the [D, V] transpose of the whole embedding."""
-    if w.dtype == jnp.dtype(dtype):
-        return None
-    cast = jax.lax.stop_gradient(w.astype(dtype))
-    return (None, cast) if vocab_major else (cast, None)
+def cast_head(w: jax.Array, dtype) -> jax.Array | None:
+    """W in ``dtype`` with no gradient through it, or None when W already has that dtype: the cast is made once
+    per step rather than once per chunk and again in the backward pass."""
+    return None if w.dtype == jnp.dtype(dtype) else jax.lax.stop_gradient(w.astype(dtype))
 
 
 def _vocab_rows_forward(h, w_VxD, targets, weights):
-    """The chunk's log-prob sums from vocabulary-major logits [V, B, C] (see ``head_operands``)."""
+    """The chunk's log-prob sums from vocabulary-major logits [V, B, C]."""
     b, c, d = h.shape
     logits = jnp.dot(w_VxD, transposed(h.reshape(b * c, d)), preferred_element_type=jnp.float32)
     logits = constrain(logits.reshape(-1, b, c), ("act_vocab", "batch", "seq"))
@@ -71,13 +64,11 @@ def _vocab_rows_forward(h, w_VxD, targets, weights):
     return jnp.sum((picked - lse) * weights, axis=-1), (logits, onehot, lse, picked)
 
 
-def _chunk_forward(h, w, targets, weights, operands, vocab_major):
-    if operands is not None and vocab_major:
-        return _vocab_rows_forward(h, operands[1], targets, weights)[0], None
-    if operands is None:
-        logits = _logits(h, w.astype(h.dtype), vocab_major)
-    else:
-        logits = _logits(h, operands[0], False)
+def _chunk_forward(h, w, targets, weights, w_cast, vocab_major):
+    if w_cast is not None and vocab_major:
+        total, (_, _, lse, _) = _vocab_rows_forward(h, w_cast, targets, weights)
+        return total, (None, lse)
+    logits = _logits(h, (w if w_cast is None else w_cast).astype(h.dtype), vocab_major)
     # One-hot contraction rather than a gather: it stays local when the vocabulary is sharded.
     onehot = jax.nn.one_hot(targets, logits.shape[-1], dtype=jnp.float32)
     lse = jax.nn.logsumexp(logits, axis=-1)
@@ -85,37 +76,33 @@ def _chunk_forward(h, w, targets, weights, operands, vocab_major):
     return jnp.sum((picked - lse) * weights, axis=-1), (logits, lse)
 
 
-def _chunk_fwd(h, w, targets, weights, operands, vocab_major):
-    if operands is not None and vocab_major:
-        total, (_, _, lse, _) = _vocab_rows_forward(h, operands[1], targets, weights)
-        return total, (h, None, operands, targets, weights, lse, jnp.zeros((0,), w.dtype))
-    total, (_, lse) = _chunk_forward(h, w, targets, weights, operands, vocab_major)
+def _chunk_fwd(h, w, targets, weights, w_cast, vocab_major):
+    total, (_, lse) = _chunk_forward(h, w, targets, weights, w_cast, vocab_major)
     # Residuals must be arrays, so W's dtype (that of dW) travels as an empty array of that dtype.
-    return total, (h, w if operands is None else None, operands, targets, weights, lse, jnp.zeros((0,), w.dtype))
+    return total, (h, w if w_cast is None else None, w_cast, targets, weights, lse, jnp.zeros((0,), w.dtype))
 
 
 def _chunk_bwd(vocab_major, res, g_B):
-    h, w, operands, targets, weights, lse, w_dtype_probe = res
+    h, w, w_cast, targets, weights, lse, w_dtype_probe = res
     b, c, d = h.shape
     f32 = jnp.float32
-    if operands is not None and vocab_major:
-        return _vocab_rows_bwd(h, operands[1], targets, weights, w_dtype_probe.dtype, g_B)
-    _, (logits, _) = _chunk_forward(h, w, targets, weights, operands, vocab_major)
+    if w_cast is not None and vocab_major:
+        return _vocab_rows_bwd(h, w_cast, targets, weights, w_dtype_probe.dtype, g_B)
+    w = (w if w_cast is None else w_cast).astype(h.dtype)
+    _, (logits, _) = _chunk_forward(h, w, targets, weights, None, vocab_major)
     onehot = jax.nn.one_hot(targets, logits.shape[-1], dtype=f32)
     scale = (g_B[:, None] * weights)[..., None]
     dlogits = (scale * (onehot - jnp.exp(logits - lse[..., None]))).astype(h.dtype).reshape(b * c, -1)
     h2 = h.reshape(b * c, d)
-    # dh = dlogits W^T: W [V, D] as stored, or W [D, V] read transposed (a form XLA:CPU runs natively).
-    w_h = (operands[0] if operands is not None else w).astype(h.dtype)
-    dh = jax.lax.dot_general(dlogits, w_h, (((1,), (0 if vocab_major else 1,)), ((), ())),
-                             preferred_element_type=f32)
+    # dh = dlogits W^T: W [V, D] as stored, or W [D, V] read transposed.
+    dh = jax.lax.dot_general(dlogits, w, (((1,), (0 if vocab_major else 1,)), ((), ())), preferred_element_type=f32)
     if vocab_major:
         dw = jnp.dot(transposed(dlogits), h2, preferred_element_type=f32)
     else:
         dw = jnp.dot(transposed(h2), dlogits, preferred_element_type=f32)
     # The weights are data, but a caller may differentiate through them: d/dw_c = g (log p_c).
     dweights = g_B[:, None] * (jnp.sum(logits * onehot, axis=-1) - lse)
-    return (dh.astype(h.dtype).reshape(b, c, d), dw.astype(w_dtype_probe.dtype), None, dweights, None)
+    return dh.astype(h.dtype).reshape(b, c, d), dw.astype(w_dtype_probe.dtype), None, dweights, None
 
 
 def _vocab_rows_bwd(h, w_VxD, targets, weights, w_dtype, g_B):
@@ -151,14 +138,14 @@ def chunked_logprob_sums(h_BxTxD: jax.Array, w: jax.Array, targets_BxT: jax.Arra
         weights_BxT = jnp.pad(weights_BxT, ((0, 0), (0, pad)))
     n = (t + pad) // chunk
     to_chunks = lambda x: jnp.moveaxis(x.reshape(b, n, chunk, *x.shape[2:]), 1, 0)  # noqa: E731
-    operands = head_operands(w, h_BxTxD.dtype, vocab_major)
+    w_cast = cast_head(w, h_BxTxD.dtype)
 
     def body(total_B, xs):
-        return total_B + chunk_logprob_sums(xs[0], w, xs[1], xs[2], operands, vocab_major), None
+        return total_B + chunk_logprob_sums(xs[0], w, xs[1], xs[2], w_cast, vocab_major), None
 
     weights = weights_BxT.astype(jnp.float32)
     if n == 1:  # one chunk: no loop to pay for
-        return chunk_logprob_sums(h_BxTxD, w, targets_BxT, weights, operands, vocab_major), jnp.sum(weights, axis=-1)
+        return chunk_logprob_sums(h_BxTxD, w, targets_BxT, weights, w_cast, vocab_major), jnp.sum(weights, axis=-1)
     total, _ = jax.lax.scan(body, jnp.zeros((b,), jnp.float32),
                             (to_chunks(h_BxTxD), to_chunks(targets_BxT), to_chunks(weights)))
     return total, jnp.sum(weights, axis=-1)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bfpo.logprobs import chunk_logprob_sums, head_operands
+from bfpo.logprobs import cast_head, chunk_logprob_sums
 from bfpo.model.attention import NEG_INF, attention_core
 from bfpo.model.dense import dense, transposed
 
@@ -68,8 +68,7 @@ def test_chunk_logprob_gradients_equal_autodiff_of_log_softmax(vocab_major, dtyp
 
     def ours(h, w, weights):
         h = h.astype(dtype)
-        operands = head_operands(w, dtype, vocab_major)
-        return jnp.sum(g * chunk_logprob_sums(h, w, targets, weights, operands, vocab_major))
+        return jnp.sum(g * chunk_logprob_sums(h, w, targets, weights, cast_head(w, dtype), vocab_major))
 
     got = jax.jit(jax.value_and_grad(ours, (0, 1, 2)))(h, w, weights)
     chex.assert_type(got[1][1], jnp.float32)
