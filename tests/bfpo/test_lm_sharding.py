@@ -139,3 +139,15 @@ def test_chunked_attention_never_holds_all_scores():
     # scores are [batch, kv head, G query heads x queries, keys]
     assert f"f32[{b},{k},{g * 4},{t}]" in text
     assert f"f32[{b},{k},{g * t},{t}]" not in text
+
+
+def test_bfloat16_tied_head_steps_alike_on_both_meshes():
+    """bfloat16 compute with float32 weights and a tied head takes the vocabulary-major log-prob path (its
+    logits [V, B, C] sharded over the vocabulary and the batch): FSDP and FSDP x tensor runs agree."""
+    cfg = LlamaConfig.tiny(dtype="bfloat16")
+    fsdp_state, fsdp_losses = run({"fsdp": 8}, cfg)
+    tp_state, tp_losses = run({"fsdp": 2, "tensor": 4}, cfg)
+    np.testing.assert_allclose(tp_losses, fsdp_losses, rtol=1e-3)
+    assert tp_losses[1] < tp_losses[0]
+    chex.assert_trees_all_close(jax.device_get(tp_state.params), jax.device_get(fsdp_state.params), rtol=2e-2,
+                                atol=2e-3)
