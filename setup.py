@@ -33,6 +33,10 @@ EXTRAS_REQUIRE = {
     "gguf": ["gguf==0.19.0"],
     # Hub dataset ids (online machines only); local files need nothing beyond pyarrow.
     "hub": ["datasets==5.2.0"],
+    # Compile-only accelerator back ends for experiments/plan.py (no TPU or GPU needed): the TPU compiler, and
+    # the CUDA plugin with cuDNN (cuDNN fused attention lowers only where the cuDNN library is installed).
+    "tpu-aot": ["libtpu==0.0.42.1"],
+    "gpu-aot": ["jax-cuda13-plugin==0.10.2", "jax-cuda13-pjrt==0.10.2", "nvidia-cudnn-cu13==9.28.1.4"],
 }
 
 # Installed by the Makefile with --no-deps (its own dependencies are a chat CLI this project does not use):

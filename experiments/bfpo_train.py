@@ -23,14 +23,15 @@ import tyro
 from flax import nnx
 
 from bfpo.data import MixedStreams, PreferenceStream, TokenizeConfig, evaluation_batches, load_pairs, tokenize_pairs
+from bfpo.data.tokenized import batch_spec
 from bfpo.data import synthetic
 from bfpo.errors import BFPOError
 from bfpo.labeling import LabelingConfig
 from bfpo.lora import LoRAConfig
 from bfpo.model.config import LlamaConfig
 from bfpo.model.llama import init_params, model_from_params
-from bfpo.model.load_gguf import load_gguf, smollm2_gguf_path, tokenizer_from_gguf
-from bfpo.model.load_hf import load_hf, save_hf
+from bfpo.model.load_gguf import GGUFFile, config_from_gguf, load_gguf, smollm2_gguf_path, tokenizer_from_gguf
+from bfpo.model.load_hf import load_hf, read_config, save_hf
 from bfpo.objectives import BFPOConfig, get_objective
 from bfpo.optim import make_optimizer
 from bfpo.reference_cache import (WithReference, compute_reference_logprobs, load_or_compute, params_fingerprint)
@@ -38,10 +39,11 @@ from bfpo.tokenize import Tokenizer
 from bfpo.train_params import ParamLayout, build_params, policy_params, trainable_predicate
 from bfpo.train_step import PreferenceConfig, StreamSpec, make_eval_metrics, make_preference_step
 from experiments.configs.bfpo_train import BFPOTrainConfig, StreamData, TrainConfigError
+from experiments.planning import LauncherPlan, Program, parse_preset, train_step_program
 from experiments.run import Task, checkpointer_for, cli, restore_state, train
 from runtime import sharding as sharding_lib
 from runtime.batches import batch_axes, batch_shardings, put_batch
-from runtime.mesh import make_mesh
+from runtime.mesh import MeshConfig, make_mesh
 from runtime.metrics import merge, to_host
 from runtime.train_state import train_state_from_params, train_state_spec
 
@@ -74,6 +76,53 @@ def preference_config(cfg: BFPOTrainConfig, streams: tuple[StreamData, ...] | No
     return PreferenceConfig(objective=cfg.objective, objective_config=objective_config(cfg),
                             streams=tuple(StreamSpec(name=s.name, weight=s.weight) for s in streams),
                             layout=param_layout(cfg), logprob_chunk=cfg.logprob_chunk)
+
+
+def model_config(cfg: BFPOTrainConfig) -> LlamaConfig:
+    """The model's config without reading its weights: the GGUF header, the directory's config.json, or (for a
+    directory that is not at hand) the ``architecture`` preset."""
+    src = cfg.model
+    if src.kind == "tiny":
+        return LlamaConfig.tiny(**src.overrides())
+    if src.kind in ("smollm2", "gguf"):
+        return config_from_gguf(GGUFFile(smollm2_gguf_path() if src.kind == "smollm2" else src.path),
+                                **src.overrides())
+    directory = Path(src.path)
+    if (directory / "config.json").is_file():
+        return read_config(directory, **src.overrides())
+    if src.architecture:
+        return getattr(LlamaConfig, src.architecture)(**src.overrides())
+    raise TrainConfigError(f"ModelSource.path={src.path!r} holds no config.json: point --model.path at a local Hugging "
+                           "Face directory, or name its shape with --model.architecture "
+                           "(mistral_7b, llama3_8b, llama3_2_1b, ...)")
+
+
+@dataclasses.dataclass(frozen=True)
+class StepParts:
+    """The pieces of the train step that need no data or weights (shared by ``make_task`` and the planner)."""
+
+    tx: Any
+    layout: ParamLayout
+    pref: PreferenceConfig
+    predicate: Any
+    fresh: Any  # () -> freshly initialised model parameters (traceable)
+    state_spec: Any  # mesh -> (abstract train state, shardings)
+    step_fn: Any
+
+
+def step_parts(cfg: BFPOTrainConfig, model_cfg: LlamaConfig) -> StepParts:
+    layout = param_layout(cfg)
+    tx = make_optimizer(cfg.optimizer, cfg.run.steps)
+    seed = cfg.run.seed
+    fresh = lambda: init_params(model_cfg, seed)  # noqa: E731
+    predicate = trainable_predicate(layout)
+    pref = preference_config(cfg)
+
+    def state_spec(mesh):
+        return train_state_spec(lambda: build_params(layout, fresh(), seed), tx, mesh, seed=seed, trainable=predicate)
+
+    return StepParts(tx=tx, layout=layout, pref=pref, predicate=predicate, fresh=fresh, state_spec=state_spec,
+                     step_fn=make_preference_step(model_cfg, pref, tx, grad_accum=cfg.run.grad_accum))
 
 
 def load_model(cfg: BFPOTrainConfig, mesh) -> tuple[LlamaConfig, Any | None, Tokenizer]:
@@ -122,11 +171,9 @@ class Prepared:
 
 def make_task(cfg: BFPOTrainConfig) -> tuple[Task, Prepared]:
     mesh = make_mesh(cfg.run.mesh)
-    layout = param_layout(cfg)
-    tx = make_optimizer(cfg.optimizer, cfg.run.steps)
     model_cfg, loaded, tokenizer = load_model(cfg, mesh)
-    seed = cfg.run.seed
-    fresh = lambda: init_params(model_cfg, seed)  # noqa: E731
+    parts = step_parts(cfg, model_cfg)
+    layout, tx, fresh, predicate, seed = parts.layout, parts.tx, parts.fresh, parts.predicate, cfg.run.seed
     if loaded is None:
         with sharding_lib.activate(mesh):
             shardings = sharding_lib.state_shardings(jax.eval_shape(fresh), mesh)
@@ -158,13 +205,7 @@ def make_task(cfg: BFPOTrainConfig) -> tuple[Task, Prepared]:
         data = WithReference(data, {name: cache_for(name, tok) for name, tok in tokenized.items()})
         eval_caches = {cfg.streams[0].name: cache_for("eval", eval_tok)}
 
-    pref = preference_config(cfg)
     eval_pref = preference_config(cfg, cfg.streams[:1])
-    predicate = trainable_predicate(layout)
-    abstract_params = lambda: build_params(layout, fresh(), seed)  # noqa: E731
-
-    def state_spec(mesh):
-        return train_state_spec(abstract_params, tx, mesh, seed=seed, trainable=predicate)
 
     def init_state(mesh):
         # Built outside jit so that the policy is the loaded arrays themselves (no copy of a 7B model); they are
@@ -186,9 +227,9 @@ def make_task(cfg: BFPOTrainConfig) -> tuple[Task, Prepared]:
     main = cfg.streams[0].name
     task = Task(
         name=f"bfpo_train[{cfg.objective}]",
-        state_spec=state_spec,
+        state_spec=parts.state_spec,
         init_state=init_state,
-        step_fn=make_preference_step(model_cfg, pref, tx, grad_accum=cfg.run.grad_accum),
+        step_fn=parts.step_fn,
         data=data,
         evals=(evaluate,),
         config=dataclasses.asdict(cfg),
@@ -256,6 +297,56 @@ def train_and_export(cfg: BFPOTrainConfig, task: Task, prepared: Prepared):
 def config_type():
     """One tyro subcommand per preset; every field can be overridden after it."""
     return tyro.extras.subcommand_type_from_defaults({name: make() for name, make in PRESETS.items()})
+
+
+# --- planning (experiments.plan) ---------------------------------------------------------------------------------
+
+
+def plan_program(cfg: BFPOTrainConfig, mesh) -> Program:
+    """The step ``train`` runs, on the abstract train state and a batch of every stream at the longest bucket."""
+    model_cfg = model_config(cfg)
+    parts = step_parts(cfg, model_cfg)
+    length = max(cfg.buckets)
+    mismatched = get_objective(cfg.objective).needs_mismatched
+    batch = {s.name: batch_spec(s.batch_size, length, mismatched=mismatched, reference=cfg.reference == "batch")
+             for s in cfg.streams}
+    pairs = sum(s.batch_size for s in cfg.streams)
+    rows_per_pair = 3 if mismatched else 2
+    return train_step_program(f"bfpo_train[{cfg.objective}]", parts.state_spec, parts.step_fn, batch,
+                              cfg.run.grad_accum, mesh,
+                              work={"pairs": pairs, "tokens": pairs * rows_per_pair * length})
+
+
+def plan_alternatives(cfg: BFPOTrainConfig, sizes) -> list[tuple[str, BFPOTrainConfig]]:
+    """Memory-saving variants: all devices on fsdp, full remat, twice the micro-batches, attention query chunks."""
+    out = []
+    n = sizes["data"] * sizes["fsdp"] * sizes["tensor"]
+    if sizes["fsdp"] != n:
+        out.append((f"--run.mesh.data 1 --run.mesh.fsdp {n} --run.mesh.tensor 1",
+                    dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, mesh=MeshConfig(data=1, fsdp=n)))))
+    if cfg.model.remat != "full":
+        out.append(("--model.remat full", dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, remat="full"))))
+    accum = cfg.run.grad_accum * 2
+    if all(s.batch_size % accum == 0 and (s.batch_size // accum) % (sizes["data"] * sizes["fsdp"]) == 0
+           for s in cfg.streams):
+        out.append((f"--run.grad-accum {accum}",
+                    dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, grad_accum=accum))))
+    chunk = cfg.model.attention_query_chunk
+    for q in (512, 256):
+        if (chunk == 0 or chunk > q) and max(cfg.buckets) > q:
+            out.append((f"--model.attention-query-chunk {q}",
+                        dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, attention_query_chunk=q))))
+            break
+    return out
+
+
+PLAN = LauncherPlan(
+    parse=lambda preset, args: parse_preset(config_type(), preset, args, "experiments.bfpo_train"),
+    program=plan_program,
+    presets=tuple(PRESETS),
+    without_remat=lambda cfg: dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, remat="none")),
+    alternatives=plan_alternatives,
+)
 
 
 if __name__ == "__main__":

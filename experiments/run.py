@@ -108,6 +108,13 @@ class Task:
     frozen_params: Callable[[jax.sharding.Mesh], Any] | None = None
 
 
+def jit_train_step(step_fn: Callable, shardings: TrainState, batch_shardings: Any, mesh) -> Callable:
+    """The jitted step the loop runs: explicit state and batch shardings, replicated metrics, the state donated.
+    ``experiments.plan`` compiles this same function for accelerators."""
+    return jax.jit(step_fn, in_shardings=(shardings, batch_shardings),
+                   out_shardings=(shardings, sharding_lib.replicated(mesh)), donate_argnums=0)
+
+
 def checkpointer_for(task: Task, directory: str, **kwargs) -> Checkpointer:
     """The run's checkpointer: without the frozen parameters when the task can rebuild them."""
     return Checkpointer(directory, frozen_params=task.frozen_params is None, **kwargs)
@@ -309,12 +316,7 @@ def train(cfg: RunConfig, task: Task) -> RunSummary:
                 if step_jit is None:
                     axes = task.batch_axes(host_batch, cfg.grad_accum)
                     batch_shardings = batches_lib.batch_shardings(host_batch, axes, mesh)
-                    step_jit = jax.jit(
-                        task.step_fn,
-                        in_shardings=(shardings, batch_shardings),
-                        out_shardings=(shardings, sharding_lib.replicated(mesh)),
-                        donate_argnums=0,
-                    )
+                    step_jit = jit_train_step(task.step_fn, shardings, batch_shardings, mesh)
                 batch = batches_lib.put_batch(host_batch, batch_shardings)
                 with sharding_lib.activate(mesh):
                     state, device_metrics = step_jit(state, batch)

@@ -69,11 +69,14 @@ def resolve_axis_sizes(axes: Mapping[str, int], num_devices: int) -> dict[str, i
 def make_mesh(
     axes: Mapping[str, int] | MeshConfig | None = None,
     devices: Sequence[jax.Device] | None = None,
+    *,
+    whole_topology: bool = False,
 ) -> jax.sharding.Mesh:
     """Builds a mesh with axes ``("data", "fsdp", "tensor")`` over ``devices`` (default: all devices).
 
     The axes are of the Auto type so that ``with_sharding_constraint`` and GSPMD propagation work the same on
-    every JAX version this project supports.
+    every JAX version this project supports. ``whole_topology``: ``devices`` are every device of a topology
+    (e.g. an accelerator's compile-only devices), ordered physically like the default devices.
     """
     if axes is None:
         axes = MeshConfig()
@@ -83,7 +86,7 @@ def make_mesh(
     sizes = resolve_axis_sizes(axes, len(devices))
     shape = tuple(sizes[name] for name in MESH_AXES)
     auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
-    if len(devices) == len(jax.devices()):
+    if whole_topology or len(devices) == len(jax.devices()):
         # jax.make_mesh orders devices by the physical topology (ICI rings, NVLink islands).
         return jax.make_mesh(shape, MESH_AXES, axis_types=auto, devices=devices)
     return jax.sharding.Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=auto)

@@ -222,6 +222,29 @@ class TokenizedPairs:
         return out
 
 
+def batch_spec(rows: int, length: int, *, mismatched: bool = False, reference: bool = False) -> dict:
+    """Shapes and dtypes (``jax.ShapeDtypeStruct``) of ``TokenizedPairs.batch(...)`` with ``rows`` rows at bucket
+    ``length``; ``reference`` adds the cached reference log-probs ``bfpo.reference_cache.WithReference`` joins.
+    What the planner compiles a step for without any data."""
+    import jax
+
+    def side():
+        return {"tokens": jax.ShapeDtypeStruct((rows, length), np.int32),
+                "mask": jax.ShapeDtypeStruct((rows, length), np.bool_),
+                "score_mask": jax.ShapeDtypeStruct((rows, length), np.bool_)}
+
+    out = {"chosen": side(), "rejected": side()}
+    if mismatched:
+        out["mismatched"] = side()
+    out.update(chosen_safe=jax.ShapeDtypeStruct((rows,), np.float32),
+               rejected_safe=jax.ShapeDtypeStruct((rows,), np.float32),
+               pair_mask=jax.ShapeDtypeStruct((rows,), np.bool_), example_id=jax.ShapeDtypeStruct((rows,), np.int32))
+    if reference:
+        out.update(reference_chosen=jax.ShapeDtypeStruct((rows,), np.float32),
+                   reference_rejected=jax.ShapeDtypeStruct((rows,), np.float32))
+    return out
+
+
 def tokenize_pairs(pairs: Sequence[PreferencePair], tokenizer: Tokenizer, config: TokenizeConfig) -> TokenizedPairs:
     """Chat-template, truncate (module docstring) and store every pair; example i is ``pairs[i]``."""
     if not pairs:

@@ -173,6 +173,18 @@ class LlamaConfig:
         return cls(**{**base, **overrides})
 
     @classmethod
+    def llama3_2_1b(cls, **overrides) -> "LlamaConfig":
+        """meta-llama/Llama-3.2-1B: 16 layers, d=2048, 32/8 heads of 64, tied embeddings, llama3 rope scaling
+        (factor 32 from 8192)."""
+        base = dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_layers=16, num_heads=32,
+                    num_kv_heads=8, head_dim=64, rope_theta=500_000.0, rms_norm_eps=1e-5,
+                    max_position_embeddings=131072, tie_word_embeddings=True, dtype="bfloat16",
+                    param_dtype="bfloat16",
+                    rope_scaling=RopeScaling(kind="llama3", factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                                             original_max_position_embeddings=8192))
+        return cls(**{**base, **overrides})
+
+    @classmethod
     def qwen2_0_5b(cls, **overrides) -> "LlamaConfig":
         """Qwen/Qwen2.5-0.5B: 24 layers, d=896, 14/2 heads, q/k/v bias, tied embeddings, theta 1e6."""
         base = dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_layers=24, num_heads=14,

@@ -27,6 +27,9 @@ from experiments.run import RunConfig
 from runtime.mesh import MeshConfig
 
 
+ARCHITECTURES = ("tiny", "smollm2_135m", "qwen2_0_5b", "llama3_2_1b", "mistral_7b", "llama3_8b")
+
+
 class TrainConfigError(BFPOError):
     """A field of the trainer's config is inconsistent (the message names the field)."""
 
@@ -72,6 +75,9 @@ class ModelSource:
 
     kind: Literal["tiny", "smollm2", "gguf", "hf"] = "tiny"
     path: str = ""
+    architecture: str = ""
+    """A ``LlamaConfig`` preset (mistral_7b, llama3_8b, llama3_2_1b, qwen2_0_5b, smollm2_135m) describing the model
+    when its directory is not at hand: ``experiments.plan`` then plans without it. A readable config.json wins."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     param_dtype: Literal["float32", "bfloat16"] = "float32"
     remat: Literal["none", "full", "dots"] = "none"
@@ -88,6 +94,9 @@ class ModelSource:
             raise TrainConfigError(f"ModelSource.kind={self.kind!r}: expected tiny, smollm2, gguf or hf")
         if self.kind in ("gguf", "hf") and not self.path:
             raise TrainConfigError(f"ModelSource.path is required for kind={self.kind!r}")
+        if self.architecture and self.architecture not in ARCHITECTURES:
+            raise TrainConfigError(f"ModelSource.architecture={self.architecture!r}: expected one of "
+                                   f"{ARCHITECTURES}")
         if self.attention_query_chunk < 0:
             raise TrainConfigError(f"ModelSource.attention_query_chunk={self.attention_query_chunk}: must be >= 0")
         if self.causal_blocks < 1:
@@ -214,8 +223,8 @@ class BFPOTrainConfig:
                         checkpoint_every=200, mesh=MeshConfig(data=1, fsdp=-1))
         streams = (StreamData(name="safety", path=safety_path, split="train", batch_size=32, max_pairs=0),
                    StreamData(name="buffer", path=buffer_path, split="train_prefs", batch_size=32, weight=1.0))
-        base = dict(run=run, model=ModelSource(kind="hf", path=model_dir, dtype="bfloat16", param_dtype="bfloat16",
-                                               remat="full", attention_query_chunk=512),
+        base = dict(run=run, model=ModelSource(kind="hf", path=model_dir, architecture="mistral_7b", dtype="bfloat16",
+                                               param_dtype="bfloat16", remat="full", attention_query_chunk=512),
                     streams=streams, eval_path=safety_path, eval_split="test", eval_pairs=2048, eval_batch_size=32,
                     max_length=1024, max_prompt_length=512, buckets=(256, 512, 768, 1024), bucket_window=8,
                     tau=0.01, b1=3.0, alpha=0.5, trainable="down_proj", logprob_chunk=256,

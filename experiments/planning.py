@@ -1,0 +1,85 @@
+"""What a launcher gives ``experiments.plan``: its real step as a ``Program`` built without data or weights.
+
+Each launcher module that can be planned defines ``PLAN = LauncherPlan(...)``:
+
+* ``parse(preset, args) -> cfg``: the launcher's own config, from a preset name and its own command-line flags;
+* ``program(cfg, mesh) -> Program``: the jitted function the launcher runs (for training launchers the loop's
+  ``experiments.run.jit_train_step``) and abstract, sharded arguments at the preset's real shapes;
+* ``without_remat(cfg) -> cfg``: the same computation without rematerialisation (its FLOPs are the model
+  FLOPs that MFU is quoted in; the compiled step's own FLOPs include the recomputation);
+* ``alternatives(cfg, mesh_sizes) -> [(label, cfg)]``: memory-saving variants the planner compiles when a
+  configuration does not fit (more fsdp, full remat, micro-batches, attention query chunks).
+
+Nothing here reads a file: shapes come from the config (and, for a local model directory, its config.json).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import tyro
+
+from experiments.run import RunError, jit_train_step
+from runtime import batches as batches_lib
+from runtime.mesh import MeshConfig
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Program:
+    """A jitted function and abstract arguments (``jax.ShapeDtypeStruct`` leaves carrying their shardings);
+    ``work`` is what one call processes (``{"tokens": ..., "pairs": ...}``) for throughput figures."""
+
+    name: str
+    fn: Callable
+    args: tuple
+    work: Mapping[str, float]
+    arg_names: tuple[str, ...] = ("state", "batch")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LauncherPlan:
+    parse: Callable[[str, Sequence[str]], Any]
+    program: Callable[[Any, jax.sharding.Mesh], Program]
+    presets: Sequence[str]
+    without_remat: Callable[[Any], Any] = lambda cfg: cfg
+    alternatives: Callable[[Any, Mapping[str, int]], list[tuple[str, Any]]] = lambda cfg, sizes: []
+    mesh_of: Callable[[Any], MeshConfig] = lambda cfg: cfg.run.mesh
+    with_mesh: Callable[[Any, MeshConfig], Any] = lambda cfg, mesh: dataclasses.replace(
+        cfg, run=dataclasses.replace(cfg.run, mesh=mesh))
+
+
+def parse_preset(config_type: Any, preset: str, args: Sequence[str], prog: str) -> Any:
+    """A launcher config from ``<preset> <flags...>`` through the launcher's own tyro CLI."""
+    return tyro.cli(config_type, args=[preset, *args], prog=prog)
+
+
+def abstract_microbatches(batch: Any, grad_accum: int) -> Any:
+    """``runtime.batches.split_microbatches`` on abstract leaves: [B, ...] -> [A, B / A, ...]."""
+    if grad_accum == 1:
+        return batch
+
+    def one(x):
+        if x.shape[0] % grad_accum:
+            raise RunError(f"batch size {x.shape[0]} is not divisible by grad_accum={grad_accum}")
+        return jax.ShapeDtypeStruct((grad_accum, x.shape[0] // grad_accum, *x.shape[1:]), x.dtype)
+
+    return jax.tree.map(one, batch)
+
+
+def placed(tree: Any, shardings: Any) -> Any:
+    """Abstract leaves carrying their shardings."""
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def train_step_program(name: str, state_spec: Callable, step_fn: Callable, batch: Any, grad_accum: int, mesh,
+                       work: Mapping[str, float], batch_axes: Callable = batches_lib.batch_axes) -> Program:
+    """The loop's step (``jit_train_step``) on the abstract state and an abstract global batch (given before the
+    micro-batch split), laid out exactly as ``experiments.run.train`` lays them out."""
+    abstract, shardings = state_spec(mesh)
+    split = abstract_microbatches(batch, grad_accum)
+    batch_shardings = batches_lib.batch_shardings(split, batch_axes(split, grad_accum), mesh)
+    return Program(name=name, fn=jit_train_step(step_fn, shardings, batch_shardings, mesh),
+                   args=(placed(abstract, shardings), placed(split, batch_shardings)), work=dict(work))
