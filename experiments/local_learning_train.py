@@ -17,10 +17,11 @@ import optax
 import tyro
 
 from experiments.configs.local_learning import PRESETS, DataConfig, LocalLearningConfig
+from experiments.planning import LauncherPlan, Program, parse_preset, train_step_program
 from experiments.run import Task, cli, train
 from local_learning import ConfigError, data as data_lib, network
 from local_learning import train_step as ts
-from runtime.mesh import initialize_distributed, resolve_axis_sizes
+from runtime.mesh import MeshConfig, initialize_distributed, resolve_axis_sizes
 from runtime.train_state import init_train_state, train_state_spec
 
 
@@ -114,7 +115,18 @@ def check_batch_divides_mesh(cfg: LocalLearningConfig) -> None:
             )
 
 
-def make_task(cfg: LocalLearningConfig) -> Task:
+@dataclasses.dataclass(frozen=True)
+class StepParts:
+    """The network split into modules, its initialiser and the step: everything but the data."""
+
+    plan: Any
+    netdef: network.NetworkDef
+    init_params: Any
+    state_spec: Any
+    step_fn: Any
+
+
+def step_parts(cfg: LocalLearningConfig) -> StepParts:
     model = cfg.model
     plan = network.plan_partition(model, cfg.partition, cfg.head)
     netdef, _ = network.abstract_network(model, plan, cfg.head, feedback=cfg.local.feedback,
@@ -129,8 +141,17 @@ def make_task(cfg: LocalLearningConfig) -> Task:
     def state_spec(mesh):
         return train_state_spec(init_params, tx, mesh, seed=seed, trainable=ts.trainable)
 
+    return StepParts(plan=plan, netdef=netdef, init_params=init_params, state_spec=state_spec,
+                     step_fn=step_function(cfg, netdef, tx))
+
+
+def make_task(cfg: LocalLearningConfig) -> Task:
+    model = cfg.model
+    parts = step_parts(cfg)
+    plan, netdef, tx, seed = parts.plan, parts.netdef, make_optimizer(cfg), cfg.run.seed
+
     def init_state(mesh):
-        return init_train_state(init_params, tx, mesh, seed=seed, trainable=ts.trainable)[0]
+        return init_train_state(parts.init_params, tx, mesh, seed=seed, trainable=ts.trainable)[0]
 
     train_src, test_src, mean_std = load_data(cfg.data, model.image_size)
     if train_src.num_classes != model.num_classes:
@@ -140,9 +161,9 @@ def make_task(cfg: LocalLearningConfig) -> Task:
     main = ["loss", "accuracy"] + [f"cos_{k}" for k in range(2, netdef.num_modules + 1)][:1]
     return Task(
         name=f"local_learning[{cfg.arch} K={netdef.num_modules} {cfg.executor} sgr={cfg.local.reconcile.weight}]",
-        state_spec=state_spec,
+        state_spec=parts.state_spec,
         init_state=init_state,
-        step_fn=step_function(cfg, netdef, tx),
+        step_fn=parts.step_fn,
         data=batches.iterator(),
         evals=(make_evaluation(netdef, test_src, cfg, mean_std),),
         config=dataclasses.asdict(cfg) | {"split_points": list(plan.split_points)},
@@ -159,6 +180,58 @@ def main(cfg: LocalLearningConfig):
 def config_type():
     """One tyro subcommand per preset; every field can be overridden after it."""
     return tyro.extras.subcommand_type_from_defaults({name: make() for name, make in PRESETS.items()})
+
+
+# --- planning (experiments.plan) ---------------------------------------------------------------------------------
+
+
+def batch_spec(cfg: LocalLearningConfig) -> dict:
+    """Shapes and dtypes of a training batch (``data.ImageBatches``): normalised float32 NHWC images, int32 labels."""
+    size = cfg.model.image_size
+    return {"image": jax.ShapeDtypeStruct((cfg.batch_size, size, size, 3), jnp.float32),
+            "label": jax.ShapeDtypeStruct((cfg.batch_size,), jnp.int32)}
+
+
+def plan_program(cfg: LocalLearningConfig, mesh) -> Program:
+    parts = step_parts(cfg)
+    size = cfg.model.image_size
+    return train_step_program(f"local_learning[{cfg.arch} K={parts.netdef.num_modules} {cfg.executor}"
+                              f" sgr={cfg.local.reconcile.weight}]", parts.state_spec, parts.step_fn, batch_spec(cfg),
+                              1, mesh, work={"images": cfg.batch_size, "pixels": cfg.batch_size * size * size})
+
+
+def plan_alternatives(cfg: LocalLearningConfig, sizes) -> list[tuple[str, LocalLearningConfig]]:
+    """Memory-saving variants: all devices on fsdp, the checkpointed SGR pass, half the batch."""
+    out = []
+    n = sizes["data"] * sizes["fsdp"] * sizes["tensor"]
+    if sizes["fsdp"] != n:
+        out.append((f"--run.mesh.data 1 --run.mesh.fsdp {n} --run.mesh.tensor 1",
+                    dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, mesh=MeshConfig(data=1, fsdp=n)))))
+    rc = cfg.local.reconcile
+    if rc.weight and not rc.remat:
+        out.append(("--local.reconcile.remat", dataclasses.replace(
+            cfg, local=dataclasses.replace(cfg.local, reconcile=dataclasses.replace(rc, remat=True)))))
+    if cfg.executor == "bp":
+        out.append(("--executor bp_checkpoint", dataclasses.replace(cfg, executor="bp_checkpoint")))
+    half = cfg.batch_size // 2
+    if half and half % (sizes["data"] * sizes["fsdp"]) == 0:
+        out.append((f"--batch-size {half}", dataclasses.replace(cfg, batch_size=half)))
+    return out
+
+
+def _without_remat(cfg: LocalLearningConfig) -> LocalLearningConfig:
+    rc = dataclasses.replace(cfg.local.reconcile, remat=False)
+    executor = "bp" if cfg.executor == "bp_checkpoint" else cfg.executor
+    return dataclasses.replace(cfg, executor=executor, local=dataclasses.replace(cfg.local, reconcile=rc))
+
+
+PLAN = LauncherPlan(
+    parse=lambda preset, args: parse_preset(config_type(), preset, args, "experiments.local_learning_train"),
+    program=plan_program,
+    presets=tuple(PRESETS),
+    without_remat=_without_remat,
+    alternatives=plan_alternatives,
+)
 
 
 if __name__ == "__main__":

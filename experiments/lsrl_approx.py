@@ -22,9 +22,11 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tyro
 from flax import nnx
 
 from experiments.configs.lsrl_approx import LSRLApproxConfig
+from experiments.planning import LauncherPlan, Program
 from experiments.run import cli
 from recurrent import CompileError
 from recurrent.compile import compile_program
@@ -37,7 +39,7 @@ from recurrent.programs.vec2vec import (
     vec2vec_queries,
 )
 from recurrent.targets.linear_rnn import LinearRNN
-from runtime import make_mesh
+from runtime import MeshConfig, make_mesh
 from runtime import sharding as sh
 
 
@@ -174,6 +176,40 @@ def _plot(cfg, results, curves, out: Path, dtype, batch_sharding, n_batch) -> st
         fig.savefig(out / "outputs.png", dpi=120)
         plt.close(fig)
     return str(path)
+
+
+def plan_program(cfg: LSRLApproxConfig, mesh) -> Program:
+    """The sweep's forward pass for its first mode at its largest N: ``queries`` prompts of 1 + N^d tokens each,
+    sharded over the mesh's data axes (experiments.plan; ``--queries 4096`` plans a batch of 4096)."""
+    mode, n = cfg.modes[0], max(cfg.grid_sizes)
+    spec = Vec2VecSpec(in_dim=cfg.in_dim, out_dim=cfg.out_dim, mode=mode, scale=cfg.scale,
+                       large_constant=cfg.large_constant)
+    dtype = jnp.dtype(cfg.dtype)
+    model = LinearRNN(compile_program(vec2vec_program(spec)), dtype=dtype, associative=cfg.associative)
+    graphdef, state = nnx.split(model)
+    batch_sharding = sh.logical_to_sharding(("batch", "seq", None), mesh)
+    tokens = jax.ShapeDtypeStruct((cfg.queries, 1 + n ** cfg.in_dim, spec.token_dim), dtype, sharding=batch_sharding)
+    state_shardings = jax.tree.map(lambda _: sh.replicated(mesh), state)
+    abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state,
+                                  state_shardings)
+
+    def forward(state, x):
+        return nnx.merge(graphdef, state)(x)[:, -1]
+
+    fn = jax.jit(forward, in_shardings=(state_shardings, batch_sharding),
+                 out_shardings=sh.logical_to_sharding(("batch", None), mesh))
+    return Program(name=f"lsrl_approx[{mode} N={n}]", fn=fn, args=(abstract_state, tokens),
+                   work={"prompts": cfg.queries, "tokens": cfg.queries * tokens.shape[1]}, arg_names=("weights", "tokens"))
+
+
+PLAN = LauncherPlan(
+    parse=lambda preset, args: tyro.cli(LSRLApproxConfig, args=list(args), prog="experiments.lsrl_approx",
+                                        default=LSRLApproxConfig.demo() if preset == "demo" else LSRLApproxConfig()),
+    program=plan_program,
+    presets=("default", "demo"),
+    mesh_of=lambda cfg: MeshConfig(),
+    with_mesh=None,
+)
 
 
 if __name__ == "__main__":

@@ -17,9 +17,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import tyro
 from flax import nnx
 
 from experiments.configs.mlp_regression import MLPConfig, MLPRegressionConfig
+from experiments.planning import LauncherPlan, Program, train_step_program
 from experiments.run import Task, cli, train
 from runtime import sharding as sharding_lib
 from runtime.batches import IndexedBatches
@@ -135,6 +137,20 @@ def make_task(cfg: MLPRegressionConfig) -> Task:
 
 def main(cfg: MLPRegressionConfig):
     return train(cfg.run, make_task(cfg))
+
+
+def plan_program(cfg: MLPRegressionConfig, mesh) -> Program:
+    """The loop's step on the abstract state and a batch of ``batch_size`` examples (experiments.plan)."""
+    task = make_task(cfg)
+    batch = {"x": jax.ShapeDtypeStruct((cfg.batch_size, cfg.student.in_dim), jnp.float32),
+             "y": jax.ShapeDtypeStruct((cfg.batch_size, cfg.student.out_dim), jnp.float32)}
+    return train_step_program(task.name, task.state_spec, task.step_fn, batch, cfg.run.grad_accum, mesh,
+                              work={"examples": cfg.batch_size}, batch_axes=task.batch_axes)
+
+
+PLAN = LauncherPlan(parse=lambda preset, args: tyro.cli(MLPRegressionConfig, args=list(args),
+                                                        prog="experiments.mlp_regression"),
+                    program=plan_program, presets=("default",))
 
 
 if __name__ == "__main__":

@@ -152,14 +152,13 @@ def plan(launcher: str, preset: str, target_name: str, launcher_args: list[str] 
         raise PlanError(f"launcher {launcher} has no preset {preset!r}; its presets: {', '.join(spec.presets)}")
     target = get_target(target_name)
     cfg = spec.parse(preset, list(launcher_args))
-    if mesh is not None:
+    if mesh is not None and spec.with_mesh is not None:
         cfg = spec.with_mesh(cfg, mesh)
-    mesh_cfg = spec.mesh_of(cfg)
+    mesh_cfg = mesh if mesh is not None and spec.with_mesh is None else spec.mesh_of(cfg)
     device_mesh = target_mesh(target, mesh_cfg)
     sizes = dict(device_mesh.shape)
     n = device_mesh.size
-    with sharding_lib.activate(device_mesh):
-        program = spec.program(cfg, device_mesh)
+    program = spec.program(cfg, device_mesh)
     compiled, lower_s, compile_s, options = compile_program(program, device_mesh)
     memory = memory_of(compiled)
     text = compiled.as_text()
@@ -169,8 +168,7 @@ def plan(launcher: str, preset: str, target_name: str, launcher_args: list[str] 
     traffic = hlo_stats(text, n)
     counted = flops_of(program, device_mesh)
     if model_flops:
-        with sharding_lib.activate(device_mesh):
-            model = flops_of(spec.program(spec.without_remat(cfg), device_mesh), device_mesh)
+        model = flops_of(spec.program(spec.without_remat(cfg), device_mesh), device_mesh)
     else:
         model = counted
     flops_dev, model_dev = counted.total / n, model.total / n
@@ -199,18 +197,18 @@ def plan(launcher: str, preset: str, target_name: str, launcher_args: list[str] 
     if not report["memory"]["fits"]:
         report["largest_arguments"] = _largest_arguments(program, 6)
         if advice:
-            report["alternatives"] = alternatives(spec, cfg, target, sizes)
+            report["alternatives"] = alternatives(spec, cfg, target, sizes, mesh_cfg)
     return report
 
 
-def alternatives(spec: LauncherPlan, cfg: Any, target: Target, sizes: dict[str, int]) -> list[dict[str, Any]]:
+def alternatives(spec: LauncherPlan, cfg: Any, target: Target, sizes: dict[str, int],
+                 mesh_cfg: MeshConfig) -> list[dict[str, Any]]:
     """Compile each memory-saving variant the launcher offers; report its per-device total and whether it fits."""
     rows = []
     for label, variant in spec.alternatives(cfg, sizes):
         try:
-            device_mesh = target_mesh(target, spec.mesh_of(variant))
-            with sharding_lib.activate(device_mesh):
-                program = spec.program(variant, device_mesh)
+            device_mesh = target_mesh(target, spec.mesh_of(variant) if spec.with_mesh else mesh_cfg)
+            program = spec.program(variant, device_mesh)
             memory = memory_of(compile_program(program, device_mesh)[0])
             rows.append({"change": label, "total": memory["total"], "fits": memory["total"] <= target.hbm_bytes})
         except (RuntimeConfigError, ValueError) as e:

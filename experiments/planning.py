@@ -47,7 +47,9 @@ class LauncherPlan:
     without_remat: Callable[[Any], Any] = lambda cfg: cfg
     alternatives: Callable[[Any, Mapping[str, int]], list[tuple[str, Any]]] = lambda cfg, sizes: []
     mesh_of: Callable[[Any], MeshConfig] = lambda cfg: cfg.run.mesh
-    with_mesh: Callable[[Any, MeshConfig], Any] = lambda cfg, mesh: dataclasses.replace(
+    """The mesh the config asks for (``--mesh.*`` of the planner replaces it through ``with_mesh``; a launcher
+    whose config holds no mesh has ``with_mesh=None`` and runs on the planner's)."""
+    with_mesh: Callable[[Any, MeshConfig], Any] | None = lambda cfg, mesh: dataclasses.replace(
         cfg, run=dataclasses.replace(cfg.run, mesh=mesh))
 
 

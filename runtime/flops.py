@@ -117,6 +117,16 @@ def count_jaxpr(jaxpr: jex_core.Jaxpr) -> FlopCount:
     return total
 
 
+def _dead_code_removed(jaxpr: jex_core.Jaxpr) -> jex_core.Jaxpr:
+    # A traced program keeps values nothing uses (the compiler drops them): count what the outputs need.
+    try:
+        from jax._src.interpreters import partial_eval as pe
+    except ImportError:  # pragma: no cover - the private module moved; count everything
+        return jaxpr
+    return pe.dce_jaxpr(jaxpr, [True] * len(jaxpr.outvars), instantiate=True)[0]
+
+
 def count_flops(fn: Callable, *args: Any, **kwargs: Any) -> FlopCount:
-    """Global FLOPs of ``fn(*args)`` (arrays or ``jax.ShapeDtypeStruct``s), every loop iteration counted."""
-    return count_jaxpr(jax.make_jaxpr(fn, **kwargs)(*args).jaxpr)
+    """Global FLOPs of ``fn(*args)`` (arrays or ``jax.ShapeDtypeStruct``s), every loop iteration counted, after
+    removing the computations no output depends on."""
+    return count_jaxpr(_dead_code_removed(jax.make_jaxpr(fn, **kwargs)(*args).jaxpr))

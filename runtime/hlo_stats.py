@@ -3,7 +3,8 @@
 XLA's ``cost_analysis()`` counts a while loop's body once (and the GPU compiler gives no cost analysis at all),
 so the planner reads the compiled module itself:
 
-* ``bytes``: HBM bytes read and written by every top-level operation (a fusion counts its operands and results,
+* ``bytes``: HBM bytes read and written by every top-level operation (as stored: a TPU tile layout pads the
+  two most minor dimensions) (a fusion counts its operands and results,
   not its internals), in the style of XLA's HloCostAnalysis: an operand that a fusion only slices counts the
   slices it reads, a buffer updated in place by ``dynamic-update-slice`` counts the update; a ``while`` counts
   ``trip count x (body + condition)``, a ``conditional`` its largest branch.
@@ -29,7 +30,7 @@ DTYPE_BYTES = {
     "pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4, "s64": 8,
     "u64": 8, "f64": 8, "c64": 8, "c128": 16, "s4": 0.5, "u4": 0.5, "s2": 0.25, "u2": 0.25, "token": 0,
 }
-ARRAY = re.compile(r"\b([a-z]+[0-9]*(?:e[0-9]m[0-9][a-z]*)?)\[([0-9,]*)\]")
+ARRAY = re.compile(r"\b([a-z]+[0-9]*(?:e[0-9]m[0-9][a-z]*)?)\[([0-9,]*)\](\{[^}]*\})?")
 HEADER = re.compile(r"^(ENTRY\s+)?%?([\w.\-]+)\s*\(.*\)\s*->\s*.*\{\s*$")
 NAME = re.compile(r"%([\w.\-]+)")
 
@@ -40,13 +41,33 @@ COLLECTIVES = {"all-gather", "all-reduce", "reduce-scatter", "all-to-all", "coll
 SLICING = {"dynamic-slice", "slice", "gather"}
 
 
+def _padded_dims(dims: list[int], layout: str) -> list[int]:
+    """Dimensions as stored: a TPU layout ``{minor-to-major:T(a,b)...}`` pads its two most minor dimensions up to
+    multiples of the tile (a, b): an f32[.., 16] array with T(8,128) occupies (and moves) 8x its element bytes."""
+    if not layout or ":" not in layout:
+        return dims
+    order, rest = layout.strip("{}").split(":", 1)
+    tile = re.search(r"T\(([0-9,]+)\)", rest)
+    try:
+        minor_to_major = [int(x) for x in order.split(",") if x]
+    except ValueError:
+        return dims
+    if tile is None or len(minor_to_major) != len(dims):
+        return dims
+    sizes = [int(x) for x in tile.group(1).split(",")]
+    out = list(dims)
+    for tile_size, dim in zip(reversed(sizes), minor_to_major):
+        out[dim] = -(-out[dim] // tile_size) * tile_size
+    return out
+
+
 def _array_bytes(shape: str) -> float:
     total = 0.0
-    for dtype, dims in ARRAY.findall(shape):
+    for dtype, dims, layout in ARRAY.findall(shape):
         size = DTYPE_BYTES.get(dtype)
         if size is None:
             size = 1 if dtype.startswith("f8") else 0  # an unknown token-like type carries no data
-        total += size * math.prod(int(d) for d in dims.split(",") if d)
+        total += size * math.prod(_padded_dims([int(d) for d in dims.split(",") if d], layout))
     return total
 
 
@@ -371,8 +392,8 @@ class _Counter:
             for instr in self.m.computations[cname].values():
                 if instr.opcode in NO_TRAFFIC and instr.opcode != "parameter":
                     continue
-                for dtype, dims in ARRAY.findall(instr.shape):
-                    size = _array_bytes(f"{dtype}[{dims}]")
+                for dtype, dims, layout in ARRAY.findall(instr.shape):
+                    size = _array_bytes(f"{dtype}[{dims}]{layout}")
                     seen.append((size, f"{dtype}[{dims}]", instr.op_name or f"{instr.opcode} {instr.name}"))
         seen.sort(key=lambda x: -x[0])
         out, names = [], set()
