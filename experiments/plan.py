@@ -159,7 +159,13 @@ def plan(launcher: str, preset: str, target_name: str, launcher_args: list[str] 
     sizes = dict(device_mesh.shape)
     n = device_mesh.size
     program = spec.program(cfg, device_mesh)
-    compiled, lower_s, compile_s, options = compile_program(program, device_mesh)
+    try:
+        compiled, lower_s, compile_s, options = compile_program(program, device_mesh)
+    except jax.errors.JaxRuntimeError as e:
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        return refused_report(launcher, preset, launcher_args, program, target, sizes, str(e), spec, cfg, advice,
+                              mesh_cfg, n)
     memory = memory_of(compiled)
     text = compiled.as_text()
     if hlo_out:
@@ -201,6 +207,26 @@ def plan(launcher: str, preset: str, target_name: str, launcher_args: list[str] 
     return report
 
 
+def refused_report(launcher, preset, launcher_args, program: Program, target: Target, sizes, message: str, spec,
+                   cfg, advice: bool, mesh_cfg: MeshConfig, n: int) -> dict[str, Any]:
+    """The TPU compiler refuses a program that does not fit its HBM: report that, its message (which names the
+    largest allocations) and the FLOPs, which need no compiled program."""
+    counted = flops_of(program, target_mesh(target, mesh_cfg))
+    lines = [line for line in message.splitlines() if line.strip()]
+    report: dict[str, Any] = {
+        "kind": "projection", "launcher": launcher, "preset": preset, "launcher_args": list(launcher_args),
+        "program": program.name, "target": dataclasses.asdict(target), "mesh": sizes,
+        "memory": {"fits": False, "compiler_refused": True, "compiler_message": "\n".join(lines[:40]),
+                   "device_hbm": target.hbm_bytes, "argument_bytes_from_shardings": argument_bytes(program)},
+        "flops": {"per_device": counted.total / n, "global": counted.total},
+        "work_per_step": dict(program.work),
+        "largest_arguments": _largest_arguments(program, 6),
+    }
+    if advice:
+        report["alternatives"] = alternatives(spec, cfg, target, sizes, mesh_cfg)
+    return report
+
+
 def alternatives(spec: LauncherPlan, cfg: Any, target: Target, sizes: dict[str, int],
                  mesh_cfg: MeshConfig) -> list[dict[str, Any]]:
     """Compile each memory-saving variant the launcher offers; report its per-device total and whether it fits."""
@@ -211,18 +237,53 @@ def alternatives(spec: LauncherPlan, cfg: Any, target: Target, sizes: dict[str, 
             program = spec.program(variant, device_mesh)
             memory = memory_of(compile_program(program, device_mesh)[0])
             rows.append({"change": label, "total": memory["total"], "fits": memory["total"] <= target.hbm_bytes})
+        except jax.errors.JaxRuntimeError as e:
+            if "RESOURCE_EXHAUSTED" not in str(e):
+                raise
+            rows.append({"change": label, "fits": False, "compiler": _oom_line(str(e))})
         except (RuntimeConfigError, ValueError) as e:
             rows.append({"change": label, "error": str(e).splitlines()[0]})
     return rows
+
+
+def _oom_line(message: str) -> str:
+    """The compiler's one-line statement of how much it needed."""
+    for line in message.splitlines():
+        if "exceeds" in line or "Ran out of memory" in line or "Exceeded" in line:
+            return line.strip().removeprefix("jax.errors.JaxRuntimeError: ")[:300]
+    return message.splitlines()[0][:300]
 
 
 def _gib(x: float) -> str:
     return f"{x / GiB:.2f} GiB" if abs(x) >= GiB / 10 else f"{x / (1 << 20):.2f} MiB"
 
 
+def _format_alternatives(r: dict[str, Any], total: float | None) -> list[str]:
+    lines = []
+    for alt in r.get("alternatives", []):
+        if "error" in alt:
+            lines.append(f"  try {alt['change']}: cannot ({alt['error']})")
+        elif "compiler" in alt:
+            lines.append(f"  try {alt['change']}: still too big ({alt['compiler']})")
+        else:
+            delta = "" if total is None else f" ({(alt['total'] - total) / GiB:+.2f} GiB)"
+            lines.append(f"  try {alt['change']}: {_gib(alt['total'])} per device{delta}, "
+                         + ("fits" if alt["fits"] else "still too big"))
+    return lines
+
+
 def format_report(r: dict[str, Any]) -> str:
-    t, m, f, p, rl = r["target"], r["memory"], r["flops"], r["projected"], r["roofline"]
+    t, m, f = r["target"], r["memory"], r["flops"]
     mesh = " x ".join(f"{k}={v}" for k, v in r["mesh"].items())
+    if m.get("compiler_refused"):
+        lines = [f"{r['program']} ({r['launcher']} {r['preset']}) on {t['name']}: {t['chips']} x {t['chip']}, mesh {mesh}",
+                 f"  memory per device: DOES NOT FIT: the compiler refused it ({_oom_line(m['compiler_message'])})",
+                 f"  arguments per device (from their shardings): {_gib(m['argument_bytes_from_shardings'])}",
+                 f"  FLOPs per device per step: {f['per_device']:.4g}",
+                 "  largest arguments per device: " + "; ".join(
+                     f"{a['name']} {a['shape']} {_gib(a['bytes'])}" for a in r["largest_arguments"][:4])]
+        return "\n".join(lines + _format_alternatives(r, None))
+    p, rl = r["projected"], r["roofline"]
     lines = [
         f"{r['program']} ({r['launcher']} {r['preset']}) on {t['name']}: {t['chips']} x {t['chip']}, mesh {mesh}",
         f"  memory per device: argument {_gib(m['argument'])}, output {_gib(m['output'])}, alias {_gib(m['alias'])}, "
@@ -244,12 +305,7 @@ def format_report(r: dict[str, Any]) -> str:
             f"{a['name']} {a['shape']} {_gib(a['bytes'])}" for a in r.get("largest_arguments", [])[:4]))
         lines.append("  largest values per device: " + "; ".join(
             f"{v['shape']} {_gib(v['bytes'])} ({v['op'][-60:]})" for v in r["traffic"]["largest"][:4]))
-        for alt in r.get("alternatives", []):
-            if "error" in alt:
-                lines.append(f"  try {alt['change']}: cannot ({alt['error']})")
-            else:
-                lines.append(f"  try {alt['change']}: {_gib(alt['total'])} per device "
-                             f"({(alt['total'] - m['total']) / GiB:+.2f} GiB), " + ("fits" if alt["fits"] else "still too big"))
+        lines += _format_alternatives(r, m["total"])
     return "\n".join(lines)
 
 
@@ -266,10 +322,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--json", default="", help="write the report as JSON here")
     parser.add_argument("--hlo-out", default="", help="write the compiled program's HLO text here")
     parser.add_argument("--no-advice", action="store_true", help="do not compile alternatives when it does not fit")
-    args, rest = parser.parse_known_args(argv)
-    if rest and rest[0] == "--":
-        rest = rest[1:]
-    return args, rest
+    head, tail = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    args, rest = parser.parse_known_args(head)
+    return args, rest + tail
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

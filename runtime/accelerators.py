@@ -153,8 +153,10 @@ def compile_only_devices(name: str) -> tuple[jax.Device, ...]:
 
             # libtpu looks for a TPU VM's metadata at start-up and prints warnings where there is none; these
             # settings only describe the (absent) local host, the compile target is the topology below.
+            # ALLOW_MULTIPLE_LIBTPU_LOAD: a compile-only libtpu needs no exclusive lock on a (non-existent) chip,
+            # so several planners may run at once.
             for key, value in (("TPU_SKIP_MDS_QUERY", "1"), ("TPU_WORKER_HOSTNAMES", "localhost"),
-                               ("TPU_ACCELERATOR_TYPE", "v5litepod-4")):
+                               ("TPU_ACCELERATOR_TYPE", "v5litepod-4"), ("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")):
                 os.environ.setdefault(key, value)
 
             topo = topologies.get_topology_desc(platform="tpu", topology_name=target.topology,
