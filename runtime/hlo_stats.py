@@ -21,7 +21,6 @@ counted once and reported in ``unknown_trip_loops``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import re
 from collections.abc import Iterator
@@ -454,13 +453,3 @@ def hlo_stats(text: str, num_devices: int, top: int = 8) -> HloStats:
     t = counter.computation(module.entry)
     return HloStats(t.bytes, t.collective_bytes, t.wire_bytes, dict(t.cross_group_wire_bytes), t.unknown_trip_loops,
                     counter.largest(top))
-
-
-def backend_config(instr: Instruction) -> dict:
-    m = re.search(r"backend_config=(\{.*\})", instr.attrs)
-    if not m:
-        return {}
-    try:
-        return json.loads(m.group(1))
-    except json.JSONDecodeError:
-        return {}
