@@ -168,17 +168,19 @@ def run_sft(cfg: CompareConfig, out: Path) -> tuple[Any, Any]:
 
     def state_spec(mesh):
         return train_state_spec(lambda: build_params(layout, fresh(), seed), tx, mesh, seed=seed,
-                                trainable=predicate)
+                                trainable=predicate, precision=run_cfg.precision)
 
     def init_state(mesh):
         with sharding_lib.activate(mesh):
             built = build_params(layout, loaded, seed)
-        return train_state_from_params(built, tx, mesh, seed=seed, trainable=predicate)[0]
+        return train_state_from_params(built, tx, mesh, seed=seed, trainable=predicate,
+                                       precision=run_cfg.precision)[0]
 
     task = RunTask(name="bfpo_compare[sft]", state_spec=state_spec, init_state=init_state,
                    step_fn=make_train_step(sft_loss(model_cfg, layout, t.logprob_chunk), tx,
                                            grad_accum=run_cfg.grad_accum),
-                   data=data, config={"sft": dataclasses.asdict(cfg.sft), "model": dataclasses.asdict(t.model)})
+                   data=data, config={"sft": dataclasses.asdict(cfg.sft), "model": dataclasses.asdict(t.model)},
+                   peak_update=cfg.sft.optimizer.learning_rate)
     train(run_cfg, task)
     return model_cfg, policy_params(layout, restore_params(run_cfg, state_spec))
 

@@ -119,7 +119,8 @@ def step_parts(cfg: BFPOTrainConfig, model_cfg: LlamaConfig) -> StepParts:
     pref = preference_config(cfg)
 
     def state_spec(mesh):
-        return train_state_spec(lambda: build_params(layout, fresh(), seed), tx, mesh, seed=seed, trainable=predicate)
+        return train_state_spec(lambda: build_params(layout, fresh(), seed), tx, mesh, seed=seed, trainable=predicate,
+                                precision=cfg.run.precision)
 
     return StepParts(tx=tx, layout=layout, pref=pref, predicate=predicate, fresh=fresh, state_spec=state_spec,
                      step_fn=make_preference_step(model_cfg, pref, tx, grad_accum=cfg.run.grad_accum))
@@ -212,7 +213,8 @@ def make_task(cfg: BFPOTrainConfig) -> tuple[Task, Prepared]:
         # donated into the train state.
         with sharding_lib.activate(mesh):
             built = build_params(layout, loaded, seed)
-        return train_state_from_params(built, tx, mesh, seed=seed, trainable=predicate)[0]
+        return train_state_from_params(built, tx, mesh, seed=seed, trainable=predicate,
+                                       precision=cfg.run.precision)[0]
 
     def frozen_params(mesh):
         # The loaded arrays were donated into the first train state, so the frozen weights come from the source
@@ -235,6 +237,7 @@ def make_task(cfg: BFPOTrainConfig) -> tuple[Task, Prepared]:
         config=dataclasses.asdict(cfg),
         main_metrics=("loss", f"{main}/rewards/margin", f"{main}/safety/accuracy"),
         frozen_params=frozen_params,
+        peak_update=cfg.optimizer.learning_rate,
     )
     prepared = Prepared(model_cfg=model_cfg, tokenizer=tokenizer, layout=layout, tokenized=tokenized,
                         eval_tokenized=eval_tok, eval_config=eval_pref)
@@ -275,7 +278,7 @@ def export(cfg: BFPOTrainConfig, task: Task, prepared: Prepared) -> Path:
     with sharding_lib.activate(mesh):
         merged = jax.jit(lambda p: policy_params(prepared.layout, p))(params)
     out = save_hf(model_from_params(prepared.model_cfg, merged), Path(cfg.run.out_dir) / "hf",
-                  tokenizer=prepared.tokenizer)
+                  dtype=None if cfg.export_dtype == "model" else cfg.export_dtype, tokenizer=prepared.tokenizer)
     if jax.process_index() == 0:
         print(f"[bfpo_train] exported the trained model to {out}", flush=True)
     return out

@@ -139,7 +139,8 @@ def step_parts(cfg: LocalLearningConfig) -> StepParts:
                              label_projection=cfg.local.label_projection)[1]
 
     def state_spec(mesh):
-        return train_state_spec(init_params, tx, mesh, seed=seed, trainable=ts.trainable)
+        return train_state_spec(init_params, tx, mesh, seed=seed, trainable=ts.trainable,
+                                precision=cfg.run.precision)
 
     return StepParts(plan=plan, netdef=netdef, init_params=init_params, state_spec=state_spec,
                      step_fn=step_function(cfg, netdef, tx))
@@ -151,7 +152,8 @@ def make_task(cfg: LocalLearningConfig) -> Task:
     plan, netdef, tx, seed = parts.plan, parts.netdef, make_optimizer(cfg), cfg.run.seed
 
     def init_state(mesh):
-        return init_train_state(parts.init_params, tx, mesh, seed=seed, trainable=ts.trainable)[0]
+        return init_train_state(parts.init_params, tx, mesh, seed=seed, trainable=ts.trainable,
+                                precision=cfg.run.precision)[0]
 
     train_src, test_src, mean_std = load_data(cfg.data, model.image_size)
     if train_src.num_classes != model.num_classes:
@@ -168,6 +170,8 @@ def make_task(cfg: LocalLearningConfig) -> Task:
         evals=(make_evaluation(netdef, test_src, cfg, mean_std),),
         config=dataclasses.asdict(cfg) | {"split_points": list(plan.split_points)},
         main_metrics=tuple(main),
+        # Adam's normalised update is of order 1, so its step is the learning rate; SGD's depends on the gradients.
+        peak_update=cfg.learning_rate if cfg.optimizer != "sgd" else None,
     )
 
 

@@ -112,10 +112,12 @@ def make_task(cfg: MLPRegressionConfig) -> Task:
         return nnx.state(MLP(cfg.student, rngs=nnx.Rngs(seed)), nnx.Param)
 
     def state_spec(mesh):
-        return train_state_spec(init_params, tx, mesh, seed=seed, trainable=cfg.trainable)
+        return train_state_spec(init_params, tx, mesh, seed=seed, trainable=cfg.trainable,
+                                precision=cfg.run.precision)
 
     def init_state(mesh):
-        return init_train_state(init_params, tx, mesh, seed=seed, trainable=cfg.trainable)[0]
+        return init_train_state(init_params, tx, mesh, seed=seed, trainable=cfg.trainable,
+                                precision=cfg.run.precision)[0]
 
     loss = lambda params, batch, rng: loss_fn(graphdef, params, batch, rng)  # noqa: E731
     eval_batch = make_batch_fn(cfg, cfg.eval_examples)(EVAL_OFFSET)
@@ -132,6 +134,7 @@ def make_task(cfg: MLPRegressionConfig) -> Task:
         data=IndexedBatches(make_batch_fn(cfg, cfg.batch_size)),
         evals=(evaluate,),
         config=dataclasses.asdict(cfg),
+        peak_update=cfg.learning_rate,
     )
 
 

@@ -20,6 +20,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,8 @@ from runtime import sharding as sharding_lib
 from runtime.checkpoint import Checkpointer
 from runtime.errors import RuntimeConfigError
 from runtime.mesh import DistributedConfig, MeshConfig, initialize_distributed, make_mesh
-from runtime.train_state import TrainState
+from runtime.precision import Precision, PrecisionWarning, unresolved_summary, update_resolution
+from runtime.train_state import TrainState, leaf_paths
 
 
 class RunError(RuntimeConfigError):
@@ -66,6 +68,8 @@ class RunConfig:
     seed: int = 0
     mesh: MeshConfig = MeshConfig()
     distributed: DistributedConfig = DistributedConfig()
+    precision: Precision = Precision()
+    """Trained weights as float32 masters (a bfloat16 model gets a bfloat16 copy for each step's forward pass)."""
     nan_guard: bool = True
     progress: bool = True
     tensorboard: bool = True
@@ -106,6 +110,16 @@ class Task:
     config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     main_metrics: Sequence[str] = ("loss",)
     frozen_params: Callable[[jax.sharding.Mesh], Any] | None = None
+    peak_update: float | None = None
+    """The first steps' typical update of a trained weight (the peak learning rate, for Adam-type optimizers):
+    the loop warns at start-up when the trained parameters' dtype cannot resolve it."""
+
+
+def _warn_on_unresolved_updates(task: Task, state: TrainState, is_main: bool) -> None:
+    report = update_resolution(state.params, state.trainable, task.peak_update, leaf_paths(state.params))
+    text = unresolved_summary(report)
+    if text is not None and is_main:
+        warnings.warn(f"[{task.name}] {text}", PrecisionWarning, stacklevel=3)
 
 
 def jit_train_step(step_fn: Callable, shardings: TrainState, batch_shardings: Any, mesh) -> Callable:
@@ -255,6 +269,8 @@ def train(cfg: RunConfig, task: Task) -> RunSummary:
         else:
             _, shardings = task.state_spec(mesh)
             state = task.init_state(mesh)
+    if task.peak_update:
+        _warn_on_unresolved_updates(task, state, is_main)
 
     start = int(jax.device_get(state.step))
     writers = _Writers(out_dir, is_main, cfg.tensorboard)

@@ -91,12 +91,11 @@ def _accuracy(logits, labels):
 
 def apply_update(state: TrainState, grads: list, new_stats: list, tx: optax.GradientTransformation) -> TrainState:
     """One optimizer step on every module's parameters; the BatchNorm statistics are replaced by ``new_stats``."""
-    train, _ = state.split_params()
     grads_full, _ = split_by_mask({"params": grads, "stats": state.params["stats"]}, state.trainable)
-    updates, opt_state = tx.update(grads_full, state.opt_state, train)
-    train = optax.apply_updates(train, updates)
-    _, frozen = split_by_mask({"params": state.params["params"], "stats": new_stats}, state.trainable)
-    return state.replace(step=state.step + 1, params=merge_by_mask(train, frozen), opt_state=opt_state)
+    updated = state.apply_gradients(grads_full, tx)
+    _, frozen = split_by_mask({"params": updated.params["params"], "stats": new_stats}, state.trainable)
+    train, _ = updated.split_params()
+    return updated.replace(params=merge_by_mask(train, frozen))
 
 
 def module_gradients(netdef: network.NetworkDef, cfg: LocalConfig, k: int, params, stats, h_in, target, labels,
@@ -199,7 +198,7 @@ def make_local_step(netdef: network.NetworkDef, cfg: LocalConfig, tx: optax.Grad
     def step(state: TrainState, batch: Batch):
         rng = jax.random.fold_in(state.rng, state.step)
         grads, new_stats, metrics = local_step_fn(
-            netdef, cfg, state.params["params"], state.params["stats"], batch, rng)
+            netdef, cfg, state.forward_params()["params"], state.params["stats"], batch, rng)
         new_state = apply_update(state, grads, new_stats, tx)
         metrics["grad_norm"] = Metric.scalar(optax.global_norm(grads))
         return new_state, metrics
@@ -236,7 +235,7 @@ def make_host_loop_step(netdef: network.NetworkDef, cfg: LocalConfig, tx: optax.
         labels, h, target = batch["label"], batch["image"], None
         grads, new_stats, metrics = [], [], {}
         for k, program in enumerate(programs):
-            res, m = program(state.params["params"][k], state.params["stats"][k], h, target, labels,
+            res, m = program(state.forward_params()["params"][k], state.params["stats"][k], h, target, labels,
                              jax.random.fold_in(rng, k))
             grads.append(res.grads)
             new_stats.append(res.aux.stats)
@@ -276,7 +275,7 @@ def make_scan_local_step(netdef: network.NetworkDef, cfg: LocalConfig, tx: optax
     def step(state: TrainState, batch: Batch):
         rng = jax.random.fold_in(state.rng, state.step)
         labels = batch["label"]
-        params, stats = state.params["params"], state.params["stats"]
+        params, stats = state.forward_params()["params"], state.params["stats"]
         first = module_gradients(netdef, cfg, 0, params[0], stats[0], jax.lax.stop_gradient(batch["image"]), None,
                                  labels, jax.random.fold_in(rng, 0))
         metrics = _module_metrics(0, first, labels, None, cfg)
@@ -341,7 +340,7 @@ def make_bp_step(netdef: network.NetworkDef, tx: optax.GradientTransformation, *
     def step(state: TrainState, batch: Batch):
         (loss, (logits, new_stats)), grads = jax.value_and_grad(
             lambda p: global_loss(netdef, p, state.params["stats"], batch, remat=remat), has_aux=True
-        )(state.params["params"])
+        )(state.forward_params()["params"])
         b = batch["label"].shape[0]
         metrics = {"loss": Metric.from_mean(loss, b), "accuracy": _accuracy(logits, batch["label"]),
                    "grad_norm": Metric.scalar(optax.global_norm(grads))}

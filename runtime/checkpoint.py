@@ -139,6 +139,7 @@ class Checkpointer:
             opt_state=arrays["opt_state"],
             rng=arrays["rng"],
             trainable=like.trainable,
+            forward_dtypes=like.forward_dtypes,
         )
         return state, dict(restored["meta"])
 

@@ -8,6 +8,10 @@ denominator (examples, tokens, pairs), and the step uses it to weight micro-batc
 
 is the exact gradient of the mean over the whole batch, whatever the split into micro-batches and however the
 count varies between them (token-weighted losses included).
+
+Mixed precision (``runtime.precision``): the loss sees ``state.forward_params()``, the masters cast once per step to
+the dtypes the model stores them in; the gradient of that copy is widened to the masters' dtype per micro-batch,
+summed there, and the optimizer updates the masters.
 """
 
 from __future__ import annotations
@@ -51,9 +55,14 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, *, grad_a
 
     def step(state: TrainState, batch: Any) -> tuple[TrainState, dict[str, Metric]]:
         rng = jax.random.fold_in(state.rng, state.step)
-        train, frozen = state.split_params()
+        masters, _ = state.split_params()
+        # One forward-dtype copy of the masters per step (not per micro-batch); the gradient is taken with respect
+        # to that copy and accumulated in the masters' dtype.
+        train, frozen = state.split_params(state.forward_params())
+        widen = lambda tree: jax.tree.map(lambda g, w: g.astype(w.dtype), tree, masters)  # noqa: E731
         if grad_accum == 1:
             grads, metrics = grad_fn(train, frozen, batch, rng)
+            grads = widen(grads)
         else:
             leading = {x.shape[0] for x in jax.tree.leaves(batch)}
             if leading != {grad_accum}:
@@ -62,14 +71,15 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, *, grad_a
                     f"got leading sizes {sorted(leading)}"
                 )
             first = jax.tree.map(lambda x: x[0], batch)
-            grads0, metrics0 = jax.eval_shape(grad_fn, train, frozen, first, rng)
-            zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (grads0, metrics0))
+            _, metrics0 = jax.eval_shape(grad_fn, train, frozen, first, rng)
+            zeros = (jax.tree.map(jnp.zeros_like, masters),
+                     jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metrics0))
 
             def body(carry, xs):
                 g_acc, m_acc = carry
                 micro, index = xs
                 g, m = grad_fn(train, frozen, micro, jax.random.fold_in(rng, index))
-                return (jax.tree.map(jnp.add, g_acc, g), merge_metrics(m_acc, m)), None
+                return (jax.tree.map(jnp.add, g_acc, widen(g)), merge_metrics(m_acc, m)), None
 
             (grads, metrics), _ = jax.lax.scan(body, zeros, (batch, jnp.arange(grad_accum)))
         total_count = metrics["loss"].count

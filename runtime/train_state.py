@@ -5,6 +5,10 @@ leaf keeps its logical axes for sharding). The mask is a tuple of booleans, one 
 ``jax.tree.leaves`` order; the optimizer state exists only for the trainable leaves, so a model with most of
 its weights frozen pays no optimizer memory for them. The rng is raw ``uint32[2]`` key data so that it
 checkpoints like any array; each step uses ``fold_in(rng, step)``, which makes a resumed run identical.
+
+Under a ``runtime.precision.Precision`` policy the trainable floating leaves are master copies (float32 by default)
+and ``forward_dtypes`` records the dtype the model stores each leaf in; ``forward_params()`` is the copy the forward
+pass sees. Frozen leaves are kept as stored.
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from runtime import precision as precision_lib
 from runtime import sharding as sharding_lib
 from runtime.errors import RuntimeConfigError
+from runtime.precision import Precision
 
 
 def _is_none(x) -> bool:
@@ -33,6 +39,13 @@ class TrainState:
     opt_state: Any  # optimizer state of the trainable subset of ``params``
     rng: jax.Array  # uint32[2] raw key data
     trainable: tuple[bool, ...] = struct.field(pytree_node=False)
+    # The dtype each parameter leaf is stored in by its model (empty: as in ``params``); trained leaves may be
+    # kept wider than this as master copies.
+    forward_dtypes: tuple[str, ...] = struct.field(pytree_node=False, default=())
+
+    def forward_params(self, params: Any = None) -> Any:
+        """The parameters as the model stores them: masters cast to their forward dtypes (a no-op in float32)."""
+        return precision_lib.to_forward(self.params if params is None else params, self.forward_dtypes)
 
     def split_params(self, params: Any = None) -> tuple[Any, Any]:
         """(trainable, frozen): two trees shaped like ``params`` with ``None`` at the other part's leaves."""
@@ -41,7 +54,10 @@ class TrainState:
     def apply_gradients(self, grads: Any, tx: optax.GradientTransformation) -> "TrainState":
         """One optimizer update from gradients of the trainable subset; frozen leaves are untouched."""
         train, frozen = self.split_params()
+        grads = jax.tree.map(lambda g, w: g.astype(w.dtype), grads, train)
         updates, opt_state = tx.update(grads, self.opt_state, train)
+        # Keep the state's dtypes (narrow moments stay narrow; optax would promote them to the gradients' dtype).
+        opt_state = jax.tree.map(lambda new, old: new.astype(old.dtype), opt_state, self.opt_state)
         train = optax.apply_updates(train, updates)
         return self.replace(step=self.step + 1, params=merge_by_mask(train, frozen), opt_state=opt_state)
 
@@ -105,23 +121,29 @@ def state_shardings(abstract: TrainState, mesh: jax.sharding.Mesh, rules=None) -
         opt_state=sharding_lib.state_shardings(abstract.opt_state, mesh, rules),
         rng=repl,
         trainable=abstract.trainable,
+        forward_dtypes=abstract.forward_dtypes,
     )
 
 
-def _fresh_state(params: Any, tx: optax.GradientTransformation, seed: int, mask: tuple[bool, ...]) -> TrainState:
-    """Step 0 around ``params``: optimizer state for the trainable leaves only."""
+def _fresh_state(params: Any, tx: optax.GradientTransformation, seed: int, mask: tuple[bool, ...],
+                 precision: Precision = Precision()) -> TrainState:
+    """Step 0 around ``params``: trained leaves as masters, optimizer state for the trainable leaves only."""
+    dtypes = precision_lib.forward_dtypes(params)
+    params = precision_lib.to_masters(params, mask, precision)
     train, _ = split_by_mask(params, mask)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
-        opt_state=tx.init(train),
+        opt_state=precision_lib.moments_state(tx, train, precision),
         rng=jax.random.PRNGKey(seed),
         trainable=mask,
+        forward_dtypes=dtypes,
     )
 
 
-def _builder(init_params: Callable[[], Any], tx: optax.GradientTransformation, seed: int, mask) -> Callable[[], TrainState]:
-    return lambda: _fresh_state(init_params(), tx, seed, mask)
+def _builder(init_params: Callable[[], Any], tx: optax.GradientTransformation, seed: int, mask,
+             precision: Precision) -> Callable[[], TrainState]:
+    return lambda: _fresh_state(init_params(), tx, seed, mask, precision)
 
 
 def train_state_spec(
@@ -132,10 +154,11 @@ def train_state_spec(
     seed: int,
     trainable: str | Callable[[str], bool] | None = None,
     rules=None,
+    precision: Precision = Precision(),
 ) -> tuple[TrainState, TrainState]:
     """(abstract state, shardings) without allocating anything: what a restore needs."""
     mask = trainable_mask(jax.eval_shape(init_params), trainable)
-    abstract = jax.eval_shape(_builder(init_params, tx, seed, mask))
+    abstract = jax.eval_shape(_builder(init_params, tx, seed, mask, precision))
     return abstract, state_shardings(abstract, mesh, rules)
 
 
@@ -147,15 +170,17 @@ def init_train_state(
     seed: int,
     trainable: str | Callable[[str], bool] | None = None,
     rules=None,
+    precision: Precision = Precision(),
 ) -> tuple[TrainState, TrainState]:
     """Builds the train state abstractly, shards it, then initialises it under jit straight onto the mesh.
 
     ``init_params`` returns the parameter pytree (e.g. ``nnx.state(Model(cfg, rngs=nnx.Rngs(seed)), nnx.Param)``);
     it is traced, never run eagerly, so no full copy ever lives on one device. Returns (state, shardings).
     """
-    abstract, shardings = train_state_spec(init_params, tx, mesh, seed=seed, trainable=trainable, rules=rules)
+    abstract, shardings = train_state_spec(init_params, tx, mesh, seed=seed, trainable=trainable, rules=rules,
+                                           precision=precision)
     with sharding_lib.activate(mesh, rules):
-        state = jax.jit(_builder(init_params, tx, seed, abstract.trainable), out_shardings=shardings)()
+        state = jax.jit(_builder(init_params, tx, seed, abstract.trainable, precision), out_shardings=shardings)()
     return state, shardings
 
 
@@ -167,10 +192,12 @@ def train_state_from_params(
     seed: int,
     trainable: str | Callable[[str], bool] | None = None,
     rules=None,
+    precision: Precision = Precision(),
 ) -> tuple[TrainState, TrainState]:
-    """A train state around already-placed parameters (e.g. a loaded checkpoint); the parameters are donated."""
+    """A train state around already-placed parameters (e.g. a loaded checkpoint); the parameters are donated
+    (those that become wider masters are copied, the rest alias)."""
     mask = trainable_mask(params, trainable)
-    build = lambda params: _fresh_state(params, tx, seed, mask)  # noqa: E731
+    build = lambda params: _fresh_state(params, tx, seed, mask, precision)  # noqa: E731
     shardings = state_shardings(jax.eval_shape(build, params), mesh, rules)
     state = jax.jit(build, in_shardings=(shardings.params,), out_shardings=shardings, donate_argnums=0)(params)
     return state, shardings

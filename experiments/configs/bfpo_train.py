@@ -156,6 +156,8 @@ class BFPOTrainConfig:
     logprob_chunk: int = 128
     export: bool = True
     """At the end write the trained model (LoRA merged) as a Hugging Face safetensors directory <out_dir>/hf."""
+    export_dtype: Literal["model", "float32", "bfloat16", "float16"] = "model"
+    """dtype of the exported weights ("model": the model's param_dtype; the float32 masters are rounded to it)."""
 
     def __post_init__(self):
         if not self.streams:
