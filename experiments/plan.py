@@ -62,7 +62,22 @@ class PlanError(RuntimeConfigError):
     """The planner cannot plan this launcher, preset or target (the message says what to change)."""
 
 
+# Launchers with no step of their own to plan, and what to plan instead.
+NOT_PLANNED = {
+    "bfpo_compare": "it runs bfpo_train's step for each objective (and an SFT step of the same shape): plan "
+                    "--launcher bfpo_train with the compared --objective",
+    "local_learning_compare": "it runs local_learning_train's steps: plan --launcher local_learning_train with the "
+                              "compared --executor / --partition.num-modules / --local.reconcile.weight",
+    "lm_generate": "decoding is a loop whose length depends on the data (it stops at EOS), not a fixed step; plan "
+                   "the model's training step with bfpo_train, or time generation with experiments.bench.lm_throughput",
+    "lsrl_stability": "it is a float64 CPU study of many small compiled models; the LSRL forward pass that runs at "
+                      "scale is planned with --launcher lsrl_approx",
+}
+
+
 def launcher_plan(name: str) -> LauncherPlan:
+    if name in NOT_PLANNED:
+        raise PlanError(f"launcher {name!r} has no step of its own to plan: {NOT_PLANNED[name]}")
     if name not in LAUNCHERS:
         raise PlanError(f"unknown launcher {name!r}; the planner knows {', '.join(LAUNCHERS)}")
     return importlib.import_module(LAUNCHERS[name]).PLAN
@@ -313,7 +328,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(prog="python -m experiments.plan", description=__doc__.split("\n\n")[0],
                                      epilog="Flags after -- (or any flag the planner does not know) go to the "
                                             "launcher's own CLI. Targets: " + ", ".join(TARGETS))
-    parser.add_argument("--launcher", required=True, choices=sorted(LAUNCHERS))
+    parser.add_argument("--launcher", required=True, choices=sorted({*LAUNCHERS, *NOT_PLANNED}))
     parser.add_argument("--preset", required=True)
     parser.add_argument("--target", required=True, help="one of: " + ", ".join(TARGETS))
     for axis in MESH_AXES:

@@ -25,10 +25,14 @@ NO_SGR = ("--local.reconcile.weight", "0")
 
 # name -> (what, launcher, preset, target, launcher flags)
 ROWS: dict[str, tuple[str, str, str, str, tuple[str, ...]]] = {
-    "m7_1024_v5p": ("BFPO Mistral-7B, down_proj, bf16, remat, T 1024", "bfpo_train", "mistral-7b", "tpu-v5p-8", ()),
-    "m7_1024_h100": ("BFPO Mistral-7B, down_proj, bf16, remat, T 1024", "bfpo_train", "mistral-7b", "h100x8", ()),
-    "m7_4096_v5p": ("BFPO Mistral-7B, down_proj, bf16, remat, T 4096", "bfpo_train", "mistral-7b", "tpu-v5p-8", L4096),
-    "m7_4096_h100": ("BFPO Mistral-7B, down_proj, bf16, remat, T 4096", "bfpo_train", "mistral-7b", "h100x8", L4096),
+    "m7_1024_v5p": ("BFPO Mistral-7B, down_proj (float32 masters), bf16, remat, T 1024", "bfpo_train", "mistral-7b",
+                     "tpu-v5p-8", ()),
+    "m7_1024_h100": ("BFPO Mistral-7B, down_proj (float32 masters), bf16, remat, T 1024", "bfpo_train", "mistral-7b",
+                     "h100x8", ()),
+    "m7_4096_v5p": ("BFPO Mistral-7B, down_proj (float32 masters), bf16, remat, T 4096", "bfpo_train", "mistral-7b",
+                     "tpu-v5p-8", L4096),
+    "m7_4096_h100": ("BFPO Mistral-7B, down_proj (float32 masters), bf16, remat, T 4096", "bfpo_train", "mistral-7b",
+                     "h100x8", L4096),
     "l1b_v5p": ("DPO full fine-tune, Llama-3.2-1B shape, f32 master / bf16 compute, T 1024", "bfpo_train",
                 "mistral-7b", "tpu-v5p-8", DPO + ("--model.architecture", "llama3_2_1b")),
     "l1b_h100": ("DPO full fine-tune, Llama-3.2-1B shape, f32 master / bf16 compute, T 1024", "bfpo_train",

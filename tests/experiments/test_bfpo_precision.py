@@ -13,6 +13,7 @@ import tyro
 from bfpo.train_params import build_params
 from bfpo.model.llama import init_params
 from experiments import bfpo_train
+from runtime import make_mesh
 from runtime.precision import PrecisionWarning
 from runtime.train_state import leaf_paths
 
@@ -50,7 +51,8 @@ def test_bfloat16_model_trains_float32_masters_of_down_proj(tmp_path):
 def test_bfloat16_masters_warn_with_the_numbers(tmp_path):
     cfg = config(tmp_path, "--run.precision.master", "stored", "--no-export", "--run.steps", "1")
     task, prepared = bfpo_train.make_task(cfg)
-    with pytest.warns(PrecisionWarning, match=r"bfpo_train\[bfpo\]\] 1 of 1 trained parameter arrays .*down_proj.*spacing there 0\.000122, update 5e-07"):
+    expected = r"bfpo_train\[bfpo\]\] 1 of 1 trained parameter arrays .*down_proj.*spacing there 0\.000122, update 5e-07"
+    with pytest.warns(PrecisionWarning, match=expected):
         bfpo_train.train_and_export(cfg, task, prepared)
     final = by_path(bfpo_train.final_params(cfg, task))
     assert {final[p].dtype for p in final if "down_proj" in p} == {np.dtype(jnp.bfloat16)}
@@ -61,3 +63,22 @@ def _safetensors_header(directory: Path) -> bytes:
     with open(path, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
         return f.read(n)
+
+
+@pytest.mark.parametrize("lora_rank", [0, 8])
+def test_the_7b_preset_keeps_float32_masters_of_what_it_trains_and_bfloat16_frozen_weights(lora_rank):
+    """Abstract only (no 7B allocation): the state the zephyr-7b preset would train on an 8-device mesh."""
+    cfg = bfpo_train.BFPOTrainConfig.zephyr_7b(lora_rank=lora_rank)
+    model_cfg = bfpo_train.model_config(cfg)
+    abstract, _ = bfpo_train.step_parts(cfg, model_cfg).state_spec(make_mesh({"fsdp": 8}))
+    dtypes = {}
+    for path, leaf, trained in zip(leaf_paths(abstract.params), jax.tree.leaves(abstract.params), abstract.trainable):
+        dtypes.setdefault((trained, str(leaf.dtype)), []).append(path)
+    assert set(dtypes) == {(True, "float32"), (False, "bfloat16")}, {k: v[:3] for k, v in dtypes.items()}
+    trained = dtypes[(True, "float32")]
+    assert all(("lora/" if lora_rank else "down_proj") in p for p in trained), trained
+    assert {str(x.dtype) for x in jax.tree.leaves(abstract.opt_state) if x.ndim} == {"float32"}
+    # The forward pass runs the dense weights in bfloat16; LoRA adapters are created in float32 and stay so.
+    forward = {d for d, t in zip(abstract.forward_dtypes, abstract.trainable) if t}
+    assert forward == ({"float32"} if lora_rank else {"bfloat16"})
+    assert {d for d, t in zip(abstract.forward_dtypes, abstract.trainable) if not t} == {"bfloat16"}

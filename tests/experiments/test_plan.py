@@ -127,6 +127,8 @@ def test_errors_name_what_to_change():
         plan.plan("bfpo_train", "tiny", "tpu-v5e-4", mesh=MeshConfig(data=3))
     with pytest.raises(plan.PlanError, match="presets"):
         plan.plan("bfpo_train", "nope", "tpu-v5e-4")
+    with pytest.raises(plan.PlanError, match="lm_generate' has no step of its own to plan: decoding is a loop"):
+        plan.plan("lm_generate", "default", "tpu-v5e-4")
     with pytest.raises(bfpo_train.TrainConfigError, match="--model.architecture"):
         plan.plan("bfpo_train", "mistral-7b", "tpu-v5e-4", ["--model.architecture="])
 
