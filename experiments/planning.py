@@ -37,6 +37,9 @@ class Program:
     args: tuple
     work: Mapping[str, float]
     arg_names: tuple[str, ...] = ("state", "batch")
+    unknown_trips: int = 1
+    """How many times to count a while loop whose length the data decides (generation, which stops when every
+    row has emitted a stop token, runs at most max_new_tokens steps: planned at that worst case)."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

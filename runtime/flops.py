@@ -13,7 +13,8 @@ over vocabulary chunks is undercounted by its trip count. Here the jaxpr of the 
 Only matrix products and convolutions are counted (the work that runs on the matrix units and that peak FLOP/s
 figures describe); elementwise work is left out. Shapes in a jitted jaxpr are global, so the per-device figure
 of an evenly sharded program is the total divided by the number of devices. A ``while`` loop whose trip count
-is not static is counted once and reported in ``unknown_trip_loops``.
+is not static (the data decides when it stops, as generation stopping at EOS) is counted ``unknown_trips`` times
+(default once; a caller that knows the bound passes it, for the worst case) and reported in ``unknown_trip_loops``.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class FlopCount:
     """FLOPs of dot_general (2 per multiply-add)."""
     conv: float
     unknown_trip_loops: int = 0
-    """while loops with no static trip count (counted once)."""
+    """while loops with no static trip count (counted ``unknown_trips`` times)."""
 
     @property
     def total(self) -> float:
@@ -90,7 +91,7 @@ def _shard_count(eqn) -> int:
     return math.prod(mesh.shape[a] for a in axes) if axes else mesh.size
 
 
-def count_jaxpr(jaxpr: jex_core.Jaxpr) -> FlopCount:
+def count_jaxpr(jaxpr: jex_core.Jaxpr, unknown_trips: int = 1) -> FlopCount:
     total = ZERO
     for eqn in jaxpr.eqns:
         name = eqn.primitive.name
@@ -99,21 +100,22 @@ def count_jaxpr(jaxpr: jex_core.Jaxpr) -> FlopCount:
         elif name == "conv_general_dilated":
             total = total + FlopCount(0.0, _conv_flops(eqn))
         elif name == "scan":
-            total = total + count_jaxpr(eqn.params["jaxpr"].jaxpr).scaled(eqn.params["length"])
+            total = total + count_jaxpr(eqn.params["jaxpr"].jaxpr, unknown_trips).scaled(eqn.params["length"])
         elif name == "cond":
-            branches = [count_jaxpr(b.jaxpr) for b in eqn.params["branches"]]
+            branches = [count_jaxpr(b.jaxpr, unknown_trips) for b in eqn.params["branches"]]
             total = total + max(branches, key=lambda c: c.total)
         elif name == "while":
-            body = count_jaxpr(eqn.params["body_jaxpr"].jaxpr) + count_jaxpr(eqn.params["cond_jaxpr"].jaxpr)
-            total = total + FlopCount(body.matmul, body.conv, body.unknown_trip_loops + 1)
+            body = sum((count_jaxpr(eqn.params[k].jaxpr, unknown_trips) for k in ("body_jaxpr", "cond_jaxpr")), ZERO)
+            total = total + FlopCount(body.matmul * unknown_trips, body.conv * unknown_trips,
+                                      body.unknown_trip_loops + 1)
         elif name == "shard_map":
-            total = total + count_jaxpr(eqn.params["jaxpr"]).scaled(_shard_count(eqn))
+            total = total + count_jaxpr(eqn.params["jaxpr"], unknown_trips).scaled(_shard_count(eqn))
         elif name in ("custom_jvp_call", "custom_vjp_call"):
-            total = total + count_jaxpr(eqn.params["call_jaxpr"].jaxpr)
+            total = total + count_jaxpr(eqn.params["call_jaxpr"].jaxpr, unknown_trips)
         else:
             for value in eqn.params.values():
                 for sub in _jaxprs_in(value):
-                    total = total + count_jaxpr(sub)
+                    total = total + count_jaxpr(sub, unknown_trips)
     return total
 
 
@@ -126,7 +128,7 @@ def _dead_code_removed(jaxpr: jex_core.Jaxpr) -> jex_core.Jaxpr:
     return pe.dce_jaxpr(jaxpr, [True] * len(jaxpr.outvars), instantiate=True)[0]
 
 
-def count_flops(fn: Callable, *args: Any, **kwargs: Any) -> FlopCount:
+def count_flops(fn: Callable, *args: Any, unknown_trips: int = 1, **kwargs: Any) -> FlopCount:
     """Global FLOPs of ``fn(*args)`` (arrays or ``jax.ShapeDtypeStruct``s), every loop iteration counted, after
     removing the computations no output depends on."""
-    return count_jaxpr(_dead_code_removed(jax.make_jaxpr(fn, **kwargs)(*args).jaxpr))
+    return count_jaxpr(_dead_code_removed(jax.make_jaxpr(fn, **kwargs)(*args).jaxpr), unknown_trips)

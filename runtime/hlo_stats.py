@@ -15,7 +15,8 @@ so the planner reads the compiled module itself:
 
 A trip count comes from the loop's ``known_trip_count`` annotation when the compiler wrote one, else from its
 condition ``i < N`` (or ``<=``) against the induction variable's initial constant; a loop matching neither is
-counted once and reported in ``unknown_trip_loops``.
+counted ``unknown_trips`` times (default once; the caller's bound for a loop the data stops, as generation) and
+reported in ``unknown_trip_loops``.
 """
 
 from __future__ import annotations
@@ -209,9 +210,10 @@ def _group_size(instr: Instruction, num_devices: int) -> int:
 
 
 class _Counter:
-    def __init__(self, module: Module, num_devices: int):
+    def __init__(self, module: Module, num_devices: int, unknown_trips: int = 1):
         self.m = module
         self.num_devices = num_devices
+        self.unknown_trips = unknown_trips
         self.memo: dict[str, Traffic] = {}
         self.users: dict[str, dict[str, list[Instruction]]] = {}
 
@@ -346,7 +348,7 @@ class _Counter:
                 for c in instr.called(key):
                     if c in self.m.computations:
                         body.add(self.computation(c))
-            t.add(body, 1 if trips is None else trips)
+            t.add(body, self.unknown_trips if trips is None else trips)
             t.unknown_trip_loops += trips is None
             return t
         if op == "conditional":
@@ -446,10 +448,10 @@ class HloStats:
                 "largest": [{"bytes": b, "shape": s, "op": o} for b, s, o in self.largest]}
 
 
-def hlo_stats(text: str, num_devices: int, top: int = 8) -> HloStats:
+def hlo_stats(text: str, num_devices: int, top: int = 8, unknown_trips: int = 1) -> HloStats:
     """Loop-aware traffic of one device's program, from ``compiled.as_text()``."""
     module = parse_module(text)
-    counter = _Counter(module, num_devices)
+    counter = _Counter(module, num_devices, unknown_trips)
     t = counter.computation(module.entry)
     return HloStats(t.bytes, t.collective_bytes, t.wire_bytes, dict(t.cross_group_wire_bytes), t.unknown_trip_loops,
                     counter.largest(top))

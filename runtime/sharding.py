@@ -135,6 +135,13 @@ def logical_to_sharding(
     return NamedSharding(mesh, spec)
 
 
+def shards_of(name: str, mesh: jax.sharding.Mesh, rules: Rules | None = None) -> int:
+    """How many ways the logical axis ``name`` is split on ``mesh`` (a dimension must be a multiple of it)."""
+    entry = logical_to_spec((name,), rules, mesh)[0]
+    axes = () if entry is None else (entry,) if isinstance(entry, str) else entry
+    return math.prod(mesh.shape[a] for a in axes)
+
+
 def _path_str(path) -> str:
     return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 

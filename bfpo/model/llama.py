@@ -267,15 +267,16 @@ class LlamaForCausalLM(nnx.Module):
         return self.project(self.hidden_states(tokens_BxT, mask_BxT, positions_BxT))
 
     def decode(self, tokens_BxT: jax.Array, mask_BxT: jax.Array, positions_BxT: jax.Array,
-               cache: KVCache) -> tuple[jax.Array, KVCache]:
-        """Runs T new tokens against the cache (a prefill when T > 1), returning their logits and the cache."""
+               cache: KVCache, *, last_only: bool = False) -> tuple[jax.Array, KVCache]:
+        """Runs T new tokens against the cache (a prefill when T > 1), returning their logits and the cache;
+        ``last_only``: the logits of the last position only, [B, 1, V] (a prefill needs no others)."""
         t = tokens_BxT.shape[1]
         valid = jax.lax.dynamic_update_slice(cache.valid, mask_BxT.astype(bool), (0, cache.index))
         cache = cache.replace(valid=valid)
         q_slots = cache.index + jnp.arange(t)
         allowed = attention_mask(q_slots, jnp.arange(valid.shape[1]), valid, self.config.sliding_window)
         h, cache = self.backbone(tokens_BxT, positions_BxT, allowed, cache)
-        return self.project(h), cache
+        return self.project(h[:, -1:] if last_only else h), cache
 
 
 def positions_from_mask(mask_BxT: jax.Array) -> jax.Array:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Annotated
+
+import tyro
 
 from runtime.mesh import MeshConfig
 
@@ -36,3 +39,37 @@ class LMGenerateConfig:
             raise ValueError("LMGenerateConfig: give hf_dir or gguf, not both")
         if not self.prompts:
             raise ValueError("LMGenerateConfig.prompts: at least one prompt is needed")
+
+
+# Presets of the planner (``python -m experiments.plan --launcher lm_generate --preset NAME``): the launcher's own
+# default (the bundled SmolLM2 GGUF) and model shapes named by their ``LlamaConfig`` preset, stored in bfloat16.
+PLAN_PRESETS = ("smollm2", "llama3_2_1b", "llama3_8b", "mistral_7b", "qwen2_0_5b")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LMGeneratePlanConfig:
+    """What planning a generation needs besides the launcher's config: the model's shape (when neither
+    ``--hf-dir`` nor ``--gguf`` names a model) and the batch's, which the launcher takes from its prompts."""
+
+    generate: Annotated[LMGenerateConfig, tyro.conf.arg(name="")] = LMGenerateConfig()
+    architecture: str = ""
+    """A ``LlamaConfig`` preset (llama3_2_1b, llama3_8b, mistral_7b, qwen2_0_5b); empty: the launcher's model."""
+    batch: int = 0
+    """Rows generated together (0: one per prompt, as the launcher runs)."""
+    prompt_length: int = 256
+    """The left-padded prompt bucket P (the KV cache holds P + max_new_tokens slots)."""
+
+    def __post_init__(self):
+        if self.batch < 0 or self.prompt_length < 1:
+            raise ValueError(f"LMGeneratePlanConfig: batch={self.batch} must be >= 0 and prompt_length="
+                             f"{self.prompt_length} >= 1")
+
+    @property
+    def rows(self) -> int:
+        return self.batch or len(self.generate.prompts)
+
+    @classmethod
+    def preset(cls, name: str) -> "LMGeneratePlanConfig":
+        if name == "smollm2":
+            return cls()
+        return cls(architecture=name, generate=LMGenerateConfig(param_dtype="bfloat16"))

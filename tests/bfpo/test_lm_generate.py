@@ -104,7 +104,7 @@ def test_one_compilation_per_bucket(model, prompts):
     from bfpo import generate as gen
 
     chex.clear_trace_counter()
-    counted = jax.jit(chex.assert_max_traces(gen._generate, n=1), static_argnames=("graphdef", "cfg"))
+    counted = jax.jit(chex.assert_max_traces(gen.generate_tokens, n=1), static_argnames=("graphdef", "cfg"))
     graphdef, params = nnx.split(model)
     cfg = SamplingConfig(max_new_tokens=3, temperature=0.7, top_p=0.9)
     for seed in range(3):

@@ -8,18 +8,23 @@ import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import tyro
+from flax import nnx
 
 from bfpo.data import TokenizeConfig, tokenize_pairs
 from bfpo.data import synthetic
 from bfpo.data.tokenized import batch_spec
 from bfpo.model.config import LlamaConfig
+from bfpo.model.llama import KVCache, LlamaForCausalLM, positions_from_mask
 from bfpo.tokenize import Tokenizer
-from experiments import bfpo_train, local_learning_train, plan
+from experiments import bfpo_train, lm_generate, local_learning_train, plan
+from experiments.configs.lm_generate import LMGeneratePlanConfig
 from runtime.accelerators import TargetError
 from runtime.errors import MeshError
+from runtime.flops import count_flops
 from runtime.mesh import MeshConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -127,8 +132,8 @@ def test_errors_name_what_to_change():
         plan.plan("bfpo_train", "tiny", "tpu-v5e-4", mesh=MeshConfig(data=3))
     with pytest.raises(plan.PlanError, match="presets"):
         plan.plan("bfpo_train", "nope", "tpu-v5e-4")
-    with pytest.raises(plan.PlanError, match="lm_generate' has no step of its own to plan: decoding is a loop"):
-        plan.plan("lm_generate", "default", "tpu-v5e-4")
+    with pytest.raises(plan.PlanError, match="bfpo_compare' has no step of its own to plan: it runs bfpo_train"):
+        plan.plan("bfpo_compare", "default", "tpu-v5e-4")
     with pytest.raises(bfpo_train.TrainConfigError, match="--model.architecture"):
         plan.plan("bfpo_train", "mistral-7b", "tpu-v5e-4", ["--model.architecture="])
 
@@ -138,3 +143,29 @@ def test_cli_errors_are_one_line():
                           "--target", "tpu-v9"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [out.stderr.strip()] and "known targets" in out.stderr
+
+
+def test_generation_is_planned_at_its_longest_with_the_kv_cache_and_the_batch_padded_to_its_shards():
+    args = ["--max-new-tokens", "8", "--prompt-length", "16", "--batch", "3"]
+    r = plan.plan("lm_generate", "smollm2", "tpu-v5e-4", args, model_flops=False)
+    assert r["program"] == "lm_generate[4x16+8]" and r["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
+    assert r["work_per_step"] == {"tokens": 32, "sequences": 4} and r["memory"]["fits"]
+    # Independent reference: the prefill and one decode step counted as straight-line programs, no loop.
+    cfg = lm_generate.plan_model_config(LMGeneratePlanConfig())
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: LlamaForCausalLM(cfg, rngs=nnx.Rngs(0))))
+
+    def run(state, t):
+        mask = jnp.ones((4, t), bool)
+        return nnx.merge(graphdef, state).decode(jnp.zeros((4, t), jnp.int32), mask, positions_from_mask(mask),
+                                                 KVCache.empty(cfg, 4, 16 + 8), last_only=True)
+
+    prefill, step = (count_flops(lambda s, t=t: run(s, t), state).total for t in (16, 1))
+    assert r["flops"]["unknown_trip_loops"] == 1 and r["flops"]["unknown_trip_loops_counted"] == 8
+    np.testing.assert_allclose(r["flops"]["global"], prefill + 8 * step, rtol=1e-6)
+    # The float32 weights split four ways (the compiled arguments add the TPU's tile padding); the cache of 24
+    # slots per row lives in the program's buffers.
+    n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(state))
+    np.testing.assert_allclose(r["memory"]["argument_bytes_from_shardings"], n_params * 4 / 4, rtol=0.02)
+    assert r["memory"]["argument"] >= r["memory"]["argument_bytes_from_shardings"]
+    cache = 2 * cfg.num_layers * 4 * 24 * cfg.num_kv_heads * cfg.head_dim * 4
+    assert r["memory"]["temp"] + r["memory"]["output"] >= cache / 4

@@ -53,6 +53,28 @@ def test_a_scan_counts_every_iteration_and_dead_code_is_not_counted():
     assert count_flops(unused, ws, x).matmul == 2 * 8 * 32 * 32
 
 
+def _until_small(w, x):
+    # A loop the data stops: no static trip count.
+    def body(carry):
+        h, i = carry
+        return jnp.tanh(h @ w), i + 1
+
+    return jax.lax.while_loop(lambda c: (c[1] < 10) & (jnp.max(c[0]) > 1e-3), body, (x, 0))[0]
+
+
+def test_a_loop_the_data_stops_is_counted_as_often_as_the_caller_bounds_it():
+    w = jax.ShapeDtypeStruct((32, 32), jnp.float32)
+    x = jax.ShapeDtypeStruct((8, 32), jnp.float32)
+    once, bounded = count_flops(_until_small, w, x), count_flops(_until_small, w, x, unknown_trips=10)
+    assert once.matmul == 2 * 8 * 32 * 32 and once.unknown_trip_loops == 1
+    assert bounded.matmul == 10 * once.matmul and bounded.unknown_trip_loops == 1
+    text = jax.jit(_until_small).lower(w, x).compile().as_text()
+    one, ten = hlo_stats(text, 1), hlo_stats(text, 1, unknown_trips=10)
+    assert one.unknown_trip_loops == 1 and ten.unknown_trip_loops == 1
+    # Nine more iterations of a body that reads w and h and writes h at least.
+    assert ten.bytes - one.bytes >= 9 * (32 * 32 + 2 * 8 * 32) * 4
+
+
 def test_tpu_tile_padding_counts_the_stored_bytes():
     assert _array_bytes("f32[16,16]{1,0}") == 16 * 16 * 4
     assert _array_bytes("f32[16,16]{1,0:T(8,128)}") == 16 * 128 * 4
