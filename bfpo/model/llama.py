@@ -141,8 +141,10 @@ def attention_mask(q_slots_T: jax.Array, k_slots_S: jax.Array, k_valid_BxS: jax.
 
 
 def decoder_layer(cfg: LlamaConfig, w: dict[str, jax.Array], x_BxTxD: jax.Array, cos: jax.Array, sin: jax.Array,
-                  allowed_BxTxS: jax.Array, kv: tuple[jax.Array, jax.Array] | None, index: jax.Array | None):
-    """One pre-norm layer; with a per-layer cache (k, v) [B, S, K, E] writes this step's keys at ``index``."""
+                  allowed_BxTxS: jax.Array, kv: tuple[jax.Array, jax.Array, jax.Array] | None,
+                  index: jax.Array | None):
+    """One pre-norm layer. With the whole cache ``kv = (k, v, layer)`` (k, v [L, B, S, K, E]) it writes this
+    step's keys and values at (layer, index) and attends over that layer's slots; returns the updated (k, v)."""
     dt = cfg.compute_dtype
     act = ("batch", "seq", "act_embed")
     h = rms_norm(x_BxTxD, w["input_norm"], cfg.rms_norm_eps)
@@ -157,8 +159,12 @@ def decoder_layer(cfg: LlamaConfig, w: dict[str, jax.Array], x_BxTxD: jax.Array,
     k = apply_rotary(project("k", "act_kv_heads"), cos, sin)
     v = project("v", "act_kv_heads")
     if kv is not None:
-        k = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), (0, index, 0, 0))
-        v = jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), (0, index, 0, 0))
+        # Only the T new entries are written, into the cache carried through the layers (updated in place);
+        # the layer's slots are then read for attention.
+        k_all, v_all, layer = kv
+        k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), (layer, 0, index, 0, 0))
+        v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), (layer, 0, index, 0, 0))
+        k, v = k_all[layer], v_all[layer]
     # A full-sequence pass (no cache) has query slot == key slot, so causal blocks may skip the future.
     blocks = cfg.causal_blocks if kv is None else 1
     attn = grouped_attention(q, k.astype(dt), v.astype(dt), allowed_BxTxS, cfg.attention_query_chunk, blocks)
@@ -167,7 +173,7 @@ def decoder_layer(cfg: LlamaConfig, w: dict[str, jax.Array], x_BxTxD: jax.Array,
     gate = constrain(dense(h, w["gate"], 1, dt), ("batch", "seq", "act_mlp"))
     up = constrain(dense(h, w["up"], 1, dt), ("batch", "seq", "act_mlp"))
     x = x + constrain(dense(jax.nn.silu(gate) * up, w["down"], 1, dt), act)
-    return x, (None if kv is None else (k, v))
+    return x, (None if kv is None else (k_all, v_all))
 
 
 def _remat(fn, mode: str):
@@ -218,30 +224,34 @@ class LlamaForCausalLM(nnx.Module):
         weights = self.layers.weights()
         index = None if cache is None else cache.index
 
-        def body(x, xs):
-            w, kv = xs
-            return decoder_layer(cfg, w, x, cos, sin, allowed_BxTxS, kv, index)
+        if cache is not None:
+            # Decoding scans the layers with the whole cache in the carry, so each step writes its new entries
+            # in place rather than rebuilding the stacked cache from per-layer outputs.
+            def cached(carry, xs):
+                x, k_all, v_all = carry
+                w, layer = xs
+                x, kv = decoder_layer(cfg, w, x, cos, sin, allowed_BxTxS, (k_all, v_all, layer), index)
+                return (x, *kv), None
+
+            layers = jnp.arange(cfg.num_layers, dtype=jnp.int32)
+            (x, k_all, v_all), _ = jax.lax.scan(cached, (x, cache.k, cache.v), (weights, layers))
+            h = rms_norm(x, self.norm.scale[...], cfg.rms_norm_eps)
+            t = tokens_BxT.shape[1]
+            return h, KVCache(k=k_all, v=v_all, valid=cache.valid, index=cache.index + t)
+
+        def body(x, w):
+            return decoder_layer(cfg, w, x, cos, sin, allowed_BxTxS, None, None)[0], None
 
         body = _remat(body, cfg.remat)
-        kv_all = None if cache is None else (cache.k, cache.v)
-        # Decoding always scans: unrolled, each token would unstack and restack the whole cache.
-        if cfg.scan_layers or cache is not None:
-            x, new_kv = jax.lax.scan(body, x, (weights, kv_all))
+        if cfg.scan_layers:
+            x, _ = jax.lax.scan(body, x, weights)
         else:
             # Unstacking once (its transpose is one stack) rather than indexing layer by layer: the gradient of
             # 30 indexed slices is 30 padded copies summed, which XLA:CPU evaluates as written.
-            unstack = lambda a: [None] * cfg.num_layers if a is None else list(jnp.unstack(a))  # noqa: E731
-            per_layer = jax.tree.map(unstack, (weights, kv_all), is_leaf=lambda a: a is None)
-            outs = []
+            per_layer = {k: [None] * cfg.num_layers if a is None else list(jnp.unstack(a)) for k, a in weights.items()}
             for layer in range(cfg.num_layers):
-                x, kv = body(x, jax.tree.map(lambda a: a[layer], per_layer, is_leaf=lambda a: isinstance(a, list)))
-                outs.append(kv)
-            new_kv = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *outs)
-        h = rms_norm(x, self.norm.scale[...], cfg.rms_norm_eps)
-        if cache is not None:
-            t = tokens_BxT.shape[1]
-            cache = KVCache(k=new_kv[0], v=new_kv[1], valid=cache.valid, index=cache.index + t)
-        return h, cache
+                x, _ = body(x, {k: a[layer] for k, a in per_layer.items()})
+        return rms_norm(x, self.norm.scale[...], cfg.rms_norm_eps), None
 
     def project(self, h_BxTxD: jax.Array) -> jax.Array:
         """Logits [B, T, V] in float32 from final hidden states."""

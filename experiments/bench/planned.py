@@ -22,6 +22,8 @@ L4096 = ("--max-length", "4096", "--max-prompt-length", "2048", "--buckets", "40
 DPO = ("--objective", "dpo", "--trainable=", "--model.param-dtype", "float32")
 BP = ("--executor", "bp", "--partition.num-modules", "1", "--local.reconcile.weight", "0")
 NO_SGR = ("--local.reconcile.weight", "0")
+GEN = ("--batch", "64", "--prompt-length", "1024", "--max-new-tokens", "512")
+TP = ("--mesh.fsdp", "1", "--mesh.tensor", "-1")
 
 # name -> (what, launcher, preset, target, launcher flags)
 ROWS: dict[str, tuple[str, str, str, str, tuple[str, ...]]] = {
@@ -41,6 +43,12 @@ ROWS: dict[str, tuple[str, str, str, str, tuple[str, ...]]] = {
                 "mistral-7b", "tpu-v5p-8", DPO + ("--model.architecture", "llama3_8b")),
     "l8b_h100": ("DPO full fine-tune, Llama-3-8B shape, f32 master / bf16 compute, T 1024", "bfpo_train",
                  "mistral-7b", "h100x8", DPO + ("--model.architecture", "llama3_8b")),
+    "gen_m7_h100_fsdp": ("Generation, Mistral-7B bf16, 64 x (1024 prompt + 512 new tokens), greedy, fsdp", "lm_generate",
+                         "mistral_7b", "h100x8", GEN),
+    "gen_m7_h100_tp": ("Generation, Mistral-7B bf16, 64 x (1024 prompt + 512 new tokens), greedy, tensor parallel",
+                       "lm_generate", "mistral_7b", "h100x8", GEN + TP),
+    "gen_m7_v5p_tp": ("Generation, Mistral-7B bf16, 64 x (1024 prompt + 512 new tokens), greedy, tensor parallel",
+                      "lm_generate", "mistral_7b", "tpu-v5p-8", GEN + TP),
     "lsrl_4096": ("LSRL vec2vec (multiplicative, N 64), forward, batch 4096", "lsrl_approx", "default", "tpu-v5e-4",
                   ("--queries", "4096")),
     "resnet32_bp": ("CIFAR ResNet-32, batch 1024, global BP", "local_learning_train", "cifar10_resnet32_k4",
