@@ -8,6 +8,8 @@ over vocabulary chunks is undercounted by its trip count. Here the jaxpr of the 
     flops(scan)                 = length * flops(body)
     flops(cond)                 = max over branches
     flops(shard_map)            = flops(per-shard body) * number of shards
+    flops(pallas_call)          = flops(kernel body) * number of grid steps (a block-sparse kernel such as
+                                  splash attention skips masked blocks, so this is its dense upper bound)
     flops(any other call)       = flops of the jaxprs it holds (jit, remat, custom_jvp/vjp primal, ...)
 
 Only matrix products and convolutions are counted (the work that runs on the matrix units and that peak FLOP/s
@@ -108,6 +110,9 @@ def count_jaxpr(jaxpr: jex_core.Jaxpr, unknown_trips: int = 1) -> FlopCount:
             body = sum((count_jaxpr(eqn.params[k].jaxpr, unknown_trips) for k in ("body_jaxpr", "cond_jaxpr")), ZERO)
             total = total + FlopCount(body.matmul * unknown_trips, body.conv * unknown_trips,
                                       body.unknown_trip_loops + 1)
+        elif name == "pallas_call":
+            grid = math.prod(eqn.params["grid_mapping"].grid)
+            total = total + count_jaxpr(eqn.params["jaxpr"], unknown_trips).scaled(grid)
         elif name == "shard_map":
             total = total + count_jaxpr(eqn.params["jaxpr"], unknown_trips).scaled(_shard_count(eqn))
         elif name in ("custom_jvp_call", "custom_vjp_call"):

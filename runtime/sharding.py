@@ -205,6 +205,21 @@ def activate(mesh: jax.sharding.Mesh, rules: Rules | None = None) -> Iterator[No
         _ACTIVE.reset(token)
 
 
+def active_mesh() -> jax.sharding.Mesh | None:
+    """The mesh set by ``activate`` (None outside it)."""
+    active = _ACTIVE.get()
+    return None if active is None else active[0]
+
+
+def active_spec(names: LogicalAxes) -> PartitionSpec:
+    """``logical_to_spec`` under the active mesh and rules (a replicated spec outside ``activate``)."""
+    active = _ACTIVE.get()
+    if active is None:
+        return PartitionSpec()
+    mesh, rules = active
+    return logical_to_spec(names, rules, mesh)
+
+
 def constrain(x: jax.Array, names: LogicalAxes) -> jax.Array:
     """``with_sharding_constraint`` by logical names, under the mesh set by ``activate`` (traced code only)."""
     active = _ACTIVE.get()

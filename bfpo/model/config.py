@@ -60,7 +60,10 @@ class LlamaConfig:
     always scans); unrolled layers (False) compile longer and train faster on XLA:CPU;
     ``attention_query_chunk`` bounds the attention scores held at once to that many queries (long sequences);
     ``causal_blocks`` n > 1 splits a full-sequence pass's queries into n blocks, block i attending to the first
-    (i + 1) T / n keys only (exact: the rest are in its future), which saves up to half the score products.
+    (i + 1) T / n keys only (exact: the rest are in its future), which saves up to half the score products
+    (both are options of the ``xla_cpu`` attention kernel). ``kernels`` picks the implementation of the linear
+    maps, the attention and the head's log-probs (``bfpo.model.kernels``: ``auto`` by platform, ``reference``,
+    ``xla_cpu``, ``gpu``, ``tpu``); ``attention_block`` is the fused TPU attention's block length.
     """
 
     vocab_size: int
@@ -83,6 +86,8 @@ class LlamaConfig:
     scan_layers: bool = True
     attention_query_chunk: int | None = None
     causal_blocks: int = 1
+    kernels: Literal["auto", "reference", "xla_cpu", "gpu", "tpu"] = "auto"
+    attention_block: int = 512
     initializer_range: float = 0.02
 
     def __post_init__(self):
@@ -109,6 +114,11 @@ class LlamaConfig:
             raise ModelError(f"LlamaConfig.attention_query_chunk={self.attention_query_chunk}: must be None or >= 1")
         if self.causal_blocks < 1:
             raise ModelError(f"LlamaConfig.causal_blocks={self.causal_blocks}: must be at least 1")
+        if self.kernels not in ("auto", "reference", "xla_cpu", "gpu", "tpu"):
+            raise ModelError(f"LlamaConfig.kernels={self.kernels!r}: expected 'auto', 'reference', 'xla_cpu', 'gpu' "
+                             "or 'tpu'")
+        if self.attention_block < 128 or self.attention_block % 128:
+            raise ModelError(f"LlamaConfig.attention_block={self.attention_block}: must be a multiple of 128")
         if self.remat not in ("none", "full", "dots"):
             raise ModelError(f"LlamaConfig.remat={self.remat!r}: expected 'none', 'full' or 'dots'")
 

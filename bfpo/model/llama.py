@@ -28,9 +28,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
-from bfpo.model.attention import grouped_attention
+from bfpo.model import kernels as kernels_lib
 from bfpo.model.config import LlamaConfig
-from bfpo.model.dense import dense
+from bfpo.model.kernels import AttentionMask
 from bfpo.model.rope import apply_rotary, rotary_tables
 from runtime.sharding import constrain, logical
 
@@ -131,26 +131,17 @@ def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
     return (normed.astype(x.dtype) * scale).astype(x.dtype)
 
 
-def attention_mask(q_slots_T: jax.Array, k_slots_S: jax.Array, k_valid_BxS: jax.Array,
-                   window: int | None) -> jax.Array:
-    """[B, T, S] bool: key s is a real token, not in the future of query t, and within the sliding window."""
-    causal = k_slots_S[None, :] <= q_slots_T[:, None]
-    if window is not None:
-        causal &= q_slots_T[:, None] - k_slots_S[None, :] < window
-    return causal[None] & k_valid_BxS[:, None, :]
-
-
 def decoder_layer(cfg: LlamaConfig, w: dict[str, jax.Array], x_BxTxD: jax.Array, cos: jax.Array, sin: jax.Array,
-                  allowed_BxTxS: jax.Array, kv: tuple[jax.Array, jax.Array, jax.Array] | None,
-                  index: jax.Array | None):
+                  mask: AttentionMask, kv: tuple[jax.Array, jax.Array, jax.Array] | None, index: jax.Array | None):
     """One pre-norm layer. With the whole cache ``kv = (k, v, layer)`` (k, v [L, B, S, K, E]) it writes this
     step's keys and values at (layer, index) and attends over that layer's slots; returns the updated (k, v)."""
     dt = cfg.compute_dtype
+    ops = kernels_lib.select(cfg.kernels)
     act = ("batch", "seq", "act_embed")
     h = rms_norm(x_BxTxD, w["input_norm"], cfg.rms_norm_eps)
 
     def project(name, heads_axis):
-        y = dense(h, w[name], 1, dt)
+        y = ops.dense(h, w[name], 1, dt)
         if w[name + "_bias"] is not None:
             y = y + w[name + "_bias"].astype(dt)
         return constrain(y, ("batch", "seq", heads_axis, None))
@@ -165,14 +156,12 @@ def decoder_layer(cfg: LlamaConfig, w: dict[str, jax.Array], x_BxTxD: jax.Array,
         k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), (layer, 0, index, 0, 0))
         v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), (layer, 0, index, 0, 0))
         k, v = k_all[layer], v_all[layer]
-    # A full-sequence pass (no cache) has query slot == key slot, so causal blocks may skip the future.
-    blocks = cfg.causal_blocks if kv is None else 1
-    attn = grouped_attention(q, k.astype(dt), v.astype(dt), allowed_BxTxS, cfg.attention_query_chunk, blocks)
-    x = x_BxTxD + constrain(dense(attn, w["o"], 2, dt), act)
+    attn = ops.attention(q, k.astype(dt), v.astype(dt), mask, cfg)
+    x = x_BxTxD + constrain(ops.dense(attn, w["o"], 2, dt), act)
     h = rms_norm(x, w["post_norm"], cfg.rms_norm_eps)
-    gate = constrain(dense(h, w["gate"], 1, dt), ("batch", "seq", "act_mlp"))
-    up = constrain(dense(h, w["up"], 1, dt), ("batch", "seq", "act_mlp"))
-    x = x + constrain(dense(jax.nn.silu(gate) * up, w["down"], 1, dt), act)
+    gate = constrain(ops.dense(h, w["gate"], 1, dt), ("batch", "seq", "act_mlp"))
+    up = constrain(ops.dense(h, w["up"], 1, dt), ("batch", "seq", "act_mlp"))
+    x = x + constrain(ops.dense(jax.nn.silu(gate) * up, w["down"], 1, dt), act)
     return x, (None if kv is None else (k_all, v_all))
 
 
@@ -212,7 +201,7 @@ class LlamaForCausalLM(nnx.Module):
             return self.embed_tokens.embedding[...].T
         return self.lm_head[...]
 
-    def backbone(self, tokens_BxT: jax.Array, positions_BxT: jax.Array, allowed_BxTxS: jax.Array,
+    def backbone(self, tokens_BxT: jax.Array, positions_BxT: jax.Array, mask: AttentionMask,
                  cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
         """Final-norm hidden states [B, T, D] (compute dtype) and the updated cache."""
         cfg = self.config
@@ -230,7 +219,7 @@ class LlamaForCausalLM(nnx.Module):
             def cached(carry, xs):
                 x, k_all, v_all = carry
                 w, layer = xs
-                x, kv = decoder_layer(cfg, w, x, cos, sin, allowed_BxTxS, (k_all, v_all, layer), index)
+                x, kv = decoder_layer(cfg, w, x, cos, sin, mask, (k_all, v_all, layer), index)
                 return (x, *kv), None
 
             layers = jnp.arange(cfg.num_layers, dtype=jnp.int32)
@@ -240,7 +229,7 @@ class LlamaForCausalLM(nnx.Module):
             return h, KVCache(k=k_all, v=v_all, valid=cache.valid, index=cache.index + t)
 
         def body(x, w):
-            return decoder_layer(cfg, w, x, cos, sin, allowed_BxTxS, None, None)[0], None
+            return decoder_layer(cfg, w, x, cos, sin, mask, None, None)[0], None
 
         body = _remat(body, cfg.remat)
         if cfg.scan_layers:
@@ -267,9 +256,7 @@ class LlamaForCausalLM(nnx.Module):
         mask = jnp.ones((b, t), bool) if mask_BxT is None else mask_BxT.astype(bool)
         if positions_BxT is None:
             positions_BxT = positions_from_mask(mask)
-        slots = jnp.arange(t)
-        allowed = attention_mask(slots, slots, mask, self.config.sliding_window)
-        return self.backbone(tokens_BxT, positions_BxT, allowed)[0]
+        return self.backbone(tokens_BxT, positions_BxT, AttentionMask.full_sequence(mask, self.config.sliding_window))[0]
 
     def __call__(self, tokens_BxT: jax.Array, mask_BxT: jax.Array | None = None,
                  positions_BxT: jax.Array | None = None) -> jax.Array:
@@ -284,8 +271,9 @@ class LlamaForCausalLM(nnx.Module):
         valid = jax.lax.dynamic_update_slice(cache.valid, mask_BxT.astype(bool), (0, cache.index))
         cache = cache.replace(valid=valid)
         q_slots = cache.index + jnp.arange(t)
-        allowed = attention_mask(q_slots, jnp.arange(valid.shape[1]), valid, self.config.sliding_window)
-        h, cache = self.backbone(tokens_BxT, positions_BxT, allowed, cache)
+        attend = AttentionMask(q_slots=q_slots.astype(jnp.int32), k_slots=jnp.arange(valid.shape[1], dtype=jnp.int32),
+                               valid=valid, window=self.config.sliding_window)
+        h, cache = self.backbone(tokens_BxT, positions_BxT, attend, cache)
         return self.project(h[:, -1:] if last_only else h), cache
 
 

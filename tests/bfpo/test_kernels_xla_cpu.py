@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bfpo.logprobs import cast_head, chunk_logprob_sums
-from bfpo.model.attention import NEG_INF, attention_core
-from bfpo.model.dense import dense, transposed
+from bfpo.model.kernels.xla_cpu.logprobs import cast_head, chunk_logprob_sums
+from bfpo.model.kernels.xla_cpu.attention import NEG_INF, attention_core
+from bfpo.model.kernels.xla_cpu.dense import dense, transposed
 
 RNG = np.random.default_rng(0)
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from bfpo.model.dense import permuted
+from bfpo.model.kernels.xla_cpu.dense import permuted
 
 NEG_INF = float(jnp.finfo(jnp.float32).min)
 
