@@ -10,6 +10,8 @@ over vocabulary chunks is undercounted by its trip count. Here the jaxpr of the 
     flops(shard_map)            = flops(per-shard body) * number of shards
     flops(pallas_call)          = flops(kernel body) * number of grid steps (a block-sparse kernel such as
                                   splash attention skips masked blocks, so this is its dense upper bound)
+    flops(cuDNN attention)      = 2 products (QK^T, PV) forward and 5 backward (QK^T recomputed, dV, dP, dQ, dK)
+                                  of 2 * B * N * T * S * H each, dense (a causal mask skips about half)
     flops(any other call)       = flops of the jaxprs it holds (jit, remat, custom_jvp/vjp primal, ...)
 
 Only matrix products and convolutions are counted (the work that runs on the matrix units and that peak FLOP/s
@@ -85,6 +87,19 @@ def _jaxprs_in(value: Any):
             yield from _jaxprs_in(v)
 
 
+# cuDNN fused attention (jax.nn.dot_product_attention(implementation="cudnn")): products per call.
+_CUDNN_ATTENTION = {"dot_product_attention_fwd_wrapper": 2, "dot_product_attention_bwd_wrapper": 5}
+
+
+def _cudnn_attention_flops(eqn) -> float:
+    q, k = (v.aval.shape for v in eqn.invars[:2])
+    if eqn.params.get("layout", 0) == 1:  # BNTH
+        (b, n, t, h), s = q, k[2]
+    else:  # BTNH
+        (b, t, n, h), s = q, k[1]
+    return _CUDNN_ATTENTION[eqn.primitive.name] * 2.0 * b * n * t * s * h
+
+
 def _shard_count(eqn) -> int:
     mesh = eqn.params.get("mesh")
     axes = eqn.params.get("manual_axes", eqn.params.get("axis_names", ()))
@@ -110,6 +125,8 @@ def count_jaxpr(jaxpr: jex_core.Jaxpr, unknown_trips: int = 1) -> FlopCount:
             body = sum((count_jaxpr(eqn.params[k].jaxpr, unknown_trips) for k in ("body_jaxpr", "cond_jaxpr")), ZERO)
             total = total + FlopCount(body.matmul * unknown_trips, body.conv * unknown_trips,
                                       body.unknown_trip_loops + 1)
+        elif name in _CUDNN_ATTENTION:
+            total = total + FlopCount(_cudnn_attention_flops(eqn), 0.0)
         elif name == "pallas_call":
             grid = math.prod(eqn.params["grid_mapping"].grid)
             total = total + count_jaxpr(eqn.params["jaxpr"], unknown_trips).scaled(grid)

@@ -88,6 +88,10 @@ class ModelSource:
     third of the score work, and on a CPU makes small models' steps about 25% faster)."""
     scan_layers: bool = True
     """One scanned layer (compile time independent of depth) or unrolled layers (faster steps on a CPU)."""
+    kernels: Literal["auto", "reference", "xla_cpu", "gpu", "tpu"] = "auto"
+    """The model's kernels (``bfpo.model.kernels``): auto picks by the platform the step is compiled for."""
+    attention_block: int = 512
+    """Block length of the TPU's fused attention."""
 
     def __post_init__(self):
         if self.kind not in ("tiny", "smollm2", "gguf", "hf"):
@@ -104,7 +108,8 @@ class ModelSource:
 
     def overrides(self) -> dict:
         out = dict(dtype=self.dtype, param_dtype=self.param_dtype, remat=self.remat,
-                   causal_blocks=self.causal_blocks, scan_layers=self.scan_layers)
+                   causal_blocks=self.causal_blocks, scan_layers=self.scan_layers, kernels=self.kernels,
+                   attention_block=self.attention_block)
         if self.attention_query_chunk:
             out["attention_query_chunk"] = self.attention_query_chunk
         return out

@@ -206,3 +206,28 @@ def test_auto_compiles_cudnn_attention_for_an_h100_and_splash_for_a_tpu():
             text = jax.jit(jax.grad(loss, (0, 1, 2))).lower(q, k, k, valid).compile().as_text()
         assert call in text, target
         assert f"f32[{b // mesh.size},{kv},{h // kv * t},{t}]" not in text and f",{t},{t}]" not in text, target
+
+
+def test_cudnn_attention_is_counted_as_the_dense_products_it_runs():
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from runtime import sharding as sharding_lib
+    from runtime.accelerators import compile_only_devices
+    from runtime.flops import count_flops
+    from runtime.mesh import make_mesh
+
+    mesh = make_mesh({"fsdp": -1}, compile_only_devices("h100x8"), whole_topology=True)
+    rows = NamedSharding(mesh, P("fsdp"))
+    b, t, h, kv, e = 8, 256, 8, 2, 64
+    q = jax.ShapeDtypeStruct((b, t, h, e), BF16, sharding=rows)
+    k = jax.ShapeDtypeStruct((b, t, kv, e), BF16, sharding=rows)
+    valid = jax.ShapeDtypeStruct((b, t), jnp.bool_, sharding=rows)
+
+    def loss(q, k, v, valid):
+        out = gpu.attention(q, k, v, AttentionMask.full_sequence(valid), CFG)
+        return jnp.sum(out.astype(F32))
+
+    product = 2 * b * h * t * t * e
+    with sharding_lib.activate(mesh):
+        assert count_flops(loss, q, k, k, valid).matmul == 2 * product
+        assert count_flops(jax.grad(loss, (0, 1, 2)), q, k, k, valid).matmul == (2 + 5) * product

@@ -1,6 +1,9 @@
 """Our Llama/Qwen2/Mistral logits equal transformers' PyTorch logits on the same weights (saved with
-save_pretrained, read by our safetensors loader); saving back gives files transformers reads identically."""
+save_pretrained, read by our safetensors loader), with every kernel family that runs here (the TPU kernels in
+the Pallas interpreter); saving back gives files transformers reads identically."""
 
+import contextlib
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -18,6 +21,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from lm_reference import ARCHS, hf_logits, random_hf_model  # noqa: E402
 
 from bfpo.model import hf_layout  # noqa: E402
+from bfpo.model.kernels import tpu  # noqa: E402
+from bfpo.model.llama import model_from_params  # noqa: E402
 from bfpo.model.load_hf import load_hf, save_hf  # noqa: E402
 from bfpo.tokenize import Tokenizer  # noqa: E402
 
@@ -32,10 +37,13 @@ def pair(request, tmp_path_factory):
     return request.param, ref, directory, load_hf(directory)
 
 
-def test_logits_match_reference(pair):
+@pytest.mark.parametrize("kernels", ["auto", "reference", "tpu"])
+def test_logits_match_reference(pair, kernels):
     arch, ref, _, ours = pair
     expected = hf_logits(ref, TOKENS)
-    got = np.asarray(ours(jnp.asarray(TOKENS)))
+    model = model_from_params(dataclasses.replace(ours.config, kernels=kernels), nnx.state(ours, nnx.Param))
+    with tpu.interpreted() if kernels == "tpu" else contextlib.nullcontext():
+        got = np.asarray(model(jnp.asarray(TOKENS)))
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
     cfg = ours.config
     assert cfg.attention_bias == (arch == "qwen2")

@@ -56,8 +56,11 @@ def _kernel(length: int, groups: int, block: int, window: int | None, interpret:
     one = masks.CausalMask(shape) if window is None else masks.LocalMask(shape, (window - 1, 0), offset=0)
     sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
                               block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
-    return splash.make_splash_mqa(masks.MultiHeadMask([one] * groups), block_sizes=sizes, head_shards=1,
-                                  q_seq_shards=1, interpret=interpret)
+    # The block tables are built from NumPy once per shape; made as concrete arrays, not as values of whichever
+    # trace first asked, so the cached kernel serves every later trace.
+    with jax.ensure_compile_time_eval():
+        return splash.make_splash_mqa(masks.MultiHeadMask([one] * groups), block_sizes=sizes, head_shards=1,
+                                      q_seq_shards=1, interpret=interpret)
 
 
 def _local(q_BxTxHxE, k_BxTxKxE, v_BxTxKxE, segments_BxT, *, block: int, window: int | None, interpret: bool):
