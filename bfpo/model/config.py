@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from bfpo.errors import ModelError
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+REMAT_MODES = ("none", "full", "dots", "dots_saveable", "save_attention_out")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -55,9 +56,11 @@ class LlamaConfig:
 
     ``dtype`` is the compute dtype of matmuls (norms, softmax and log-probs always run in float32);
     ``param_dtype`` the storage dtype of the weights. ``remat`` recomputes each layer's activations in the
-    backward pass ("full") or keeps only its matmul outputs ("dots"); ``scan_layers`` compiles one layer and
-    scans it over the stacked weights, which keeps compile time independent of depth (decoding with a KV cache
-    always scans); unrolled layers (False) compile longer and train faster on XLA:CPU;
+    backward pass ("full"), or keeps the linear maps' outputs ("dots"), every product's output ("dots_saveable")
+    or the attention's output ("save_attention_out", so a fused attention kernel does not run again);
+    ``scan_layers`` compiles one layer and scans it over the stacked weights, which keeps compile time
+    independent of depth (decoding with a KV cache always scans); unrolled layers (False) compile longer and
+    train faster on XLA:CPU;
     ``attention_query_chunk`` bounds the attention scores held at once to that many queries (long sequences);
     ``causal_blocks`` n > 1 splits a full-sequence pass's queries into n blocks, block i attending to the first
     (i + 1) T / n keys only (exact: the rest are in its future), which saves up to half the score products
@@ -82,7 +85,7 @@ class LlamaConfig:
     sliding_window: int | None = None
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     param_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    remat: Literal["none", "full", "dots"] = "none"
+    remat: Literal["none", "full", "dots", "dots_saveable", "save_attention_out"] = "none"
     scan_layers: bool = True
     attention_query_chunk: int | None = None
     causal_blocks: int = 1
@@ -119,8 +122,8 @@ class LlamaConfig:
                              "or 'tpu'")
         if self.attention_block < 128 or self.attention_block % 128:
             raise ModelError(f"LlamaConfig.attention_block={self.attention_block}: must be a multiple of 128")
-        if self.remat not in ("none", "full", "dots"):
-            raise ModelError(f"LlamaConfig.remat={self.remat!r}: expected 'none', 'full' or 'dots'")
+        if self.remat not in REMAT_MODES:
+            raise ModelError(f"LlamaConfig.remat={self.remat!r}: expected one of {', '.join(REMAT_MODES)}")
 
     @property
     def compute_dtype(self):

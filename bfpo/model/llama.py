@@ -27,6 +27,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx, struct
+from jax.ad_checkpoint import checkpoint_name
 
 from bfpo.model import kernels as kernels_lib
 from bfpo.model.config import LlamaConfig
@@ -156,7 +157,7 @@ def decoder_layer(cfg: LlamaConfig, w: dict[str, jax.Array], x_BxTxD: jax.Array,
         k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), (layer, 0, index, 0, 0))
         v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), (layer, 0, index, 0, 0))
         k, v = k_all[layer], v_all[layer]
-    attn = ops.attention(q, k.astype(dt), v.astype(dt), mask, cfg)
+    attn = checkpoint_name(ops.attention(q, k.astype(dt), v.astype(dt), mask, cfg), "attention_out")
     x = x_BxTxD + constrain(ops.dense(attn, w["o"], 2, dt), act)
     h = rms_norm(x, w["post_norm"], cfg.rms_norm_eps)
     gate = constrain(ops.dense(h, w["gate"], 1, dt), ("batch", "seq", "act_mlp"))
@@ -165,11 +166,20 @@ def decoder_layer(cfg: LlamaConfig, w: dict[str, jax.Array], x_BxTxD: jax.Array,
     return x, (None if kv is None else (k_all, v_all))
 
 
-def _remat(fn, mode: str):
+# What each remat policy keeps of a layer's forward pass for the backward pass (the rest is recomputed).
+REMAT_POLICIES = {
+    "full": None,  # nothing: the layer is recomputed from its input
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # the linear maps' outputs
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,  # every product's output, attention's included
+    "save_attention_out": jax.checkpoint_policies.save_only_these_names("attention_out"),
+}
+
+
+def remat(fn, mode: str):
+    """``fn`` under ``jax.checkpoint`` with the named policy ("none": no rematerialisation)."""
     if mode == "none":
         return fn
-    policy = None if mode == "full" else jax.checkpoint_policies.dots_with_no_batch_dims_saveable
-    return jax.checkpoint(fn, policy=policy)
+    return jax.checkpoint(fn, policy=REMAT_POLICIES[mode])
 
 
 class LlamaForCausalLM(nnx.Module):
@@ -231,7 +241,7 @@ class LlamaForCausalLM(nnx.Module):
         def body(x, w):
             return decoder_layer(cfg, w, x, cos, sin, mask, None, None)[0], None
 
-        body = _remat(body, cfg.remat)
+        body = remat(body, cfg.remat)
         if cfg.scan_layers:
             x, _ = jax.lax.scan(body, x, weights)
         else:

@@ -80,7 +80,7 @@ class ModelSource:
     when its directory is not at hand: ``experiments.plan`` then plans without it. A readable config.json wins."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     param_dtype: Literal["float32", "bfloat16"] = "float32"
-    remat: Literal["none", "full", "dots"] = "none"
+    remat: Literal["none", "full", "dots", "dots_saveable", "save_attention_out"] = "none"
     attention_query_chunk: int = 0
     """Queries per attention chunk (0: all at once)."""
     causal_blocks: int = 1

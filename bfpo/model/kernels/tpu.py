@@ -59,8 +59,9 @@ def _kernel(length: int, groups: int, block: int, window: int | None, interpret:
     # The block tables are built from NumPy once per shape; made as concrete arrays, not as values of whichever
     # trace first asked, so the cached kernel serves every later trace.
     with jax.ensure_compile_time_eval():
+        # Its residuals (output and log-sum-exp) carry the name the "save_attention_out" remat policy keeps.
         return splash.make_splash_mqa(masks.MultiHeadMask([one] * groups), block_sizes=sizes, head_shards=1,
-                                      q_seq_shards=1, interpret=interpret)
+                                      q_seq_shards=1, interpret=interpret, residual_checkpoint_name="attention_out")
 
 
 def _local(q_BxTxHxE, k_BxTxKxE, v_BxTxKxE, segments_BxT, *, block: int, window: int | None, interpret: bool):

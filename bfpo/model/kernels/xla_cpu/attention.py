@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from bfpo.model.kernels.xla_cpu.dense import permuted
 
@@ -57,6 +58,8 @@ def _forward(q, k, v, allowed):
 
 def _fwd(q, k, v, allowed):
     out, probs = _forward(q, k, v, allowed)
+    # Named so that the "save_attention_out" remat policy keeps what the backward pass reads of the forward.
+    out, probs = checkpoint_name(out, "attention_out"), checkpoint_name(probs, "attention_out")
     return out, (q, k, v, probs, out, allowed)
 
 
