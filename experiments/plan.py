@@ -287,6 +287,14 @@ def _format_alternatives(r: dict[str, Any], total: float | None) -> list[str]:
     return lines
 
 
+def _loops_line(f: dict[str, Any]) -> str:
+    if not f["unknown_trip_loops"]:
+        return ""
+    times = f["unknown_trip_loops_counted"]
+    return (f"; {f['unknown_trip_loops']} loop(s) of data-dependent length counted "
+            + ("once" if times == 1 else f"{times} times (the bound)"))
+
+
 def format_report(r: dict[str, Any]) -> str:
     t, m, f = r["target"], r["memory"], r["flops"]
     mesh = " x ".join(f"{k}={v}" for k, v in r["mesh"].items())
@@ -305,9 +313,7 @@ def format_report(r: dict[str, Any]) -> str:
         f"temp {_gib(m['temp'])}; total {_gib(m['total'])} of {_gib(m['device_hbm'])}: "
         + ("fits" if m["fits"] else "DOES NOT FIT"),
         f"  FLOPs per device per step: {f['per_device']:.4g} (model, without remat: {f['model_per_device']:.4g})"
-        + (f"; {f['unknown_trip_loops']} loop(s) of data-dependent length counted "
-           + ("once" if f["unknown_trip_loops_counted"] == 1 else f"{f['unknown_trip_loops_counted']} times (the bound)")
-           if f["unknown_trip_loops"] else ""),
+        + _loops_line(f),
         f"  HBM bytes per device per step: {r['traffic']['bytes']:.4g}; collectives {r['traffic']['collective_bytes']:.4g}"
         f" bytes ({r['traffic']['wire_bytes']:.4g} on the wire)",
         f"  projected (roofline, not measured): step {rl['step_s'] * 1e3:.2f} ms ({rl['bound']}-bound: compute "

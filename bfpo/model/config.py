@@ -60,7 +60,7 @@ class LlamaConfig:
     or the attention's output ("save_attention_out", so a fused attention kernel does not run again);
     ``scan_layers`` compiles one layer and scans it over the stacked weights, which keeps compile time
     independent of depth (decoding with a KV cache always scans); unrolled layers (False) compile longer and
-    train faster on XLA:CPU;
+    give the compiler the whole step to schedule (faster on a CPU);
     ``attention_query_chunk`` bounds the attention scores held at once to that many queries (long sequences);
     ``causal_blocks`` n > 1 splits a full-sequence pass's queries into n blocks, block i attending to the first
     (i + 1) T / n keys only (exact: the rest are in its future), which saves up to half the score products

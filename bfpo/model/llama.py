@@ -246,7 +246,7 @@ class LlamaForCausalLM(nnx.Module):
             x, _ = jax.lax.scan(body, x, weights)
         else:
             # Unstacking once (its transpose is one stack) rather than indexing layer by layer: the gradient of
-            # 30 indexed slices is 30 padded copies summed, which XLA:CPU evaluates as written.
+            # L indexed slices is L zero-padded copies of the stack, summed.
             per_layer = {k: [None] * cfg.num_layers if a is None else list(jnp.unstack(a)) for k, a in weights.items()}
             for layer in range(cfg.num_layers):
                 x, _ = body(x, {k: a[layer] for k, a in per_layer.items()})
@@ -266,7 +266,8 @@ class LlamaForCausalLM(nnx.Module):
         mask = jnp.ones((b, t), bool) if mask_BxT is None else mask_BxT.astype(bool)
         if positions_BxT is None:
             positions_BxT = positions_from_mask(mask)
-        return self.backbone(tokens_BxT, positions_BxT, AttentionMask.full_sequence(mask, self.config.sliding_window))[0]
+        attend = AttentionMask.full_sequence(mask, self.config.sliding_window)
+        return self.backbone(tokens_BxT, positions_BxT, attend)[0]
 
     def __call__(self, tokens_BxT: jax.Array, mask_BxT: jax.Array | None = None,
                  positions_BxT: jax.Array | None = None) -> jax.Array:
