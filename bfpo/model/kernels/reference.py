@@ -12,6 +12,8 @@ Every other kernel is tested against these.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -21,10 +23,12 @@ from runtime.sharding import constrain
 
 
 def dense(x: jax.Array, w: jax.Array, n: int, dtype) -> jax.Array:
-    contract = (tuple(range(x.ndim - n, x.ndim)), tuple(range(n)))
-    y = jax.lax.dot_general(x.astype(dtype), w.astype(dtype), (contract, ((), ())),
-                            preferred_element_type=jnp.float32)
-    return y.astype(dtype)
+    # As one [M, K] x [K, N] product of the flattened operands: the form every backend's matmul units take
+    # directly (a contraction over several minor axes lets the compiler pick padded layouts for them).
+    lead, k_shape, out_shape = x.shape[:x.ndim - n], w.shape[:n], w.shape[n:]
+    k = math.prod(k_shape)
+    y = jnp.dot(x.reshape(-1, k).astype(dtype), w.reshape(k, -1).astype(dtype), preferred_element_type=jnp.float32)
+    return y.astype(dtype).reshape(*lead, *out_shape)
 
 
 def attention(q_BxTxHxE: jax.Array, k_BxSxKxE: jax.Array, v_BxSxKxE: jax.Array, mask: AttentionMask,
