@@ -27,6 +27,7 @@ from bfpo.model.llama import LlamaForCausalLM
 from bfpo.model.load_gguf import GGUFFile, config_from_gguf, load_gguf, smollm2_gguf_path, tokenizer_from_gguf
 from bfpo.model.load_hf import load_hf, read_config
 from bfpo.tokenize import Tokenizer
+from experiments.configs.bfpo_train import ARCHITECTURES
 from experiments.configs.lm_generate import PLAN_PRESETS, LMGenerateConfig, LMGeneratePlanConfig
 from experiments.planning import LauncherPlan, Program, placed
 from experiments.run import cli
@@ -87,9 +88,9 @@ def plan_model_config(cfg: LMGeneratePlanConfig) -> LlamaConfig:
         return read_config(Path(g.hf_dir), **overrides)
     if g.gguf or not cfg.architecture:
         return config_from_gguf(GGUFFile(g.gguf or smollm2_gguf_path()), **overrides)
-    if not hasattr(LlamaConfig, cfg.architecture):
+    if cfg.architecture not in ARCHITECTURES:
         raise BFPOError(f"LMGeneratePlanConfig.architecture={cfg.architecture!r}: not a LlamaConfig preset; "
-                        f"one of {', '.join(p for p in PLAN_PRESETS if p != 'smollm2')}")
+                        f"one of {', '.join(ARCHITECTURES)}")
     return getattr(LlamaConfig, cfg.architecture)(**overrides)
 
 

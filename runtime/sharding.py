@@ -125,8 +125,7 @@ def logical_to_sharding(
         if len(shape) != len(names):
             raise ShardingError(f"{what}: shape {tuple(shape)} has rank {len(shape)} but logical axes {tuple(names)}")
         for dim, (size, entry, name) in enumerate(zip(shape, spec, names)):
-            axes = () if entry is None else (entry,) if isinstance(entry, str) else entry
-            parts = math.prod(mesh.shape[a] for a in axes)
+            axes, parts = _entry_axes(entry), _split_count(entry, mesh)
             if size % parts:
                 raise ShardingError(
                     f"{what}: dimension {dim} ({name!r}) has size {size}, not divisible by mesh axes {axes} "
@@ -135,11 +134,18 @@ def logical_to_sharding(
     return NamedSharding(mesh, spec)
 
 
+def _entry_axes(entry) -> tuple[str, ...]:
+    """The mesh axes of one ``PartitionSpec`` entry."""
+    return () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+
+
+def _split_count(entry, mesh: jax.sharding.Mesh) -> int:
+    return math.prod(mesh.shape[a] for a in _entry_axes(entry))
+
+
 def shards_of(name: str, mesh: jax.sharding.Mesh, rules: Rules | None = None) -> int:
     """How many ways the logical axis ``name`` is split on ``mesh`` (a dimension must be a multiple of it)."""
-    entry = logical_to_spec((name,), rules, mesh)[0]
-    axes = () if entry is None else (entry,) if isinstance(entry, str) else entry
-    return math.prod(mesh.shape[a] for a in axes)
+    return _split_count(logical_to_spec((name,), rules, mesh)[0], mesh)
 
 
 def _path_str(path) -> str:

@@ -15,6 +15,7 @@ import tyro
 from flax import nnx
 
 from bfpo.data import TokenizeConfig, tokenize_pairs
+from bfpo.errors import BFPOError
 from bfpo.data import synthetic
 from bfpo.data.tokenized import batch_spec
 from bfpo.model.config import LlamaConfig
@@ -134,6 +135,8 @@ def test_errors_name_what_to_change():
         plan.plan("bfpo_train", "nope", "tpu-v5e-4")
     with pytest.raises(plan.PlanError, match="bfpo_compare' has no step of its own to plan: it runs bfpo_train"):
         plan.plan("bfpo_compare", "default", "tpu-v5e-4")
+    with pytest.raises(BFPOError, match="architecture='num_params': not a LlamaConfig preset; one of tiny"):
+        plan.plan("lm_generate", "mistral_7b", "tpu-v5e-4", ["--architecture", "num_params"])
     with pytest.raises(bfpo_train.TrainConfigError, match="--model.architecture"):
         plan.plan("bfpo_train", "mistral-7b", "tpu-v5e-4", ["--model.architecture="])
 
