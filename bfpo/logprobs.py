@@ -27,7 +27,7 @@ def chunked_logprob_sums(h_BxTxD: jax.Array, w: jax.Array, targets_BxT: jax.Arra
 
     W is [D, V], or [V, D] with ``vocab_major`` (a tied token embedding). Position t of ``h`` predicts
     ``targets[t]``; the caller shifts. T is padded up to a multiple of ``chunk`` with zero-weight positions.
-    ``kernels`` is the model's ``LlamaConfig.kernels``.
+    ``kernels`` is the model's ``ExecutionConfig.kernels``.
     """
     total = kernels_lib.select(kernels).logprob_sums(h_BxTxD, w, targets_BxT, weights_BxT, chunk, vocab_major)
     return total, jnp.sum(weights_BxT.astype(jnp.float32), axis=-1)
@@ -44,4 +44,5 @@ def sequence_logprobs(model, tokens_BxT: jax.Array, mask_BxT: jax.Array, score_m
     h = model.hidden_states(tokens_BxT, mask_BxT)
     weights = (score_mask_BxT.astype(bool) & mask_BxT.astype(bool))[:, 1:]
     w, vocab_major = model.head_weight()
-    return chunked_logprob_sums(h[:, :-1], w, tokens_BxT[:, 1:], weights, chunk, vocab_major, model.config.kernels)
+    return chunked_logprob_sums(h[:, :-1], w, tokens_BxT[:, 1:], weights, chunk, vocab_major,
+                                model.config.execution.kernels)

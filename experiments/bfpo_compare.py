@@ -61,8 +61,8 @@ from bfpo.eval.discriminative import task_loglikelihoods
 from bfpo.eval.judges import REFUSAL_PHRASES, normalize_text
 from bfpo.eval.report import LOGLIKELIHOOD_JUDGE
 from bfpo.generate import SamplingConfig
+from bfpo.model import source as model_source
 from bfpo.model.llama import init_params, model_from_params
-from bfpo.model.load_gguf import smollm2_gguf_path, tokenizer_from_gguf
 from bfpo.model.load_hf import save_hf
 from bfpo.optim import make_optimizer
 from bfpo.tokenize import Tokenizer
@@ -132,15 +132,6 @@ def sft_loss(model_cfg, layout: ParamLayout, chunk: int):
     return loss_fn
 
 
-def source_tokenizer(src: ModelSource) -> Tokenizer:
-    """The tokenizer of a model source with its stop tokens (an exported directory would keep only EOS)."""
-    if src.kind == "tiny":
-        return Tokenizer.byte_level()
-    if src.kind in ("smollm2", "gguf"):
-        return tokenizer_from_gguf(smollm2_gguf_path() if src.kind == "smollm2" else src.path)
-    return Tokenizer.from_directory(src.path)
-
-
 def sft_run_config(cfg: CompareConfig, out: Path) -> RunConfig:
     return dataclasses.replace(cfg.train.run, out_dir=str(out / BASE), steps=cfg.sft.steps, resume=False,
                                eval_every=0, checkpoint_every=0, log_every=min(cfg.train.run.log_every, cfg.sft.steps))
@@ -150,12 +141,10 @@ def run_sft(cfg: CompareConfig, out: Path) -> tuple[Any, Any]:
     """Trains the base (``cfg.sft``) from ``cfg.train.model`` and returns (model config, trained parameters)."""
     run_cfg = sft_run_config(cfg, out)
     mesh = make_mesh(run_cfg.mesh)
-    model_cfg, loaded, tokenizer = bfpo_train.load_model(cfg.train, mesh)
+    src = cfg.train.model
     seed = run_cfg.seed
+    model_cfg, loaded, tokenizer = model_source.load_or_init(src.kind, src.path, mesh, src.execution, seed)
     fresh = lambda: init_params(model_cfg, seed)  # noqa: E731
-    if loaded is None:
-        with sharding_lib.activate(mesh):
-            loaded = jax.jit(fresh, out_shardings=sharding_lib.state_shardings(jax.eval_shape(fresh), mesh))()
     layout = ParamLayout(reference="none", trainable=cfg.sft.trainable or None)
     predicate = trainable_predicate(layout)
     tx = make_optimizer(cfg.sft.optimizer, cfg.sft.steps)
@@ -206,17 +195,17 @@ def make_base(cfg: CompareConfig, out: Path) -> tuple[ModelSource, Any, Any, Tok
     """(model source of the preference runs, model config, base parameters, tokenizer, whether a finished base
     was reused). With an SFT stage the base is exported to ``<out>/base/hf`` and every preference run loads it
     from there."""
-    tokenizer = source_tokenizer(cfg.train.model)
+    tokenizer = model_source.tokenizer_of(cfg.train.model.kind, cfg.train.model.path)
     if not cfg.sft.steps:
-        model_cfg, params, _ = bfpo_train.load_model(cfg.train, make_mesh(cfg.train.run.mesh))
-        if params is None:
-            params = init_params(model_cfg, cfg.train.run.seed)
-        return cfg.train.model, model_cfg, params, tokenizer, False
+        src = cfg.train.model
+        model_cfg, params, _ = model_source.load_or_init(src.kind, src.path, make_mesh(cfg.train.run.mesh),
+                                                         src.execution, cfg.train.run.seed)
+        return src, model_cfg, params, tokenizer, False
     hf_dir = out / BASE / "hf"
     source = dataclasses.replace(cfg.train.model, kind="hf", path=str(hf_dir))
     if cfg.reuse and completed(out / BASE, cfg.sft.steps) and (hf_dir / "config.json").exists():
-        model_cfg, params, _ = bfpo_train.load_model(dataclasses.replace(cfg.train, model=source),
-                                                      make_mesh(cfg.train.run.mesh))
+        model_cfg, params, _ = model_source.load_model(source.kind, source.path, make_mesh(cfg.train.run.mesh),
+                                                       source.execution)
         return source, model_cfg, params, tokenizer, True
     if (out / BASE).exists():
         shutil.rmtree(out / BASE)

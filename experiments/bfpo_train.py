@@ -20,7 +20,6 @@ from typing import Any
 
 import jax
 import tyro
-from flax import nnx
 
 from bfpo.data import MixedStreams, PreferenceStream, TokenizeConfig, evaluation_batches, load_pairs, tokenize_pairs
 from bfpo.data.tokenized import batch_spec
@@ -30,8 +29,8 @@ from bfpo.labeling import LabelingConfig
 from bfpo.lora import LoRAConfig
 from bfpo.model.config import LlamaConfig
 from bfpo.model.llama import init_params, model_from_params
-from bfpo.model.load_gguf import GGUFFile, config_from_gguf, load_gguf, smollm2_gguf_path, tokenizer_from_gguf
-from bfpo.model.load_hf import load_hf, read_config, save_hf
+from bfpo.model import source as model_source
+from bfpo.model.load_hf import save_hf
 from bfpo.objectives import BFPOConfig, get_objective
 from bfpo.optim import make_optimizer
 from bfpo.reference_cache import (WithReference, compute_reference_logprobs, load_or_compute, params_fingerprint)
@@ -79,22 +78,13 @@ def preference_config(cfg: BFPOTrainConfig, streams: tuple[StreamData, ...] | No
 
 
 def model_config(cfg: BFPOTrainConfig) -> LlamaConfig:
-    """The model's config without reading its weights: the GGUF header, the directory's config.json, or (for a
-    directory that is not at hand) the ``architecture`` preset."""
+    """The model's config without reading its weights (``bfpo.model.source.model_config``)."""
     src = cfg.model
-    if src.kind == "tiny":
-        return LlamaConfig.tiny(**src.overrides())
-    if src.kind in ("smollm2", "gguf"):
-        return config_from_gguf(GGUFFile(smollm2_gguf_path() if src.kind == "smollm2" else src.path),
-                                **src.overrides())
-    directory = Path(src.path)
-    if (directory / "config.json").is_file():
-        return read_config(directory, **src.overrides())
-    if src.architecture:
-        return getattr(LlamaConfig, src.architecture)(**src.overrides())
-    raise TrainConfigError(f"ModelSource.path={src.path!r} holds no config.json: point --model.path at a local Hugging "
-                           "Face directory, or name its shape with --model.architecture "
-                           "(mistral_7b, llama3_8b, llama3_2_1b, ...)")
+    if not (src.architecture or model_source.at_hand(src.kind, src.path)):
+        what = "a GGUF file" if src.kind == "gguf" else "a local Hugging Face directory (no config.json there)"
+        raise TrainConfigError(f"ModelSource.path={src.path!r} is not {what}: point --model.path at one, or name "
+                               "its shape with --model.architecture (mistral_7b, llama3_8b, llama3_2_1b, ...)")
+    return model_source.model_config(src.kind, src.path, src.architecture, src.execution)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,19 +114,6 @@ def step_parts(cfg: BFPOTrainConfig, model_cfg: LlamaConfig) -> StepParts:
 
     return StepParts(tx=tx, layout=layout, pref=pref, predicate=predicate, fresh=fresh, state_spec=state_spec,
                      step_fn=make_preference_step(model_cfg, pref, tx, grad_accum=cfg.run.grad_accum))
-
-
-def load_model(cfg: BFPOTrainConfig, mesh) -> tuple[LlamaConfig, Any | None, Tokenizer]:
-    """(model config, loaded parameter state or None for a fresh tiny model, tokenizer)."""
-    src = cfg.model
-    if src.kind == "tiny":
-        return LlamaConfig.tiny(**src.overrides()), None, Tokenizer.byte_level()
-    if src.kind == "hf":
-        model, tokenizer = load_hf(src.path, mesh, **src.overrides()), Tokenizer.from_directory(src.path)
-    else:
-        path = smollm2_gguf_path() if src.kind == "smollm2" else src.path
-        model, tokenizer = load_gguf(path, mesh, **src.overrides()), tokenizer_from_gguf(path)
-    return model.config, nnx.state(model, nnx.Param), tokenizer
 
 
 def stream_pairs(s: StreamData, seed: int, split: str = "train", on_bad_record: str = "error") -> list:
@@ -172,13 +149,10 @@ class Prepared:
 
 def make_task(cfg: BFPOTrainConfig) -> tuple[Task, Prepared]:
     mesh = make_mesh(cfg.run.mesh)
-    model_cfg, loaded, tokenizer = load_model(cfg, mesh)
+    src = cfg.model
+    model_cfg, loaded, tokenizer = model_source.load_or_init(src.kind, src.path, mesh, src.execution, cfg.run.seed)
     parts = step_parts(cfg, model_cfg)
-    layout, tx, fresh, predicate, seed = parts.layout, parts.tx, parts.fresh, parts.predicate, cfg.run.seed
-    if loaded is None:
-        with sharding_lib.activate(mesh):
-            shardings = sharding_lib.state_shardings(jax.eval_shape(fresh), mesh)
-            loaded = jax.jit(fresh, out_shardings=shardings)()
+    layout, tx, predicate, seed = parts.layout, parts.tx, parts.predicate, cfg.run.seed
 
     tok_cfg = TokenizeConfig(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length, buckets=cfg.buckets)
     tokenized = {s.name: tokenize_pairs(stream_pairs(s, cfg.data_seed + i, on_bad_record=cfg.on_bad_record),
@@ -219,10 +193,9 @@ def make_task(cfg: BFPOTrainConfig) -> tuple[Task, Prepared]:
     def frozen_params(mesh):
         # The loaded arrays were donated into the first train state, so the frozen weights come from the source
         # again (the same file, or the same seed).
-        _, again, _ = load_model(cfg, mesh)
+        src = cfg.model
+        _, again, _ = model_source.load_or_init(src.kind, src.path, mesh, src.execution, seed)
         with sharding_lib.activate(mesh):
-            if again is None:
-                again = jax.jit(fresh, out_shardings=sharding_lib.state_shardings(jax.eval_shape(fresh), mesh))()
             return build_params(layout, again, seed)
 
     evaluate = make_evaluation(model_cfg, eval_pref, eval_tok, cfg.eval_batch_size, mesh, eval_caches)
@@ -320,6 +293,11 @@ def plan_program(cfg: BFPOTrainConfig, mesh) -> Program:
                               work={"pairs": pairs, "tokens": pairs * rows_per_pair * length})
 
 
+def with_execution(cfg: BFPOTrainConfig, **changes) -> BFPOTrainConfig:
+    model = dataclasses.replace(cfg.model, execution=dataclasses.replace(cfg.model.execution, **changes))
+    return dataclasses.replace(cfg, model=model)
+
+
 def plan_alternatives(cfg: BFPOTrainConfig, sizes) -> list[tuple[str, BFPOTrainConfig]]:
     """Memory-saving variants: all devices on fsdp, full remat, twice the micro-batches, attention query chunks."""
     out = []
@@ -327,18 +305,17 @@ def plan_alternatives(cfg: BFPOTrainConfig, sizes) -> list[tuple[str, BFPOTrainC
     if sizes["fsdp"] != n:
         out.append((f"--run.mesh.data 1 --run.mesh.fsdp {n} --run.mesh.tensor 1",
                     dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, mesh=MeshConfig(data=1, fsdp=n)))))
-    if cfg.model.remat != "full":
-        out.append(("--model.remat full", dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, remat="full"))))
+    if cfg.model.execution.remat != "full":
+        out.append(("--model.remat full", with_execution(cfg, remat="full")))
     accum = cfg.run.grad_accum * 2
     if all(s.batch_size % accum == 0 and (s.batch_size // accum) % (sizes["data"] * sizes["fsdp"]) == 0
            for s in cfg.streams):
         out.append((f"--run.grad-accum {accum}",
                     dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, grad_accum=accum))))
-    chunk = cfg.model.attention_query_chunk
+    chunk = cfg.model.execution.attention_query_chunk
     for q in (512, 256):
-        if (chunk == 0 or chunk > q) and max(cfg.buckets) > q:
-            out.append((f"--model.attention-query-chunk {q}",
-                        dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, attention_query_chunk=q))))
+        if (chunk is None or chunk > q) and max(cfg.buckets) > q:
+            out.append((f"--model.attention-query-chunk {q}", with_execution(cfg, attention_query_chunk=q)))
             break
     return out
 
@@ -347,7 +324,7 @@ PLAN = LauncherPlan(
     parse=lambda preset, args: parse_preset(config_type(), preset, args, "experiments.bfpo_train"),
     program=plan_program,
     presets=tuple(PRESETS),
-    without_remat=lambda cfg: dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, remat="none")),
+    without_remat=lambda cfg: with_execution(cfg, remat="none"),
     alternatives=plan_alternatives,
 )
 

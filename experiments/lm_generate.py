@@ -23,11 +23,9 @@ from flax import nnx
 from bfpo import BFPOError
 from bfpo.generate import SamplingConfig, generate_chat, generate_tokens
 from bfpo.model.config import LlamaConfig
-from bfpo.model.llama import LlamaForCausalLM
-from bfpo.model.load_gguf import GGUFFile, config_from_gguf, load_gguf, smollm2_gguf_path, tokenizer_from_gguf
-from bfpo.model.load_hf import load_hf, read_config
-from bfpo.tokenize import Tokenizer
-from experiments.configs.bfpo_train import ARCHITECTURES
+from bfpo.model import source as model_source
+from bfpo.model.llama import LlamaForCausalLM, model_from_params
+from bfpo.model.load_gguf import smollm2_gguf_path
 from experiments.configs.lm_generate import PLAN_PRESETS, LMGenerateConfig, LMGeneratePlanConfig
 from experiments.planning import LauncherPlan, Program, placed
 from experiments.run import cli
@@ -46,15 +44,9 @@ class LMGenerateSummary:
 def main(cfg: LMGenerateConfig) -> LMGenerateSummary:
     t0 = time.perf_counter()
     mesh = make_mesh(cfg.mesh)
-    if cfg.hf_dir:
-        source = cfg.hf_dir
-        model = load_hf(cfg.hf_dir, mesh, param_dtype=cfg.param_dtype)
-        tokenizer = Tokenizer.from_directory(cfg.hf_dir)
-    else:
-        path = cfg.gguf or smollm2_gguf_path()
-        source = str(path)
-        model = load_gguf(path, mesh, param_dtype=cfg.param_dtype)
-        tokenizer = tokenizer_from_gguf(path)
+    source = str(cfg.hf_dir or cfg.gguf or smollm2_gguf_path())
+    model_cfg, params, tokenizer = model_source.load_model(cfg.model_kind, cfg.hf_dir or cfg.gguf, mesh, cfg.execution)
+    model = model_from_params(model_cfg, params)
     sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
     conversations = [[{"role": "user", "content": p}] for p in cfg.prompts]
     # The KV cache is split over the batch: pad the rows to a multiple of its shards.
@@ -83,15 +75,9 @@ def main(cfg: LMGenerateConfig) -> LMGenerateSummary:
 
 def plan_model_config(cfg: LMGeneratePlanConfig) -> LlamaConfig:
     """The model's shape without its weights: config.json, the GGUF header, or the ``architecture`` preset."""
-    g, overrides = cfg.generate, {"param_dtype": cfg.generate.param_dtype}
-    if g.hf_dir:
-        return read_config(Path(g.hf_dir), **overrides)
-    if g.gguf or not cfg.architecture:
-        return config_from_gguf(GGUFFile(g.gguf or smollm2_gguf_path()), **overrides)
-    if cfg.architecture not in ARCHITECTURES:
-        raise BFPOError(f"LMGeneratePlanConfig.architecture={cfg.architecture!r}: not a LlamaConfig preset; "
-                        f"one of {', '.join(ARCHITECTURES)}")
-    return getattr(LlamaConfig, cfg.architecture)(**overrides)
+    g = cfg.generate
+    kind = "hf" if cfg.architecture and not (g.hf_dir or g.gguf) else g.model_kind
+    return model_source.model_config(kind, g.hf_dir or g.gguf, cfg.architecture, g.execution)
 
 
 def plan_program(cfg: LMGeneratePlanConfig, mesh) -> Program:

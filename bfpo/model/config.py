@@ -5,12 +5,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-import jax.numpy as jnp
-
 from bfpo.errors import ModelError
+from bfpo.model.execution import ExecutionConfig
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-REMAT_MODES = ("none", "full", "dots", "dots_saveable", "save_attention_out")
+# The presets by name (``LlamaConfig.<name>()``): model shapes that planning and tests use without a checkpoint.
+PRESETS = ("tiny", "smollm2_135m", "mistral_7b", "llama3_8b", "llama3_2_1b", "qwen2_0_5b")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -54,19 +53,9 @@ class RopeScaling:
 class LlamaConfig:
     """A pre-norm decoder: RMSNorm, rotary GQA attention, SwiGLU MLP, optional q/k/v bias and sliding window.
 
-    ``dtype`` is the compute dtype of matmuls (norms, softmax and log-probs always run in float32);
-    ``param_dtype`` the storage dtype of the weights. ``remat`` recomputes each layer's activations in the
-    backward pass ("full"), or keeps the linear maps' outputs ("dots"), every product's output ("dots_saveable")
-    or the attention's output ("save_attention_out", so a fused attention kernel does not run again);
-    ``scan_layers`` compiles one layer and scans it over the stacked weights, which keeps compile time
-    independent of depth (decoding with a KV cache always scans); unrolled layers (False) compile longer and
-    give the compiler the whole step to schedule (faster on a CPU);
-    ``attention_query_chunk`` bounds the attention scores held at once to that many queries (long sequences);
-    ``causal_blocks`` n > 1 splits a full-sequence pass's queries into n blocks, block i attending to the first
-    (i + 1) T / n keys only (exact: the rest are in its future), which saves up to half the score products
-    (both are options of the ``xla_cpu`` attention kernel). ``kernels`` picks the implementation of the linear
-    maps, the attention and the head's log-probs (``bfpo.model.kernels``: ``auto`` by platform, ``reference``,
-    ``xla_cpu``, ``gpu``, ``tpu``); ``attention_block`` is the fused TPU attention's block length.
+    Its own fields are the architecture, what a checkpoint's ``config.json`` or GGUF header says (and
+    ``initializer_range``, the scale of a fresh initialisation); ``execution`` says how this process runs it
+    (dtypes, remat, kernels: ``ExecutionConfig``), which no checkpoint reads or writes.
     """
 
     vocab_size: int
@@ -83,15 +72,8 @@ class LlamaConfig:
     tie_word_embeddings: bool = False
     attention_bias: bool = False
     sliding_window: int | None = None
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    param_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    remat: Literal["none", "full", "dots", "dots_saveable", "save_attention_out"] = "none"
-    scan_layers: bool = True
-    attention_query_chunk: int | None = None
-    causal_blocks: int = 1
-    kernels: Literal["auto", "reference", "xla_cpu", "gpu", "tpu"] = "auto"
-    attention_block: int = 512
     initializer_range: float = 0.02
+    execution: ExecutionConfig = ExecutionConfig()
 
     def __post_init__(self):
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
@@ -110,28 +92,12 @@ class LlamaConfig:
             raise ModelError(f"LlamaConfig.rms_norm_eps={self.rms_norm_eps}: must be positive")
         if self.sliding_window is not None and self.sliding_window < 1:
             raise ModelError(f"LlamaConfig.sliding_window={self.sliding_window}: must be None or at least 1")
-        for name in ("dtype", "param_dtype"):
-            if getattr(self, name) not in DTYPES:
-                raise ModelError(f"LlamaConfig.{name}={getattr(self, name)!r}: expected one of {sorted(DTYPES)}")
-        if self.attention_query_chunk is not None and self.attention_query_chunk < 1:
-            raise ModelError(f"LlamaConfig.attention_query_chunk={self.attention_query_chunk}: must be None or >= 1")
-        if self.causal_blocks < 1:
-            raise ModelError(f"LlamaConfig.causal_blocks={self.causal_blocks}: must be at least 1")
-        if self.kernels not in ("auto", "reference", "xla_cpu", "gpu", "tpu"):
-            raise ModelError(f"LlamaConfig.kernels={self.kernels!r}: expected 'auto', 'reference', 'xla_cpu', 'gpu' "
-                             "or 'tpu'")
-        if self.attention_block < 128 or self.attention_block % 128:
-            raise ModelError(f"LlamaConfig.attention_block={self.attention_block}: must be a multiple of 128")
-        if self.remat not in REMAT_MODES:
-            raise ModelError(f"LlamaConfig.remat={self.remat!r}: expected one of {', '.join(REMAT_MODES)}")
+        if not isinstance(self.execution, ExecutionConfig):
+            raise ModelError(f"LlamaConfig.execution={self.execution!r}: expected an ExecutionConfig")
 
-    @property
-    def compute_dtype(self):
-        return DTYPES[self.dtype]
-
-    @property
-    def weight_dtype(self):
-        return DTYPES[self.param_dtype]
+    def with_execution(self, **changes) -> "LlamaConfig":
+        """The same architecture run differently: ``changes`` replace fields of ``execution``."""
+        return dataclasses.replace(self, execution=dataclasses.replace(self.execution, **changes))
 
     @property
     def num_groups(self) -> int:
@@ -172,7 +138,7 @@ class LlamaConfig:
         """mistralai/Mistral-7B-v0.1 (and Zephyr-7b-beta): 32 layers, d=4096, 32/8 heads, window 4096."""
         base = dict(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_layers=32, num_heads=32,
                     num_kv_heads=8, head_dim=128, rope_theta=10_000.0, rms_norm_eps=1e-5,
-                    max_position_embeddings=32768, sliding_window=4096, dtype="bfloat16", param_dtype="bfloat16")
+                    max_position_embeddings=32768, sliding_window=4096)
         return cls(**{**base, **overrides})
 
     @classmethod
@@ -180,7 +146,7 @@ class LlamaConfig:
         """meta-llama/Llama-3.1-8B: 32 layers, d=4096, 32/8 heads, llama3 rope scaling (factor 8 from 8192)."""
         base = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_layers=32, num_heads=32,
                     num_kv_heads=8, head_dim=128, rope_theta=500_000.0, rms_norm_eps=1e-5,
-                    max_position_embeddings=131072, dtype="bfloat16", param_dtype="bfloat16",
+                    max_position_embeddings=131072,
                     rope_scaling=RopeScaling(kind="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
                                              original_max_position_embeddings=8192))
         return cls(**{**base, **overrides})
@@ -191,8 +157,7 @@ class LlamaConfig:
         (factor 32 from 8192)."""
         base = dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_layers=16, num_heads=32,
                     num_kv_heads=8, head_dim=64, rope_theta=500_000.0, rms_norm_eps=1e-5,
-                    max_position_embeddings=131072, tie_word_embeddings=True, dtype="bfloat16",
-                    param_dtype="bfloat16",
+                    max_position_embeddings=131072, tie_word_embeddings=True,
                     rope_scaling=RopeScaling(kind="llama3", factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
                                              original_max_position_embeddings=8192))
         return cls(**{**base, **overrides})

@@ -16,6 +16,7 @@ import numpy as np
 
 from bfpo.errors import ModelError
 from bfpo.model.config import LlamaConfig, RopeScaling
+from bfpo.model.execution import ExecutionConfig
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 # Buffers some exporters save that carry nothing the model needs (recomputed from the config).
@@ -97,8 +98,10 @@ def _rope_from_hf(raw: dict[str, Any], where: str) -> tuple[float, RopeScaling |
     return float(theta), RopeScaling(kind=kind, **kwargs)
 
 
-def config_from_hf(raw: dict[str, Any], where: str = "config.json", **overrides) -> LlamaConfig:
-    """Our config from a Hugging Face ``config.json`` dict; ``overrides`` replace fields (dtype, remat...)."""
+def config_from_hf(raw: dict[str, Any], where: str = "config.json",
+                   execution: ExecutionConfig | None = None) -> LlamaConfig:
+    """Our config from a Hugging Face ``config.json`` dict, run with ``execution`` (None: stored and computed in
+    the checkpoint's own dtype, ``torch_dtype``, as transformers' ``torch_dtype="auto"`` loads it)."""
     model_type = raw.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ModelError(f"{where}: model_type={model_type!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
@@ -136,10 +139,8 @@ def config_from_hf(raw: dict[str, Any], where: str = "config.json", **overrides)
         tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
         attention_bias=model_type == "qwen2",
         sliding_window=window,
-        dtype=dtype_name,
-        param_dtype=dtype_name,
+        execution=execution or ExecutionConfig(dtype=dtype_name, param_dtype=dtype_name),
     )
-    fields.update(overrides)
     try:
         return LlamaConfig(**fields)
     except ModelError as e:
@@ -184,8 +185,8 @@ def config_to_hf(cfg: LlamaConfig) -> dict[str, Any]:
         "rope_theta": cfg.rope_theta,
         "rope_parameters": rope,
         "rope_scaling": None if cfg.rope_scaling is None else {k: v for k, v in rope.items() if k != "rope_theta"},
-        "dtype": cfg.param_dtype,
-        "torch_dtype": cfg.param_dtype,
+        "dtype": cfg.execution.param_dtype,
+        "torch_dtype": cfg.execution.param_dtype,
     }
     if model_type == "llama":
         out.update(attention_bias=False, mlp_bias=False)

@@ -45,7 +45,7 @@ class RMSNorm(nnx.Module):
     def __init__(self, cfg: LlamaConfig, *, stacked: bool, rngs: nnx.Rngs):
         lead, lead_axes = ((cfg.num_layers,), ("layers",)) if stacked else ((), ())
         self.scale = _param(rngs, nnx.initializers.ones_init(), lead + (cfg.hidden_size,), lead_axes + ("norm",),
-                            cfg.weight_dtype)
+                            cfg.execution.weight_dtype)
 
 
 class Projection(nnx.Module):
@@ -54,10 +54,10 @@ class Projection(nnx.Module):
     def __init__(self, cfg: LlamaConfig, shape: tuple[int, ...], axes: tuple[str, ...], *, out_rank: int,
                  bias: bool, rngs: nnx.Rngs):
         init = nnx.initializers.normal(cfg.initializer_range)
-        self.kernel = _param(rngs, init, (cfg.num_layers,) + shape, ("layers",) + axes, cfg.weight_dtype)
+        self.kernel = _param(rngs, init, (cfg.num_layers,) + shape, ("layers",) + axes, cfg.execution.weight_dtype)
         self.bias = (
             _param(rngs, nnx.initializers.zeros_init(), (cfg.num_layers,) + shape[-out_rank:],
-                   ("layers",) + axes[-out_rank:], cfg.weight_dtype)
+                   ("layers",) + axes[-out_rank:], cfg.execution.weight_dtype)
             if bias else None
         )
 
@@ -119,7 +119,7 @@ class KVCache:
     @classmethod
     def empty(cls, cfg: LlamaConfig, batch: int, slots: int) -> "KVCache":
         shape = (cfg.num_layers, batch, slots, cfg.num_kv_heads, cfg.head_dim)
-        return cls(k=jnp.zeros(shape, cfg.compute_dtype), v=jnp.zeros(shape, cfg.compute_dtype),
+        return cls(k=jnp.zeros(shape, cfg.execution.compute_dtype), v=jnp.zeros(shape, cfg.execution.compute_dtype),
                    valid=jnp.zeros((batch, slots), bool), index=jnp.zeros((), jnp.int32))
 
 
@@ -136,8 +136,9 @@ def decoder_layer(cfg: LlamaConfig, w: dict[str, jax.Array], x_BxTxD: jax.Array,
                   mask: AttentionMask, kv: tuple[jax.Array, jax.Array, jax.Array] | None, index: jax.Array | None):
     """One pre-norm layer. With the whole cache ``kv = (k, v, layer)`` (k, v [L, B, S, K, E]) it writes this
     step's keys and values at (layer, index) and attends over that layer's slots; returns the updated (k, v)."""
-    dt = cfg.compute_dtype
-    ops = kernels_lib.select(cfg.kernels)
+    ex = cfg.execution
+    dt = ex.compute_dtype
+    ops = kernels_lib.select(ex.kernels)
     act = ("batch", "seq", "act_embed")
     h = rms_norm(x_BxTxD, w["input_norm"], cfg.rms_norm_eps)
 
@@ -157,7 +158,7 @@ def decoder_layer(cfg: LlamaConfig, w: dict[str, jax.Array], x_BxTxD: jax.Array,
         k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), (layer, 0, index, 0, 0))
         v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), (layer, 0, index, 0, 0))
         k, v = k_all[layer], v_all[layer]
-    attn = checkpoint_name(ops.attention(q, k.astype(dt), v.astype(dt), mask, cfg), "attention_out")
+    attn = checkpoint_name(ops.attention(q, k.astype(dt), v.astype(dt), mask, ex), "attention_out")
     x = x_BxTxD + constrain(ops.dense(attn, w["o"], 2, dt), act)
     h = rms_norm(x, w["post_norm"], cfg.rms_norm_eps)
     gate = constrain(ops.dense(h, w["gate"], 1, dt), ("batch", "seq", "act_mlp"))
@@ -190,13 +191,13 @@ class LlamaForCausalLM(nnx.Module):
         init = nnx.initializers.normal(cfg.initializer_range)
         self.embed_tokens = nnx.Embed(
             cfg.vocab_size, cfg.hidden_size, embedding_init=logical(init, "vocab", "embed"),
-            param_dtype=cfg.weight_dtype, dtype=cfg.compute_dtype, rngs=rngs,
+            param_dtype=cfg.execution.weight_dtype, dtype=cfg.execution.compute_dtype, rngs=rngs,
         )
         self.layers = DecoderLayers(cfg, rngs=rngs)
         self.norm = RMSNorm(cfg, stacked=False, rngs=rngs)
         self.lm_head = (
             None if cfg.tie_word_embeddings
-            else _param(rngs, init, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), cfg.weight_dtype)
+            else _param(rngs, init, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), cfg.execution.weight_dtype)
         )
 
     def head_weight(self) -> tuple[jax.Array, bool]:
@@ -218,7 +219,7 @@ class LlamaForCausalLM(nnx.Module):
         # Rows are gathered from the table in its own dtype and then cast: casting the whole [V, D] table first
         # (what ``nnx.Embed`` does) costs a pass over it per step.
         rows = jnp.take(self.embed_tokens.embedding[...], tokens_BxT, axis=0)
-        x = constrain(rows.astype(cfg.compute_dtype), ("batch", "seq", "act_embed"))
+        x = constrain(rows.astype(cfg.execution.compute_dtype), ("batch", "seq", "act_embed"))
         cos, sin = rotary_tables(cfg, positions_BxT)
         weights = self.layers.weights()
         index = None if cache is None else cache.index
@@ -241,8 +242,8 @@ class LlamaForCausalLM(nnx.Module):
         def body(x, w):
             return decoder_layer(cfg, w, x, cos, sin, mask, None, None)[0], None
 
-        body = remat(body, cfg.remat)
-        if cfg.scan_layers:
+        body = remat(body, cfg.execution.remat)
+        if cfg.execution.scan_layers:
             x, _ = jax.lax.scan(body, x, weights)
         else:
             # Unstacking once (its transpose is one stack) rather than indexing layer by layer: the gradient of
@@ -254,7 +255,7 @@ class LlamaForCausalLM(nnx.Module):
 
     def project(self, h_BxTxD: jax.Array) -> jax.Array:
         """Logits [B, T, V] in float32 from final hidden states."""
-        w = self.output_embedding().astype(self.config.compute_dtype)
+        w = self.output_embedding().astype(self.config.execution.compute_dtype)
         logits = jnp.einsum("btd,dv->btv", h_BxTxD, w, preferred_element_type=jnp.float32)
         return constrain(logits, ("batch", "seq", "act_vocab"))
 

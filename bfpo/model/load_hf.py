@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +20,7 @@ from flax import nnx
 from bfpo.errors import ModelError
 from bfpo.model import hf_layout, safetensors_io
 from bfpo.model.config import LlamaConfig
+from bfpo.model.execution import ExecutionConfig
 from bfpo.model.llama import LlamaForCausalLM
 from runtime import sharding as sharding_lib
 from runtime.mesh import make_mesh
@@ -51,7 +51,7 @@ def resolve_local_dir(name_or_path: str | os.PathLike) -> Path:
         ) from None
 
 
-def read_config(directory: Path, **overrides) -> LlamaConfig:
+def read_config(directory: Path, execution: ExecutionConfig | None = None) -> LlamaConfig:
     path = directory / CONFIG_FILE
     if not path.is_file():
         raise ModelError(f"{path}: missing; a Hugging Face model directory needs its config.json")
@@ -59,7 +59,7 @@ def read_config(directory: Path, **overrides) -> LlamaConfig:
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ModelError(f"{path}: not valid JSON ({e})") from e
-    return hf_layout.config_from_hf(raw, where=str(path), **overrides)
+    return hf_layout.config_from_hf(raw, where=str(path), execution=execution)
 
 
 class CheckpointFiles:
@@ -147,7 +147,7 @@ def place_params(cfg: LlamaConfig, read, mesh: jax.sharding.Mesh | None = None, 
     for path, variable, sharding in zip(paths, variables, sharding_leaves):
         layout = by_path[path]
         sharding = sharding.get_value() if isinstance(sharding, nnx.Variable) else sharding
-        dtype = np.dtype(cfg.weight_dtype)
+        dtype = np.dtype(cfg.execution.weight_dtype)
         array = jax.make_array_from_callback(variable.shape, sharding,
                                              _leaf_callback(layout, read, cfg.num_layers, dtype))
         placed.append(variable.replace(array))
@@ -155,14 +155,14 @@ def place_params(cfg: LlamaConfig, read, mesh: jax.sharding.Mesh | None = None, 
 
 
 def load_hf(name_or_path: str | os.PathLike, mesh: jax.sharding.Mesh | None = None, *, rules=None,
-            **config_overrides) -> LlamaForCausalLM:
+            execution: ExecutionConfig | None = None) -> LlamaForCausalLM:
     """Loads a local Hugging Face Llama/Mistral/Qwen2 directory onto ``mesh`` (default: the first device).
 
-    ``config_overrides`` replace fields of the config read from ``config.json``, e.g. ``param_dtype="bfloat16"``
-    to convert the weights while loading, or ``remat="full"``.
+    ``execution`` says how to run it, e.g. ``ExecutionConfig(param_dtype="bfloat16")`` converts the weights while
+    loading; None keeps the checkpoint's dtype for storage and compute.
     """
     directory = resolve_local_dir(name_or_path)
-    cfg = read_config(directory, **config_overrides)
+    cfg = read_config(directory, execution)
     files = CheckpointFiles(directory)
     check_tensors(cfg, files)
     return place_params(cfg, lambda name: files.file_of(name).get(name), mesh, rules)
@@ -186,7 +186,7 @@ def save_hf(model: LlamaForCausalLM, directory: str | os.PathLike, *, dtype: str
     Every process takes part; process 0 writes."""
     cfg: LlamaConfig = model.config
     directory = Path(directory)
-    out_dtype = np.dtype(jnp.dtype(dtype or cfg.param_dtype))
+    out_dtype = np.dtype(jnp.dtype(dtype or cfg.execution.param_dtype))
     state = nnx.state(model, nnx.Param)
     arrays = dict(zip(leaf_paths(state), (v.get_value() for v in jax.tree.leaves(
         state, is_leaf=lambda x: isinstance(x, nnx.Variable)))))

@@ -39,7 +39,7 @@ class Config:
 
 def temp_bytes(target: str, length: int, overrides: dict) -> int:
     mesh = make_mesh({"fsdp": -1}, compile_only_devices(target), whole_topology=True)
-    cfg = LlamaConfig.mistral_7b(**overrides)
+    cfg = LlamaConfig.mistral_7b().with_execution(dtype="bfloat16", param_dtype="bfloat16", **overrides)
     rows = NamedSharding(mesh, P("fsdp"))
     b, h, kv, e = mesh.size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     q = jax.ShapeDtypeStruct((b, length, h, e), jnp.bfloat16, sharding=rows)
@@ -47,7 +47,8 @@ def temp_bytes(target: str, length: int, overrides: dict) -> int:
     valid = jax.ShapeDtypeStruct((b, length), jnp.bool_, sharding=rows)
 
     def loss(q, k, v, valid):
-        out = kernels.select(cfg.kernels).attention(q, k, v, AttentionMask.full_sequence(valid), cfg)
+        out = kernels.select(cfg.execution.kernels).attention(q, k, v, AttentionMask.full_sequence(valid),
+                                                              cfg.execution)
         return jnp.sum(out.astype(jnp.float32))
 
     with sharding_lib.activate(mesh):

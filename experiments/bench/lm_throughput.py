@@ -20,7 +20,7 @@ unrolled (``scan_layers=False``: PyTorch's layers are a Python loop too; on XLA:
 per-iteration copy of its saved activations).
 
 Precision: each entry of ``precisions`` is one training comparison at the same policy on both sides, the
-weights and gradients staying float32: ``float32``, or ``bfloat16`` mixed precision (ours: ``LlamaConfig.dtype``
+weights and gradients staying float32: ``float32``, or ``bfloat16`` mixed precision (ours: ``ExecutionConfig.dtype``
 bfloat16, every matmul with bfloat16 operands accumulated in float32, norms, softmax and log-probs in float32;
 PyTorch: ``torch.autocast("cpu", dtype=torch.bfloat16)``, its standard CPU mixed precision). Generation runs in
 float32. On CPUs with AMX or AVX512-BF16 both libraries reach their bfloat16 kernels this way.
@@ -60,6 +60,7 @@ from flax import nnx
 from bfpo.generate import SamplingConfig, generate
 from bfpo.logprobs import sequence_logprobs
 from bfpo.model.config import LlamaConfig
+from bfpo.model.execution import ExecutionConfig
 from bfpo.model.llama import LlamaForCausalLM
 from bfpo.model.load_gguf import load_gguf, smollm2_gguf_path
 from bfpo.model.load_hf import load_hf, save_hf
@@ -81,7 +82,7 @@ class Config:
     """Storage dtype of our weights (bfloat16 halves memory on an accelerator; the peer keeps float32)."""
     scan_layers: bool = False
     causal_blocks: int = 4
-    """Query blocks per training attention pass, each skipping its future keys (exact; see LlamaConfig)."""
+    """Query blocks per training attention pass, each skipping its future keys (exact; see ExecutionConfig)."""
     peer: bool = True
     peak_tflops: float | None = None
     out: str = "runs/bench/lm_throughput.json"
@@ -96,8 +97,8 @@ def build(name: str, directory: Path, cfg: Config) -> LlamaForCausalLM:
     else:
         raise ValueError(f"Config.models: unknown model {name!r}; expected 'tiny' or 'smollm2'")
     save_hf(model, directory)
-    return load_hf(directory, param_dtype=cfg.param_dtype, scan_layers=cfg.scan_layers,
-                   causal_blocks=cfg.causal_blocks)
+    return load_hf(directory, execution=ExecutionConfig(param_dtype=cfg.param_dtype, scan_layers=cfg.scan_layers,
+                                                        causal_blocks=cfg.causal_blocks))
 
 
 def train_flops_per_token(cfg: LlamaConfig, seq_len: int) -> float:
@@ -118,7 +119,7 @@ def timed(fn, repeats: int, min_seconds: float = 3.0) -> float:
 
 
 def ours_train(model: LlamaForCausalLM, cfg: Config, tokens: np.ndarray, precision: str) -> dict[str, float]:
-    model.config = dataclasses.replace(model.config, dtype=precision)
+    model.config = model.config.with_execution(dtype=precision)
     graphdef, params = nnx.split(model)
     t = jnp.asarray(tokens)
     ones = jnp.ones_like(t, bool)
@@ -157,7 +158,7 @@ def matmul_ceiling(model_cfg: LlamaConfig, cfg: Config, precision: str, peer: bo
 
 
 def ours_generate(model: LlamaForCausalLM, cfg: Config, prompts: np.ndarray) -> float:
-    model.config = dataclasses.replace(model.config, dtype="float32")
+    model.config = model.config.with_execution(dtype="float32")
     mask = np.ones_like(prompts, bool)
     sampling = SamplingConfig(max_new_tokens=cfg.gen_new)
     gen_s = timed(lambda: jax.block_until_ready(generate(model, prompts, mask, sampling).tokens), cfg.repeats)

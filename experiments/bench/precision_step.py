@@ -28,6 +28,7 @@ import tyro
 
 from bfpo.labeling import LabelingConfig
 from bfpo.model.config import LlamaConfig
+from bfpo.model.execution import ExecutionConfig
 from bfpo.model.llama import init_params
 from bfpo.objectives import BFPOConfig
 from bfpo.optim import OptimizerConfig, make_optimizer
@@ -53,15 +54,18 @@ class Config:
     out: str = "runs/bench/precision_step.json"
 
 
+BF16 = ExecutionConfig(dtype="bfloat16", param_dtype="bfloat16")
+
+
 def model_params(cfg: Config) -> tuple[LlamaConfig, Any]:
     if cfg.model == "tiny":
-        model_cfg = LlamaConfig.tiny(dtype="bfloat16", param_dtype="bfloat16")
+        model_cfg = LlamaConfig.tiny(execution=BF16)
         return model_cfg, init_params(model_cfg, 0)
     from flax import nnx
 
     from bfpo.model.load_gguf import load_gguf, smollm2_gguf_path
 
-    model = load_gguf(smollm2_gguf_path(), dtype="bfloat16", param_dtype="bfloat16")
+    model = load_gguf(smollm2_gguf_path(), execution=BF16)
     return model.config, nnx.state(model, nnx.Param)
 
 

@@ -41,7 +41,6 @@ import os
 import platform
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -83,7 +82,7 @@ class Config:
     """Our layers as one scanned layer (compile time independent of depth) or unrolled, like PyTorch's Python
     loop: on XLA:CPU the scan's per-iteration bookkeeping costs about as much as the tiny model's layers."""
     causal_blocks: int = 4
-    """Query blocks per attention pass, each skipping its future keys (``LlamaConfig.causal_blocks``; exact)."""
+    """Query blocks per attention pass, each skipping its future keys (``ExecutionConfig.causal_blocks``; exact)."""
     out: str = "runs/bench/preference_step.json"
 
 
@@ -157,7 +156,7 @@ def run_peer(cfg: Config, work: Path) -> dict[str, Any]:
 
 def main(cfg: Config) -> dict[str, Any]:
     tok = Tokenizer.byte_level()
-    model_cfg = LlamaConfig.tiny(scan_layers=cfg.scan_layers, causal_blocks=cfg.causal_blocks)
+    model_cfg = LlamaConfig.tiny().with_execution(scan_layers=cfg.scan_layers, causal_blocks=cfg.causal_blocks)
     params = jax.device_get(jax.jit(lambda: init_params(model_cfg, 0))())
     pairs = make_pairs(cfg, cfg.batch)
     variants = [("dpo", DPOConfig(beta=0.1), "frozen"),

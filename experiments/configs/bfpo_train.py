@@ -16,18 +16,20 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Literal
+from typing import Annotated, Literal
+
+import tyro
 
 from bfpo.errors import BFPOError
 from bfpo.labeling import PAIR_TYPES
+from bfpo.model.config import PRESETS
+from bfpo.model.execution import ExecutionConfig
+from bfpo.model.source import MODEL_KINDS
 from bfpo.objectives.registry import get_objective
 from bfpo.optim import OptimizerConfig
 from bfpo.train_params import REFERENCE_SOURCES
 from experiments.run import RunConfig
 from runtime.mesh import MeshConfig
-
-
-ARCHITECTURES = ("tiny", "smollm2_135m", "qwen2_0_5b", "llama3_2_1b", "mistral_7b", "llama3_8b")
 
 
 class TrainConfigError(BFPOError):
@@ -78,41 +80,16 @@ class ModelSource:
     architecture: str = ""
     """A ``LlamaConfig`` preset (mistral_7b, llama3_8b, llama3_2_1b, qwen2_0_5b, smollm2_135m) describing the model
     when its directory is not at hand: ``experiments.plan`` then plans without it. A readable config.json wins."""
-    dtype: Literal["float32", "bfloat16"] = "float32"
-    param_dtype: Literal["float32", "bfloat16"] = "float32"
-    remat: Literal["none", "full", "dots", "dots_saveable", "save_attention_out"] = "none"
-    attention_query_chunk: int = 0
-    """Queries per attention chunk (0: all at once)."""
-    causal_blocks: int = 1
-    """Query blocks per full-sequence attention pass, each skipping its future keys (exact; 4 saves about a
-    third of the score work, and on a CPU makes small models' steps about 25% faster)."""
-    scan_layers: bool = True
-    """One scanned layer (compile time independent of depth) or unrolled layers (faster steps on a CPU)."""
-    kernels: Literal["auto", "reference", "xla_cpu", "gpu", "tpu"] = "auto"
-    """The model's kernels (``bfpo.model.kernels``): auto picks by the platform the step is compiled for."""
-    attention_block: int = 512
-    """Block length of the TPU's fused attention."""
+    execution: Annotated[ExecutionConfig, tyro.conf.arg(name="")] = ExecutionConfig()
+    """How the model runs (dtypes, remat, kernels, ...): its flags are ``--model.dtype``, ``--model.remat``, ..."""
 
     def __post_init__(self):
-        if self.kind not in ("tiny", "smollm2", "gguf", "hf"):
+        if self.kind not in MODEL_KINDS:
             raise TrainConfigError(f"ModelSource.kind={self.kind!r}: expected tiny, smollm2, gguf or hf")
         if self.kind in ("gguf", "hf") and not self.path:
             raise TrainConfigError(f"ModelSource.path is required for kind={self.kind!r}")
-        if self.architecture and self.architecture not in ARCHITECTURES:
-            raise TrainConfigError(f"ModelSource.architecture={self.architecture!r}: expected one of "
-                                   f"{ARCHITECTURES}")
-        if self.attention_query_chunk < 0:
-            raise TrainConfigError(f"ModelSource.attention_query_chunk={self.attention_query_chunk}: must be >= 0")
-        if self.causal_blocks < 1:
-            raise TrainConfigError(f"ModelSource.causal_blocks={self.causal_blocks}: must be >= 1")
-
-    def overrides(self) -> dict:
-        out = dict(dtype=self.dtype, param_dtype=self.param_dtype, remat=self.remat,
-                   causal_blocks=self.causal_blocks, scan_layers=self.scan_layers, kernels=self.kernels,
-                   attention_block=self.attention_block)
-        if self.attention_query_chunk:
-            out["attention_query_chunk"] = self.attention_query_chunk
-        return out
+        if self.architecture and self.architecture not in PRESETS:
+            raise TrainConfigError(f"ModelSource.architecture={self.architecture!r}: expected one of {PRESETS}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -230,8 +207,8 @@ class BFPOTrainConfig:
                         checkpoint_every=200, mesh=MeshConfig(data=1, fsdp=-1))
         streams = (StreamData(name="safety", path=safety_path, split="train", batch_size=32, max_pairs=0),
                    StreamData(name="buffer", path=buffer_path, split="train_prefs", batch_size=32, weight=1.0))
-        base = dict(run=run, model=ModelSource(kind="hf", path=model_dir, architecture="mistral_7b", dtype="bfloat16",
-                                               param_dtype="bfloat16", remat="full", attention_query_chunk=512),
+        base = dict(run=run, model=ModelSource(kind="hf", path=model_dir, architecture="mistral_7b", execution=ExecutionConfig(
+                        dtype="bfloat16", param_dtype="bfloat16", remat="full", attention_query_chunk=512)),
                     streams=streams, eval_path=safety_path, eval_split="test", eval_pairs=2048, eval_batch_size=32,
                     max_length=1024, max_prompt_length=512, buckets=(256, 512, 768, 1024), bucket_window=8,
                     tau=0.01, b1=3.0, alpha=0.5, trainable="down_proj", logprob_chunk=256,

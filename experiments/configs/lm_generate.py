@@ -7,6 +7,7 @@ from typing import Annotated
 
 import tyro
 
+from bfpo.model.execution import ExecutionConfig
 from runtime.mesh import MeshConfig
 
 DEFAULT_PROMPTS = (
@@ -31,8 +32,13 @@ class LMGenerateConfig:
     """0 means greedy decoding."""
     top_p: float = 1.0
     seed: int = 0
-    param_dtype: str = "float32"
+    execution: Annotated[ExecutionConfig, tyro.conf.arg(name="")] = ExecutionConfig()
+    """How the model runs (``--param-dtype``, ``--dtype``, ``--kernels``, ...)."""
     mesh: MeshConfig = MeshConfig(data=1, fsdp=-1)
+
+    @property
+    def model_kind(self) -> str:
+        return "hf" if self.hf_dir else "gguf" if self.gguf else "smollm2"
 
     def __post_init__(self):
         if self.hf_dir and self.gguf:
@@ -72,4 +78,5 @@ class LMGeneratePlanConfig:
     def preset(cls, name: str) -> "LMGeneratePlanConfig":
         if name == "smollm2":
             return cls()
-        return cls(architecture=name, generate=LMGenerateConfig(param_dtype="bfloat16"))
+        bf16 = ExecutionConfig(dtype="bfloat16", param_dtype="bfloat16")
+        return cls(architecture=name, generate=LMGenerateConfig(execution=bf16))

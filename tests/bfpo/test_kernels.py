@@ -12,7 +12,7 @@ import pytest
 
 from bfpo.errors import ModelError
 from bfpo.model import kernels
-from bfpo.model.config import LlamaConfig
+from bfpo.model.execution import ExecutionConfig
 from bfpo.model.kernels import AttentionMask, gpu, reference, tpu, xla_cpu
 
 RNG = np.random.default_rng(0)
@@ -65,7 +65,7 @@ def _compare(attend, cfg, dtype, window=None, t=24, h=4, kv=2, e=16):
         np.testing.assert_allclose(a.astype(F32), b.astype(F32), **tol)
 
 
-CFG = LlamaConfig.tiny()
+CFG = ExecutionConfig()
 
 
 @pytest.mark.parametrize("dtype", [F32, BF16], ids=["f32", "bf16"])
@@ -76,7 +76,7 @@ def test_attention_equals_the_reference(family, window, dtype):
     if family == "xla_cpu":
         attend = xla_cpu.attention
     elif family == "xla_cpu_chunks_blocks":
-        attend, cfg = xla_cpu.attention, LlamaConfig.tiny(attention_query_chunk=8, causal_blocks=4)
+        attend, cfg = xla_cpu.attention, ExecutionConfig(attention_query_chunk=8, causal_blocks=4)
     elif family == "gpu_padding":
         # The rotation to cuDNN's sequence lengths, run through XLA's attention with the same arguments.
         attend = lambda q, k, v, m, c: gpu.attention(q, k, v, m, c, implementation="xla")  # noqa: E731
@@ -173,7 +173,7 @@ def test_a_pallas_kernel_is_counted_once_per_grid_step():
 
     def splash(q, k, v):
         with tpu.interpreted():
-            return tpu.attention(q, k, v, mask, LlamaConfig.tiny(attention_block=128))
+            return tpu.attention(q, k, v, mask, ExecutionConfig(attention_block=128))
 
     dense_flops = 2 * 2 * (2 * 4 * 256 * 256 * 64)  # QK^T and PV, 2 FLOPs per multiply-add
     assert count_flops(splash, q, k, k).matmul == dense_flops
@@ -196,7 +196,7 @@ def test_auto_compiles_cudnn_attention_for_an_h100_and_splash_for_a_tpu():
         q = jax.ShapeDtypeStruct((b, t, h, e), BF16, sharding=rows)
         k = jax.ShapeDtypeStruct((b, t, kv, e), BF16, sharding=rows)
         valid = jax.ShapeDtypeStruct((b, t), jnp.bool_, sharding=rows)
-        cfg = LlamaConfig.tiny()
+        cfg = ExecutionConfig()
 
         def loss(q, k, v, valid):
             mask = AttentionMask.full_sequence(valid)

@@ -33,14 +33,36 @@ def test_presets_have_the_published_size_and_shard(preset):
     ("num_kv_heads", 3, "LlamaConfig.num_heads=8 is not a multiple of num_kv_heads=3"),
     ("head_dim", 7, "LlamaConfig.head_dim=7: rotary embeddings need an even head_dim"),
     ("sliding_window", 0, "LlamaConfig.sliding_window=0"),
-    ("dtype", "int8", "LlamaConfig.dtype='int8'"),
-    ("remat", "some", "LlamaConfig.remat='some'"),
-    ("causal_blocks", 0, "LlamaConfig.causal_blocks=0"),
     ("vocab_size", 0, "LlamaConfig.vocab_size=0"),
+    ("execution", "fast", "LlamaConfig.execution='fast': expected an ExecutionConfig"),
 ])
 def test_invalid_fields_are_named(field, value, message):
     with pytest.raises(ModelError, match=message.replace("(", r"\(").replace(")", r"\)")):
         dataclasses.replace(LlamaConfig.tiny(), **{field: value})
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("dtype", "int8", "ExecutionConfig.dtype='int8'"),
+    ("remat", "some", "ExecutionConfig.remat='some'"),
+    ("causal_blocks", 0, "ExecutionConfig.causal_blocks=0"),
+    ("attention_query_chunk", 0, "ExecutionConfig.attention_query_chunk=0"),
+    ("kernels", "cuda", "ExecutionConfig.kernels='cuda'"),
+    ("attention_block", 100, "ExecutionConfig.attention_block=100"),
+])
+def test_invalid_execution_fields_are_named(field, value, message):
+    with pytest.raises(ModelError, match=message):
+        LlamaConfig.tiny().with_execution(**{field: value})
+
+
+def test_execution_is_not_part_of_a_checkpoints_config():
+    """The architecture round-trips through config.json whatever the execution; the stored dtype is the one
+    written."""
+    from bfpo.model.hf_layout import config_from_hf, config_to_hf
+
+    run = LlamaConfig.tiny().with_execution(remat="full", kernels="reference", param_dtype="bfloat16")
+    raw = config_to_hf(run)
+    assert raw["torch_dtype"] == "bfloat16" and "remat" not in raw
+    assert config_from_hf(raw) == LlamaConfig.tiny().with_execution(dtype="bfloat16", param_dtype="bfloat16")
 
 
 def test_rope_scaling_validation():

@@ -1,6 +1,5 @@
 """The safetensors loader: dtype conversion, sharded placement, and errors that name the tensor and the file."""
 
-import dataclasses
 import json
 
 import jax
@@ -12,6 +11,7 @@ from flax import nnx
 from bfpo import ModelError
 from bfpo.model import safetensors_io
 from bfpo.model.config import LlamaConfig
+from bfpo.model.execution import ExecutionConfig
 from bfpo.model.llama import LlamaForCausalLM
 from bfpo.model.load_hf import load_hf, save_hf
 from runtime import make_mesh
@@ -48,8 +48,8 @@ def copy(saved, tmp_path):
 def test_loads_onto_a_mesh_with_target_shardings_and_dtype(saved):
     model, directory = saved
     mesh = make_mesh({"fsdp": 2, "tensor": 4})
-    loaded = load_hf(directory, mesh, param_dtype="bfloat16")
-    assert loaded.config == dataclasses.replace(CFG, param_dtype="bfloat16")
+    loaded = load_hf(directory, mesh, execution=ExecutionConfig(param_dtype="bfloat16"))
+    assert loaded.config == CFG.with_execution(param_dtype="bfloat16")
     q = loaded.layers.self_attn.q_proj.kernel[...]
     assert q.dtype == jax.numpy.bfloat16
     assert q.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor", None)
@@ -68,7 +68,7 @@ def test_saves_bfloat16_files(saved, tmp_path):
         f.get("model.layers.1.mlp.down_proj.weight"),
         np.asarray(model.layers.mlp.down_proj.kernel[...][1]).T.astype(ml_dtypes.bfloat16))
     loaded = load_hf(tmp_path)  # a bfloat16 checkpoint computes in bfloat16 unless told otherwise
-    assert (loaded.config.dtype, loaded.config.param_dtype) == ("bfloat16", "bfloat16")
+    assert (loaded.config.execution.dtype, loaded.config.execution.param_dtype) == ("bfloat16", "bfloat16")
     for got, want in zip(params_of(loaded), params_of(model)):
         np.testing.assert_array_equal(got, want.astype(ml_dtypes.bfloat16))
 
@@ -108,7 +108,7 @@ def test_hub_id_offline_asks_for_a_local_directory(monkeypatch, tmp_path):
 
 def test_bfloat16_model_tracks_float32(saved):
     model, directory = saved
-    low = load_hf(directory, dtype="bfloat16", param_dtype="bfloat16")
+    low = load_hf(directory, execution=ExecutionConfig(dtype="bfloat16", param_dtype="bfloat16"))
     tokens = jax.numpy.asarray(np.random.default_rng(0).integers(0, 264, (2, 10)))
     forward = jax.jit(lambda m, t: m(t))
     full, half = np.asarray(forward(model, tokens)), np.asarray(forward(low, tokens))

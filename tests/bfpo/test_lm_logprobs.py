@@ -1,7 +1,6 @@
 """Chunked response log-probs equal a direct full-logits computation, are invariant to padding, have the same
 gradient, and never build the [B, T, V] logits."""
 
-import dataclasses
 
 import chex
 import jax
@@ -98,7 +97,7 @@ def test_causal_blocks_change_neither_scores_nor_gradients(model):
 
     def scores(params, blocks):
         merged = nnx.merge(graphdef, params)
-        merged.config = dataclasses.replace(merged.config, causal_blocks=blocks)
+        merged.config = merged.config.with_execution(causal_blocks=blocks)
         return sequence_logprobs(merged, tokens, mask, score, chunk=8)[0]
 
     fn = jax.jit(lambda p, blocks: (scores(p, blocks), jax.grad(lambda p: jnp.sum(scores(p, blocks)))(p)),

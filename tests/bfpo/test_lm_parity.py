@@ -3,7 +3,6 @@ save_pretrained, read by our safetensors loader), with every kernel family that 
 the Pallas interpreter); saving back gives files transformers reads identically."""
 
 import contextlib
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -41,7 +40,7 @@ def pair(request, tmp_path_factory):
 def test_logits_match_reference(pair, kernels):
     arch, ref, _, ours = pair
     expected = hf_logits(ref, TOKENS)
-    model = model_from_params(dataclasses.replace(ours.config, kernels=kernels), nnx.state(ours, nnx.Param))
+    model = model_from_params(ours.config.with_execution(kernels=kernels), nnx.state(ours, nnx.Param))
     with tpu.interpreted() if kernels == "tpu" else contextlib.nullcontext():
         got = np.asarray(model(jnp.asarray(TOKENS)))
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())

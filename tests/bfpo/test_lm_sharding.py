@@ -1,7 +1,6 @@
 """The tiny LM's parameters shard as pinned; forward and a gradient step on (fsdp 8) and (fsdp 2 x tensor 4)
 meshes equal one device running the layers unrolled and rematerialised, with chunked attention."""
 
-import dataclasses
 
 import chex
 import jax
@@ -95,7 +94,7 @@ def reference():
 def _single_device():
     """The reference also runs its layers unrolled and rematerialised, and its attention 5 queries at a time
     (12 = 5 + 5 + 2 padded): none of these may change the numbers."""
-    cfg = dataclasses.replace(CFG, scan_layers=False, remat="full", attention_query_chunk=5)
+    cfg = CFG.with_execution(scan_layers=False, remat="full", attention_query_chunk=5)
     mesh = make_mesh({"data": 1}, devices=jax.devices()[:1])
     tx = optax.sgd(1.0)
     state, shardings = init_train_state(init(cfg), tx, mesh, seed=0)
@@ -131,7 +130,7 @@ def test_sharded_forward_and_step_equal_one_device(axes, reference):
 
 
 def test_chunked_attention_never_holds_all_scores():
-    cfg = dataclasses.replace(CFG, attention_query_chunk=4)
+    cfg = CFG.with_execution(attention_query_chunk=4)
     _, loss = make_loss(cfg)
     host = {k: jnp.asarray(v) for k, v in batch().items()}
     text = str(jax.make_jaxpr(jax.grad(lambda p: loss(p, host, None)[0]))(jax.eval_shape(init(cfg))))
@@ -144,7 +143,7 @@ def test_chunked_attention_never_holds_all_scores():
 def test_bfloat16_tied_head_steps_alike_on_both_meshes():
     """bfloat16 compute with float32 weights and a tied head takes the vocabulary-major log-prob path (its
     logits [V, B, C] sharded over the vocabulary and the batch): FSDP and FSDP x tensor runs agree."""
-    cfg = LlamaConfig.tiny(dtype="bfloat16")
+    cfg = LlamaConfig.tiny().with_execution(dtype="bfloat16")
     fsdp_state, fsdp_losses = run({"fsdp": 8}, cfg)
     tp_state, tp_losses = run({"fsdp": 2, "tensor": 4}, cfg)
     np.testing.assert_allclose(tp_losses, fsdp_losses, rtol=1e-3)

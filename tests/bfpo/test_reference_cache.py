@@ -86,7 +86,7 @@ def test_cache_is_reused_and_invalidated_by_model_or_data(tmp_path, reference, c
     nudged = jax.tree_util.tree_map_with_path(lambda path, x: x + 1e-3 if "'norm'" in str(path) else x, reference)
     other_fp = params_fingerprint(CFG, nudged)
     assert other_fp != model_fp
-    assert params_fingerprint(LlamaConfig.tiny(remat="full"), reference) != model_fp
+    assert params_fingerprint(LlamaConfig.tiny().with_execution(remat="full"), reference) != model_fp
     load_or_compute(tmp_path, model_fingerprint=other_fp, data_fingerprint="data-A", compute=compute)
     assert len(calls) == 3
     load_or_compute(tmp_path, model_fingerprint=model_fp, data_fingerprint="data-A", compute=compute)

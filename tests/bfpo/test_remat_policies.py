@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import pytest
 
 from bfpo.logprobs import sequence_logprobs
-from bfpo.model.config import REMAT_MODES, LlamaConfig
+from bfpo.model.config import LlamaConfig
+from bfpo.model.execution import REMAT_MODES
 from bfpo.model.kernels import tpu
 from bfpo.model.llama import init_params, model_from_params
 from runtime.flops import count_flops
@@ -18,7 +19,7 @@ TOKENS = jax.ShapeDtypeStruct((4, 64), jnp.int32)
 
 
 def _grad(kernels: str, remat: str):
-    cfg = LlamaConfig.tiny(kernels=kernels, remat=remat)
+    cfg = LlamaConfig.tiny().with_execution(kernels=kernels, remat=remat)
 
     def loss(params, tokens):
         mask = jnp.ones_like(tokens, bool)

@@ -123,8 +123,8 @@ def test_paper_preset_carries_the_paper_hyperparameters():
     assert cfg.optimizer.learning_rate == 5e-7 and cfg.optimizer.warmup_ratio == 0.1
     assert cfg.optimizer.schedule == "cosine"
     assert sum(s.batch_size for s in cfg.streams[:1]) == 32 and [s.weight for s in cfg.streams] == [1.0, 1.0]
-    assert pref.layout.trainable == "down_proj" and cfg.model.param_dtype == "bfloat16"
-    assert cfg.model.remat == "full"
+    assert pref.layout.trainable == "down_proj" and cfg.model.execution.param_dtype == "bfloat16"
+    assert cfg.model.execution.remat == "full"
     dpo = bfpo_train.objective_config(BFPOTrainConfig.tiny(objective="dpo", beta=0.05))
     assert dpo.beta == 0.05
 

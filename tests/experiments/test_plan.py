@@ -122,7 +122,7 @@ def test_alternatives_are_valid_configs_that_change_what_they_say():
     alts = dict(bfpo_train.plan_alternatives(cfg, {"data": 2, "fsdp": 2, "tensor": 1}))
     assert alts["--run.mesh.data 1 --run.mesh.fsdp 4 --run.mesh.tensor 1"].run.mesh == MeshConfig(data=1, fsdp=4)
     assert alts["--run.grad-accum 8"].run.grad_accum == 8
-    assert alts["--model.attention-query-chunk 256"].model.attention_query_chunk == 256
+    assert alts["--model.attention-query-chunk 256"].model.execution.attention_query_chunk == 256
     assert "--model.remat full" not in alts  # the preset already rematerialises
 
 
@@ -135,7 +135,7 @@ def test_errors_name_what_to_change():
         plan.plan("bfpo_train", "nope", "tpu-v5e-4")
     with pytest.raises(plan.PlanError, match="bfpo_compare' has no step of its own to plan: it runs bfpo_train"):
         plan.plan("bfpo_compare", "default", "tpu-v5e-4")
-    with pytest.raises(BFPOError, match="architecture='num_params': not a LlamaConfig preset; one of tiny"):
+    with pytest.raises(BFPOError, match="architecture 'num_params': not a LlamaConfig preset; one of tiny"):
         plan.plan("lm_generate", "mistral_7b", "tpu-v5e-4", ["--architecture", "num_params"])
     with pytest.raises(bfpo_train.TrainConfigError, match="--model.architecture"):
         plan.plan("bfpo_train", "mistral-7b", "tpu-v5e-4", ["--model.architecture="])

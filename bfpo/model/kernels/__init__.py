@@ -1,7 +1,7 @@
-"""The model's three backend-specific operations behind one switch, ``LlamaConfig.kernels``:
+"""The model's three backend-specific operations behind one switch, ``ExecutionConfig.kernels``:
 
 * ``dense(x, w, n, dtype)``: the linear map over the last ``n`` axes of x;
-* ``attention(q, k, v, mask, cfg)``: grouped-query softmax attention under an ``AttentionMask``;
+* ``attention(q, k, v, mask, execution)``: grouped-query softmax attention under an ``AttentionMask``;
 * ``logprob_sums(h, w, targets, weights, chunk, vocab_major)``: sum_t w_t log softmax(h_t W)[x_t] per row.
 
 Kernel families (one module each): ``reference`` (the formulas, automatic differentiation: the definition every
@@ -20,12 +20,12 @@ from types import ModuleType
 import jax
 
 from bfpo.errors import ModelError
+from bfpo.model.execution import KERNEL_FAMILIES as KERNELS
 from bfpo.model.kernels.mask import AttentionMask
 from runtime import sharding as sharding_lib
 
 __all__ = ["AttentionMask", "KERNELS", "platform", "select"]
 
-KERNELS = ("auto", "reference", "xla_cpu", "gpu", "tpu")
 AUTO = {"cpu": "xla_cpu", "gpu": "gpu", "tpu": "tpu"}
 # Kernels that need one platform (the others are plain XLA and run anywhere).
 NEEDS = {"gpu": "gpu", "tpu": "tpu"}
@@ -41,11 +41,11 @@ def platform() -> str:
 def resolve(name: str) -> str:
     """The kernel family ``name`` means here (``auto`` resolved); a clear error when it cannot run here."""
     if name not in KERNELS:
-        raise ModelError(f"LlamaConfig.kernels={name!r}: expected one of {', '.join(KERNELS)}")
+        raise ModelError(f"ExecutionConfig.kernels={name!r}: expected one of {', '.join(KERNELS)}")
     here = platform()
     chosen = AUTO.get(here, "reference") if name == "auto" else name
     if chosen in NEEDS and NEEDS[chosen] != here and not _interpreted(chosen):
-        raise ModelError(f"LlamaConfig.kernels={name!r}: the {chosen} kernels need a {NEEDS[chosen].upper()} "
+        raise ModelError(f"ExecutionConfig.kernels={name!r}: the {chosen} kernels need a {NEEDS[chosen].upper()} "
                          f"backend, but this program runs on {here}; use 'auto', 'reference' or 'xla_cpu'")
     return chosen
 
@@ -59,5 +59,5 @@ def _interpreted(name: str) -> bool:
 
 
 def select(name: str) -> ModuleType:
-    """The kernel module (``dense``, ``attention``, ``logprob_sums``) for ``LlamaConfig.kernels``."""
+    """The kernel module (``dense``, ``attention``, ``logprob_sums``) for ``ExecutionConfig.kernels``."""
     return importlib.import_module(f"{__name__}.{resolve(name)}")

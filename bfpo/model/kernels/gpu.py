@@ -31,12 +31,12 @@ def _rotate(x_BxTx: jax.Array, shift_B: jax.Array) -> jax.Array:
     return jnp.take_along_axis(x_BxTx, idx.reshape(idx.shape + (1,) * (x_BxTx.ndim - 2)), axis=1)
 
 
-def attention(q_BxTxHxE: jax.Array, k_BxSxKxE: jax.Array, v_BxSxKxE: jax.Array, mask: AttentionMask, cfg, *,
+def attention(q_BxTxHxE: jax.Array, k_BxSxKxE: jax.Array, v_BxSxKxE: jax.Array, mask: AttentionMask, execution, *,
               implementation: str = "cudnn") -> jax.Array:
     e = q_BxTxHxE.shape[-1]
     fused = q_BxTxHxE.dtype in (jnp.bfloat16, jnp.float16) and e % 8 == 0 and e <= 128
     if not mask.self_attention or (implementation == "cudnn" and not fused):
-        return reference.attention(q_BxTxHxE, k_BxSxKxE, v_BxSxKxE, mask, cfg)
+        return reference.attention(q_BxTxHxE, k_BxSxKxE, v_BxSxKxE, mask, execution)
     valid = mask.valid
     t = valid.shape[1]
     n = jnp.sum(valid, axis=1, dtype=jnp.int32)

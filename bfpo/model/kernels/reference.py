@@ -32,7 +32,7 @@ def dense(x: jax.Array, w: jax.Array, n: int, dtype) -> jax.Array:
 
 
 def attention(q_BxTxHxE: jax.Array, k_BxSxKxE: jax.Array, v_BxSxKxE: jax.Array, mask: AttentionMask,
-              cfg) -> jax.Array:
+              execution) -> jax.Array:
     return jax.nn.dot_product_attention(q_BxTxHxE, k_BxSxKxE, v_BxSxKxE, mask=mask.allowed()[:, None],
                                         implementation="xla")
 

@@ -6,7 +6,7 @@ Splash attention takes the mask as a static causal (or local, for a sliding wind
 segment ids: each token's id is 1 when it is real and 0 when it is padding, and a query sees only keys of its
 own id. A real query therefore sees exactly the real keys the definition allows; a padding query sees earlier
 padding (never a row with nothing to see, which splash requires) and its output is padding downstream. The key
-and value blocks are ``LlamaConfig.attention_block`` long (default 512); the sequence is padded to a multiple of
+and value blocks are ``ExecutionConfig.attention_block`` long (default 512); the sequence is padded to a multiple of
 the block with padding tokens. Each key/value head's G query heads run as one multi-query kernel, so keys and
 values are never repeated. KV-cache decoding uses the reference kernel. Under ``interpreted()`` the kernel runs
 in the Pallas interpreter, on any backend (the tests run it on the CPU).
@@ -88,11 +88,11 @@ def _local(q_BxTxHxE, k_BxTxKxE, v_BxTxKxE, segments_BxT, *, block: int, window:
 
 
 def attention(q_BxTxHxE: jax.Array, k_BxSxKxE: jax.Array, v_BxSxKxE: jax.Array, mask: AttentionMask,
-              cfg) -> jax.Array:
+              execution) -> jax.Array:
     if not mask.self_attention:
-        return reference.attention(q_BxTxHxE, k_BxSxKxE, v_BxSxKxE, mask, cfg)
+        return reference.attention(q_BxTxHxE, k_BxSxKxE, v_BxSxKxE, mask, execution)
     segments = mask.valid.astype(jnp.int32)
-    fn = functools.partial(_local, block=cfg.attention_block, window=mask.window, interpret=interpreting())
+    fn = functools.partial(_local, block=execution.attention_block, window=mask.window, interpret=interpreting())
     mesh = sharding_lib.active_mesh()
     if mesh is None:
         return fn(q_BxTxHxE, k_BxSxKxE, v_BxSxKxE, segments)

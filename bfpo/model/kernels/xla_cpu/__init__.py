@@ -17,6 +17,7 @@ __all__ = ["attention", "dense", "logprob_sums"]
 
 
 def attention(q_BxTxHxE: jax.Array, k_BxSxKxE: jax.Array, v_BxSxKxE: jax.Array, mask: AttentionMask,
-              cfg) -> jax.Array:
-    blocks = cfg.causal_blocks if mask.self_attention else 1
-    return grouped_attention(q_BxTxHxE, k_BxSxKxE, v_BxSxKxE, mask.allowed(), cfg.attention_query_chunk, blocks)
+              execution) -> jax.Array:
+    blocks = execution.causal_blocks if mask.self_attention else 1
+    return grouped_attention(q_BxTxHxE, k_BxSxKxE, v_BxSxKxE, mask.allowed(), execution.attention_query_chunk,
+                             blocks)
