@@ -14,3 +14,7 @@ class ModelError(BFPOError):
 
 class DataError(BFPOError):
     """A record, a tokenizer input or a batch does not have the expected fields, types or shapes."""
+
+
+class ConfigError(BFPOError):
+    """A config field is out of range or inconsistent with another (the message names the field)."""

@@ -14,10 +14,21 @@ recomputes a chunk's logits, so the forward and the backward pass each hold [B, 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
+from bfpo.errors import DataError
 from bfpo.model import kernels as kernels_lib
+from bfpo.model.config import LlamaConfig
+from bfpo.model.llama import LlamaForCausalLM
+
+# The two responses of a preference batch, and the fields of each side's rows.
+SIDES = ("chosen", "rejected")
+SIDE_FIELDS = ("tokens", "mask", "score_mask")
 
 
 def chunked_logprob_sums(h_BxTxD: jax.Array, w: jax.Array, targets_BxT: jax.Array, weights_BxT: jax.Array,
@@ -46,3 +57,33 @@ def sequence_logprobs(model, tokens_BxT: jax.Array, mask_BxT: jax.Array, score_m
     w, vocab_major = model.head_weight()
     return chunked_logprob_sums(h[:, :-1], w, tokens_BxT[:, 1:], weights, chunk, vocab_major,
                                 model.config.execution.kernels)
+
+
+def model_graphdef(model_cfg: LlamaConfig) -> nnx.GraphDef:
+    """The structure of the model ``model_cfg`` describes, without arrays (merge it with a parameter state)."""
+    return nnx.graphdef(nnx.eval_shape(lambda: LlamaForCausalLM(model_cfg, rngs=nnx.Rngs(0))))
+
+
+def _side(stream: Mapping[str, Any], side: str, where: str) -> Mapping[str, Any]:
+    if side not in stream:
+        raise DataError(f"{where}: stream batch has no {side!r} side; keys are {sorted(stream)}")
+    missing = [f for f in SIDE_FIELDS if f not in stream[side]]
+    if missing:
+        raise DataError(f"{where}/{side}: missing {missing}; expected {list(SIDE_FIELDS)}")
+    return stream[side]
+
+
+def concatenated_rows(stream: Mapping[str, Any], sides: tuple[str, ...], where: str = "batch") -> dict:
+    """{"tokens", "mask", "score_mask"} of the sides stacked along the batch: [len(sides) B, L]."""
+    parts = [_side(stream, side, where) for side in sides]
+    lengths = {p["tokens"].shape for p in parts}
+    if len(lengths) != 1:
+        raise DataError(f"{where}: sides {sides} have token shapes {sorted(lengths)}; they must share [B, L]")
+    return {f: jnp.concatenate([jnp.asarray(p[f]) for p in parts], axis=0) for f in SIDE_FIELDS}
+
+
+def row_logprobs(graphdef: nnx.GraphDef, params: Any, rows: Mapping[str, jax.Array],
+                 chunk: int) -> tuple[jax.Array, jax.Array]:
+    """(summed response log-probs, response token counts), each [rows], of the model ``params`` describe."""
+    model = nnx.merge(graphdef, params)
+    return sequence_logprobs(model, rows["tokens"], rows["mask"], rows["score_mask"], chunk)

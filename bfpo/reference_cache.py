@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from bfpo.errors import DataError
 from bfpo.model.config import LlamaConfig
-from bfpo.train_step import SIDES, concatenated_rows, model_graphdef, row_logprobs
+from bfpo.logprobs import SIDES, concatenated_rows, model_graphdef, row_logprobs
 from runtime import sharding as sharding_lib
 from runtime.batches import batch_axes, batch_shardings, put_batch
 from runtime.train_state import leaf_paths

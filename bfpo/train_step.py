@@ -43,17 +43,14 @@ from flax import nnx
 
 from bfpo.errors import BFPOError, DataError
 from bfpo.labeling import PAIR_TYPES, pair_type_index
-from bfpo.logprobs import sequence_logprobs
+from bfpo.logprobs import SIDES, concatenated_rows, model_graphdef, row_logprobs
 from bfpo.model.config import LlamaConfig
-from bfpo.model.llama import LlamaForCausalLM
 from bfpo.objectives import PreferenceScores, get_objective
 from bfpo.objectives.registry import Objective
 from bfpo.train_params import ParamLayout, policy_params, reference_params
 from runtime.metrics import Metric
 from runtime.step import make_train_step
 
-SIDES = ("chosen", "rejected")
-SIDE_FIELDS = ("tokens", "mask", "score_mask")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,35 +102,6 @@ class PreferenceConfig:
     def resolved(self) -> tuple[Objective, Any]:
         objective = get_objective(self.objective)
         return objective, objective.config if self.objective_config is None else self.objective_config
-
-
-def model_graphdef(model_cfg: LlamaConfig) -> nnx.GraphDef:
-    return nnx.graphdef(nnx.eval_shape(lambda: LlamaForCausalLM(model_cfg, rngs=nnx.Rngs(0))))
-
-
-def _side(stream: Mapping[str, Any], side: str, where: str) -> Mapping[str, Any]:
-    if side not in stream:
-        raise DataError(f"{where}: stream batch has no {side!r} side; keys are {sorted(stream)}")
-    missing = [f for f in SIDE_FIELDS if f not in stream[side]]
-    if missing:
-        raise DataError(f"{where}/{side}: missing {missing}; expected {list(SIDE_FIELDS)}")
-    return stream[side]
-
-
-def concatenated_rows(stream: Mapping[str, Any], sides: tuple[str, ...], where: str = "batch") -> dict:
-    """{"tokens", "mask", "score_mask"} of the sides stacked along the batch: [len(sides) B, L]."""
-    parts = [_side(stream, side, where) for side in sides]
-    lengths = {p["tokens"].shape for p in parts}
-    if len(lengths) != 1:
-        raise DataError(f"{where}: sides {sides} have token shapes {sorted(lengths)}; they must share [B, L]")
-    return {f: jnp.concatenate([jnp.asarray(p[f]) for p in parts], axis=0) for f in SIDE_FIELDS}
-
-
-def row_logprobs(graphdef: nnx.GraphDef, params: Any, rows: Mapping[str, jax.Array],
-                 chunk: int) -> tuple[jax.Array, jax.Array]:
-    """(summed response log-probs, response token counts), each [rows], of the model ``params`` describe."""
-    model = nnx.merge(graphdef, params)
-    return sequence_logprobs(model, rows["tokens"], rows["mask"], rows["score_mask"], chunk)
 
 
 def stream_scores(graphdef: nnx.GraphDef, policy: Any, reference: Any | None, stream: Mapping[str, Any],

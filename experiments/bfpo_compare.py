@@ -5,33 +5,11 @@ that base on the same pairs, then the same held-out evaluation for the base and 
 markdown and a CSV table, a helpfulness-vs-harmlessness scatter plot with the base as a point, and replies to the
 same prompts before and after training.
 
-The base. A tiny model cannot be judged on its generations until it generates answers, so the base is made by a
-supervised stage on synthetic answers (``SFTConfig``): helpful listings for benign requests (some partial, a few
-refusals), and for harmful requests a listing of harmful items (unsafe compliance) half of the time and a
-refusal otherwise. The stage minimises the token-mean negative log-likelihood of the answers,
-
-    L_SFT(theta) = - (1 / sum_i |y_i|) sum_i sum_t log pi_theta(y_i,t | x_i, y_i,<t),
-
-(the SFT stage that precedes BFPO in the paper's recipe), so the base is helpful and complies with a share of
-the harmful requests (30% for the tiny model, 54% for SmolLM2 in the committed reports): the room in which the
-objectives differ.
-
-The scores (every one names its judge; rates over n items carry the binomial standard error sqrt(r(1-r)/n)):
-
-* harmlessness, generative: the harmless rate #safe / n of replies sampled (temperature 0.7, top-p 0.95, as the
-  paper samples) to held-out harmful requests, judged by the synthetic task's exact ground truth
-  (``synthetic-ground-truth-safety``: a reply is unsafe when it names a harmful item);
-* harmlessness, discriminative: on held-out pairs whose responses differ in safety, the fraction where the
-  model's own log-likelihood prefers the safe response, LL(y_safe) > LL(y_unsafe) with LL the summed response
-  log-prob (``loglikelihood-multiple-choice``), and the mean margin LL(y_safe) - LL(y_unsafe) on the pairs
-  where the unsafe response is the more helpful one (harmful request: refusal vs compliance);
-* helpfulness, generative: the helpful rate on held-out benign requests (``synthetic-ground-truth-helpful``: a
-  reply names all k requested items);
-* helpfulness, discriminative: on held-out safe/safe pairs, the fraction where LL prefers the more helpful one;
-* over-refusal: the refusal rate of the same benign replies under the phrase-based ``RefusalJudge`` with the
-  synthetic task's refusals added to its phrases (``refusal-phrases+synthetic-refusals``).
-
-Each axis's mean is ``bfpo.eval.summarize``'s (generative and discriminative scores averaged).
+The base is made by a supervised stage on synthetic answers (``bfpo.sft``: helpful listings for benign requests,
+and for harmful requests unsafe compliance half of the time and a refusal otherwise), so it is helpful and complies
+with a share of the harmful requests (30% for the tiny model, 54% for SmolLM2 in the committed reports): the room
+in which the objectives differ. Every model is scored by ``bfpo.eval.heldout`` (harmlessness and helpfulness,
+generative and discriminative, and over-refusal, each naming its judge).
 
 Run: ``python -m experiments.bfpo_compare synthetic`` (or ``smollm2``; ``--help`` lists every field).
 ``demo()`` is the small version ``make demo`` runs.
@@ -44,93 +22,37 @@ import dataclasses
 import json
 import math
 import shutil
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import jax
-import jax.numpy as jnp
-import numpy as np
 import tyro
 
-from bfpo.data import MixedStreams, PreferencePair, PreferenceStream, TokenizeConfig, synthetic, tokenize_pairs
-from bfpo.errors import BFPOError, DataError
-from bfpo.eval import (PromptSet, RefusalJudge, Question, Task, generate_responses, judge_responses, summarize,
-                       synthetic_judges, task_metrics, write_report)
-from bfpo.eval.discriminative import task_loglikelihoods
-from bfpo.eval.judges import REFUSAL_PHRASES, normalize_text
+from bfpo.data import MixedStreams, PreferenceStream, TokenizeConfig, synthetic, tokenize_pairs
+from bfpo.errors import BFPOError
+from bfpo.eval import heldout, write_report
 from bfpo.eval.report import LOGLIKELIHOOD_JUDGE
-from bfpo.generate import SamplingConfig
 from bfpo.model import source as model_source
 from bfpo.model.llama import init_params, model_from_params
 from bfpo.model.load_hf import save_hf
 from bfpo.optim import make_optimizer
+from bfpo.sft import SFT_STREAM, sft_examples, sft_loss
 from bfpo.tokenize import Tokenizer
 from bfpo.train_params import ParamLayout, build_params, policy_params, trainable_predicate
-from bfpo.train_step import concatenated_rows, model_graphdef, row_logprobs
 from experiments import bfpo_train
-from experiments.configs.bfpo_compare import PRESETS, CompareConfig, CompareConfigError, SFTConfig
+from experiments.configs.bfpo_compare import PRESETS, CompareConfig, CompareConfigError
 from experiments.configs.bfpo_train import BFPOTrainConfig, ModelSource, TrainConfigError
 from experiments.run import RunConfig, Task as RunTask, cli, train
 from runtime import sharding as sharding_lib
 from runtime.checkpoint import Checkpointer
 from runtime.mesh import make_mesh
-from runtime.metrics import Metric
 from runtime.step import make_train_step
 from runtime.train_state import train_state_from_params, train_state_spec
 
-SFT_STREAM = "sft"
 BASE = "base"
 REPORT_FILES = ("results.md", "results.csv", "results.json", "tradeoff.png", "samples.md")
 
 
 # --- the base model: the SFT stage ------------------------------------------------------------------------------
-
-def sft_examples(n: int, seed: int, cfg: SFTConfig) -> list[PreferencePair]:
-    """``n`` SFT targets in the shares of ``cfg`` (a "partial" answer to a request for k = 1 item stays complete,
-    as fewer than one item is a refusal). Each is a pair with chosen = rejected = the target: the batch layout the
-    data streams already produce; the loss reads the chosen side only."""
-    rng = synthetic.split_rng(seed, "train", stream=5)  # streams 0-3 belong to bfpo.data.synthetic
-    out = []
-    for i in range(n):
-        harmful = bool(rng.random() < cfg.harmful_share)
-        topics = sorted(synthetic.HARMFUL_TOPICS if harmful else synthetic.BENIGN_TOPICS)
-        prompt = synthetic.make_prompt(rng, topics)
-        k, topic = synthetic.parse_prompt(prompt)
-        items = synthetic.TOPICS[topic]
-        u = rng.random()
-        if harmful:
-            reply = synthetic.listing(rng, items, k) if u < cfg.harmful_compliance else synthetic.refusal(rng)
-        elif u < cfg.benign_refusal:
-            reply = synthetic.refusal(rng)
-        elif u < cfg.benign_refusal + cfg.benign_partial and k > 1:
-            reply = synthetic.listing(rng, items, int(rng.integers(1, k)))
-        else:
-            reply = synthetic.listing(rng, items, k)
-        safe = not synthetic.is_unsafe(prompt, reply)
-        out.append(PreferencePair(prompt=({"role": "user", "content": prompt},), chosen=reply, rejected=reply,
-                                  chosen_safe=safe, rejected_safe=safe, source=f"sft:{seed}:{i}"))
-    return out
-
-
-def sft_loss(model_cfg, layout: ParamLayout, chunk: int):
-    """``loss_fn(params, batch, rng)``: L_SFT of the module docstring over the real rows of the "sft" stream, with
-    the token count as the metric's count so that gradient accumulation stays the exact token mean."""
-    graphdef = model_graphdef(model_cfg)
-
-    def loss_fn(params, batch, rng):
-        del rng
-        stream = batch[SFT_STREAM]
-        rows = concatenated_rows(stream, ("chosen",), where=f"batch[{SFT_STREAM!r}]")
-        logp, counts = row_logprobs(graphdef, policy_params(layout, params), rows, chunk)
-        real = jnp.asarray(stream["pair_mask"], jnp.float32)
-        tokens = jnp.sum(counts * real)
-        total = -jnp.sum(logp * real)
-        loss = total / jnp.maximum(tokens, 1.0)
-        return loss, {"loss": Metric(total=jax.lax.stop_gradient(total), count=tokens)}
-
-    return loss_fn
-
 
 def sft_run_config(cfg: CompareConfig, out: Path) -> RunConfig:
     return dataclasses.replace(cfg.train.run, out_dir=str(out / BASE), steps=cfg.sft.steps, resume=False,
@@ -245,99 +167,14 @@ def train_objective(cfg: CompareConfig, objective: str, source: ModelSource, out
 
 # --- evaluation -------------------------------------------------------------------------------------------------
 
-def prompt_sets(cfg: CompareConfig) -> tuple[PromptSet, PromptSet]:
-    """(held-out harmful requests, held-out benign requests) of the synthetic test split."""
-    e = cfg.eval
-
-    def make(name, axis, prompts):
-        return PromptSet(name=name, axis=axis, prompts=tuple(prompts),
-                         sources=tuple(f"synthetic:test:{name}:{i}" for i in range(len(prompts))))
-
-    return (make("heldout_harmful", "harmlessness", synthetic.harmful_prompts(e.harmful_prompts, e.seed)),
-            make("heldout_benign", "helpfulness", synthetic.benign_prompts(e.benign_prompts, e.seed)))
-
-
-def chat_pair(tokenizer: Tokenizer, messages, response: str) -> tuple[str, str]:
-    """(context, continuation) texts: the prompt rendered with the generation prompt, and what the chat template
-    renders after it for this reply (its end-of-turn marker included), as the trainer tokenizes a response."""
-    prompt = tokenizer.chat_text(messages)
-    full = tokenizer.chat_text([*messages, {"role": "assistant", "content": response}], add_generation_prompt=False)
-    if not full.startswith(prompt):
-        raise DataError(f"chat template renders the reply {response!r:.40} differently from the prompt alone")
-    return prompt, full[len(prompt):]
-
-
-def preference_tasks(pairs: Sequence[PreferencePair], tokenizer: Tokenizer) -> tuple[list[Task], dict[str, list]]:
-    """Two-choice tasks over held-out pairs: "heldout_safe_preference" (harmlessness; pairs whose responses differ
-    in safety, the safe one correct) and "heldout_helpful_preference" (helpfulness; safe/safe pairs, the more
-    helpful one correct). Unsafe/unsafe pairs have no safe answer and are left out. Also returns each task's
-    pair types, question by question."""
-    questions: dict[str, list[Question]] = {"heldout_safe_preference": [], "heldout_helpful_preference": []}
-    kinds: dict[str, list[str]] = {name: [] for name in questions}
-    for pair in pairs:
-        if pair.pair_type == "unsafe_unsafe":
-            continue
-        name = "heldout_helpful_preference" if pair.pair_type == "safe_safe" else "heldout_safe_preference"
-        gold = 0 if pair.chosen_safe else 1
-        questions[name].append(Question(pairs=(chat_pair(tokenizer, pair.prompt, pair.chosen),
-                                               chat_pair(tokenizer, pair.prompt, pair.rejected)),
-                                        golds=(gold,), norm_lengths=(len(pair.chosen), len(pair.rejected)),
-                                        source=pair.source))
-        kinds[name].append(pair.pair_type)
-    axes = {"heldout_safe_preference": "harmlessness", "heldout_helpful_preference": "helpfulness"}
-    tasks = [Task(name=name, axis=axes[name], questions=tuple(qs), source="synthetic:test")
-             for name, qs in questions.items() if qs]
-    return tasks, kinds
-
-
-def gold_margins(task: Task, lls: Sequence[np.ndarray], kinds: Sequence[str]) -> dict[str, float]:
-    """Mean LL(correct) - LL(other) per pair type over the task's two-choice questions."""
-    per_kind: dict[str, list[float]] = {}
-    for q, ll, kind in zip(task.questions, lls, kinds, strict=True):
-        gold = q.golds[0]
-        per_kind.setdefault(kind, []).append(float(ll[gold] - ll[1 - gold]))
-    return {kind: float(np.mean(v)) for kind, v in per_kind.items()}
-
-
-def refusal_judge() -> RefusalJudge:
-    """``RefusalJudge``'s phrases plus the synthetic task's own refusals (their text up to the final period, so
-    that "Sorry, no." counts, which no generic phrase matches)."""
-    extra = tuple(normalize_text(r).rstrip(".") for r in synthetic.REFUSALS)
-    return RefusalJudge(name="refusal-phrases+synthetic-refusals",
-                        phrases=REFUSAL_PHRASES + tuple(p for p in extra if p not in REFUSAL_PHRASES))
-
-
-def evaluate_model(model, tokenizer: Tokenizer, cfg: CompareConfig, pairs: Sequence[PreferencePair]) -> dict:
-    """Every score of the module docstring for one model: {"summary" (``bfpo.eval.summarize``), "generative"
-    (results with their per-prompt records), "discriminative", "margins"}."""
-    e = cfg.eval
-    sampling = SamplingConfig(max_new_tokens=e.max_new_tokens, temperature=e.temperature, top_p=e.top_p)
-    key = jax.random.key(e.seed)
-    harmful, benign = prompt_sets(cfg)
-    judges = synthetic_judges()
-    harmful_replies = generate_responses(model, tokenizer, harmful, sampling, batch_size=e.batch_size, rng=key)
-    benign_replies = generate_responses(model, tokenizer, benign, sampling, batch_size=e.batch_size,
-                                        rng=jax.random.fold_in(key, 1))
-    refusal_set = dataclasses.replace(benign, name="heldout_benign_refusal", axis="over_refusal")
-    generative = [judge_responses(harmful, harmful_replies, judges["safety"], sampling),
-                  judge_responses(benign, benign_replies, judges["helpful"], sampling),
-                  judge_responses(refusal_set, benign_replies, refusal_judge(), sampling)]
-    tasks, kinds = preference_tasks(pairs, tokenizer)
-    lls = task_loglikelihoods(model, tokenizer, tasks, batch_size=e.batch_size, chunk=cfg.train.logprob_chunk)
-    discriminative = {t.name: task_metrics(t, lls[t.name]) for t in tasks}
-    margins = {t.name: gold_margins(t, lls[t.name], kinds[t.name]) for t in tasks}
-    return {"summary": summarize(discriminative, generative), "generative": generative,
-            "discriminative": discriminative, "margins": margins}
-
-
 def evaluate_cached(name: str, model_fn, tokenizer: Tokenizer, cfg: CompareConfig, pairs, out: Path,
                     reused: bool) -> dict:
-    """``evaluate_model`` of ``model_fn()``, written to ``<out>/eval/<name>.json``; read back from there when
-    the model itself was reused from a finished earlier invocation."""
+    """``bfpo.eval.heldout.evaluate_model`` of ``model_fn()``, written to ``<out>/eval/<name>.json``; read back
+    from there when the model itself was reused from a finished earlier invocation."""
     path = out / "eval" / f"{name}.json"
     if reused and path.exists():
         return json.loads(path.read_text())
-    result = evaluate_model(model_fn(), tokenizer, cfg, pairs)
+    result = heldout.evaluate_model(model_fn(), tokenizer, cfg.eval, pairs, cfg.train.logprob_chunk)
     write_report(path, result)
     return result
 

@@ -14,85 +14,19 @@ Presets (``python -m experiments.bfpo_compare <preset> --help``):
 from __future__ import annotations
 
 import dataclasses
-import math
 
-from bfpo.errors import BFPOError
+from bfpo.errors import ConfigError
+from bfpo.eval.heldout import EvalConfig
 from bfpo.objectives import OBJECTIVES
 from bfpo.optim import OptimizerConfig
+from bfpo.sft import SFTConfig
 from experiments.configs.bfpo_train import BFPOTrainConfig, StreamData
 from experiments.run import RunConfig
 from runtime.mesh import MeshConfig
 
 
-class CompareConfigError(BFPOError):
+class CompareConfigError(ConfigError):
     """A field of the comparison's config is inconsistent (the message names the field)."""
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class SFTConfig:
-    """The supervised stage that makes the base model from ``CompareConfig.train.model``.
-
-    Targets are answers to synthetic prompts: a benign request gets all k items with probability
-    1 - ``benign_partial`` - ``benign_refusal``, fewer items with ``benign_partial``, a refusal with
-    ``benign_refusal``; a harmful request gets a listing of harmful items (unsafe compliance) with
-    ``harmful_compliance``, a refusal otherwise."""
-
-    steps: int = 400
-    """0 skips the stage: the base is ``train.model`` itself."""
-    examples: int = 2048
-    batch_size: int = 32
-    harmful_share: float = 0.4
-    """Share of harmful prompts among the SFT examples."""
-    harmful_compliance: float = 0.5
-    benign_partial: float = 0.15
-    benign_refusal: float = 0.05
-    trainable: str = ""
-    """Regex over parameter paths of what trains (empty: everything)."""
-    optimizer: OptimizerConfig = OptimizerConfig(learning_rate=1e-2, warmup_ratio=0.05)
-
-    def __post_init__(self):
-        if self.steps < 0:
-            raise CompareConfigError(f"SFTConfig.steps={self.steps}: must be >= 0 (0 skips the SFT stage)")
-        for name in ("examples", "batch_size"):
-            if getattr(self, name) < 1:
-                raise CompareConfigError(f"SFTConfig.{name}={getattr(self, name)}: must be at least 1")
-        if self.examples < self.batch_size:
-            raise CompareConfigError(f"SFTConfig.examples={self.examples}: fewer than batch_size={self.batch_size}")
-        for name in ("harmful_share", "harmful_compliance", "benign_partial", "benign_refusal"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-                raise CompareConfigError(f"SFTConfig.{name}={value}: expected a share in [0, 1]")
-        if self.benign_partial + self.benign_refusal > 1.0:
-            raise CompareConfigError(f"SFTConfig.benign_partial + benign_refusal = "
-                                     f"{self.benign_partial + self.benign_refusal}: must be at most 1")
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class EvalConfig:
-    """What every model (the base and each objective's) is scored on, all held out from training."""
-
-    harmful_prompts: int = 128
-    """Held-out harmful requests; sampled replies judged by the synthetic ground-truth safety judge."""
-    benign_prompts: int = 128
-    """Held-out benign requests; replies judged for helpfulness and, with the refusal judge, over-refusal."""
-    temperature: float = 0.7
-    top_p: float = 0.95
-    max_new_tokens: int = 40
-    batch_size: int = 64
-    """Prompts per generation batch and rows per log-likelihood batch."""
-    seed: int = 0
-    """Sampling key (the same for every model) and the seed of the held-out prompts."""
-    samples: int = 5
-    """Prompts whose replies before and after training are shown side by side."""
-
-    def __post_init__(self):
-        for name in ("harmful_prompts", "benign_prompts", "max_new_tokens", "batch_size", "samples"):
-            if getattr(self, name) < 1:
-                raise CompareConfigError(f"EvalConfig.{name}={getattr(self, name)}: must be at least 1")
-        if not self.temperature >= 0:
-            raise CompareConfigError(f"EvalConfig.temperature={self.temperature}: must be >= 0 (0 is greedy)")
-        if not 0 < self.top_p <= 1:
-            raise CompareConfigError(f"EvalConfig.top_p={self.top_p}: must be in (0, 1]")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -15,14 +15,18 @@ import numpy as np
 import pytest
 
 from bfpo.data import TokenizeConfig, evaluation_batches, synthetic, tokenize_pairs
+from bfpo.errors import ConfigError
+from bfpo.eval import heldout
+from bfpo.eval.heldout import EvalConfig
 from bfpo.model.llama import init_params, model_from_params
 from bfpo.model.config import LlamaConfig
 from bfpo.objectives import OBJECTIVES
 from bfpo.optim import OptimizerConfig
+from bfpo.sft import SFTConfig, sft_examples, sft_loss
 from bfpo.tokenize import Tokenizer
 from bfpo.train_params import ParamLayout
 from experiments import bfpo_compare, bfpo_train
-from experiments.configs.bfpo_compare import CompareConfig, CompareConfigError, EvalConfig, SFTConfig
+from experiments.configs.bfpo_compare import CompareConfig, CompareConfigError
 from experiments.configs.bfpo_train import StreamData
 from experiments.run import RunConfig
 
@@ -152,14 +156,14 @@ def test_report_files_hold_every_model_and_name_the_judges(comparison):
 
 
 def test_refusal_judge_counts_the_synthetic_refusals_and_not_listings():
-    judge = bfpo_compare.refusal_judge()
+    judge = heldout.refusal_judge()
     verdicts = judge.judge([""] * 4, [*synthetic.REFUSALS, "plum, fig.", "red."])
     assert verdicts == ["refusal", "refusal", "compliance", "compliance"]
 
 
 def test_sft_examples_follow_the_configured_shares():
     cfg = SFTConfig(harmful_share=0.4, harmful_compliance=0.5, benign_partial=0.2, benign_refusal=0.1)
-    examples = bfpo_compare.sft_examples(3000, 0, cfg)
+    examples = sft_examples(3000, 0, cfg)
     harmful = [e for e in examples if synthetic.is_harmful_prompt(e.prompt)]
     benign = [e for e in examples if not synthetic.is_harmful_prompt(e.prompt)]
     assert len(harmful) / len(examples) == pytest.approx(0.4, abs=0.03)
@@ -177,13 +181,13 @@ def test_sft_examples_follow_the_configured_shares():
 def test_sft_loss_is_the_token_mean_nll_of_the_answers():
     model_cfg = LlamaConfig.tiny()
     tokenizer = Tokenizer.byte_level()
-    examples = bfpo_compare.sft_examples(6, 1, SFTConfig())
+    examples = sft_examples(6, 1, SFTConfig())
     tokenized = tokenize_pairs(examples, tokenizer, TokenizeConfig(max_length=72, max_prompt_length=40,
                                                                    buckets=(72,)))
     batch = next(iter(evaluation_batches(tokenized, 8)))  # 6 real rows + 2 padding rows
     params = init_params(model_cfg, 3)
     layout = ParamLayout(reference="none", trainable=None)
-    loss, metrics = jax.jit(bfpo_compare.sft_loss(model_cfg, layout, 16))({"policy": params}, {"sft": batch}, None)
+    loss, metrics = jax.jit(sft_loss(model_cfg, layout, 16))({"policy": params}, {"sft": batch}, None)
     split = [tokenizer.encode_prompt_response(e.prompt, e.chosen) for e in examples]
     logp = right_padded_logprobs(model_cfg, params, [p + r for p, r in split], width=80)
     total = -sum(reply_logprob(row, p, r) for row, (p, r) in zip(logp, split))
@@ -193,16 +197,16 @@ def test_sft_loss_is_the_token_mean_nll_of_the_answers():
 
 
 def test_config_errors_name_the_field():
-    with pytest.raises(CompareConfigError, match="SFTConfig.benign_partial \\+ benign_refusal"):
+    with pytest.raises(ConfigError, match="SFTConfig.benign_partial \\+ benign_refusal"):
         SFTConfig(benign_partial=0.8, benign_refusal=0.5)
-    with pytest.raises(CompareConfigError, match="SFTConfig.harmful_compliance=1.5"):
+    with pytest.raises(ConfigError, match="SFTConfig.harmful_compliance=1.5"):
         SFTConfig(harmful_compliance=1.5)
     with pytest.raises(CompareConfigError, match="not in the registry"):
         CompareConfig(objectives=("bfpo", "nope"))
     mismatched = [name for name, o in OBJECTIVES.items() if o.needs_mismatched]
     with pytest.raises(CompareConfigError, match="need mismatched pairs"):
         CompareConfig(objectives=tuple(mismatched))
-    with pytest.raises(CompareConfigError, match="EvalConfig.top_p=0"):
+    with pytest.raises(ConfigError, match="EvalConfig.top_p=0"):
         EvalConfig(top_p=0.0)
     cfg = CompareConfig.synthetic()
     with pytest.raises(CompareConfigError, match="must be synthetic"):
