@@ -38,10 +38,10 @@ from bfpo.optim import make_optimizer
 from bfpo.sft import SFT_STREAM, sft_examples, sft_loss
 from bfpo.tokenize import Tokenizer
 from bfpo.train_params import ParamLayout, build_params, policy_params, trainable_predicate
-from experiments import bfpo_train
 from experiments.configs.bfpo_compare import PRESETS, CompareConfig, CompareConfigError
 from experiments.configs.bfpo_train import BFPOTrainConfig, ModelSource, TrainConfigError
 from experiments.run import RunConfig, Task as RunTask, cli, train
+from experiments.tasks import bfpo as bfpo_task
 from runtime import sharding as sharding_lib
 from runtime.checkpoint import Checkpointer
 from runtime.mesh import make_mesh
@@ -155,13 +155,13 @@ def train_objective(cfg: CompareConfig, objective: str, source: ModelSource, out
     reuse = cfg.reuse and completed(run_dir, run_cfg.run.steps)
     if run_dir.exists() and not reuse:
         shutil.rmtree(run_dir)
-    task, prepared = bfpo_train.make_task(run_cfg)
+    task, prepared = bfpo_task.make_task(run_cfg)
     if not cfg.trainer_eval:
         task = dataclasses.replace(task, evals=())
     if not reuse:
-        bfpo_train.train_and_export(run_cfg, task, prepared)
+        bfpo_task.train_and_export(run_cfg, task, prepared)
     summary = json.loads((run_dir / "summary.json").read_text())
-    params = policy_params(prepared.layout, bfpo_train.final_params(run_cfg, task))
+    params = policy_params(prepared.layout, bfpo_task.final_params(run_cfg, task))
     return params, {"train_seconds": summary["wall_seconds"], "trainer_eval": summary["eval_metrics"]}, reuse
 
 
@@ -217,7 +217,7 @@ def row_of(name: str, label: str, result: dict, extra: dict) -> dict:
 
 def objective_label(cfg: CompareConfig, objective: str) -> str:
     """The objective with the hyperparameters it actually ran with."""
-    ocfg = bfpo_train.objective_config(dataclasses.replace(cfg.train, objective=objective))
+    ocfg = bfpo_task.objective_config(dataclasses.replace(cfg.train, objective=objective))
     if hasattr(ocfg, "labeling"):
         lab = ocfg.labeling
         return f"{objective} (tau={lab.tau:g}, B1={lab.b1:g}, alpha={lab.alpha:g})"
@@ -371,7 +371,7 @@ def main(cfg: CompareConfig, report_dir: str | None = None) -> list[dict]:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     source, model_cfg, base_params, tokenizer, reused = make_base(cfg, out)
-    pairs = bfpo_train.eval_pairs(cfg.train)
+    pairs = bfpo_task.eval_pairs(cfg.train)
     results = {BASE: evaluate_cached(BASE, lambda: model_from_params(model_cfg, base_params), tokenizer, cfg, pairs,
                                      out, reused)}
     rows = [row_of(BASE, f"base ({'SFT' if cfg.sft.steps else cfg.train.model.kind})", results[BASE],

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 import tyro
 
-from experiments import local_learning_train as launcher
+from experiments.tasks import local_learning as local_task
 from experiments.configs.local_learning import LocalLearningConfig
 from experiments.plots import read_metrics
 from local_learning.errors import ConfigError
@@ -99,7 +99,7 @@ def seeded(base: LocalLearningConfig, seed: int) -> LocalLearningConfig:
 def measure_memory(run_cfg: LocalLearningConfig) -> int | None:
     """Compiled peak bytes per device of the run's step at its batch size (fresh state; argument + output -
     alias + temp)."""
-    task = launcher.make_task(run_cfg)
+    task = local_task.make_task(run_cfg)
     mesh = make_mesh(run_cfg.run.mesh)
     with sharding_lib.activate(mesh):
         state = task.init_state(mesh)
@@ -126,7 +126,7 @@ def run_one(cfg: CompareConfig, v: Variant, seed: int, out: Path) -> dict:
             shutil.rmtree(run_dir)  # each comparison starts its runs afresh
         run_cfg = seeded(cfg.base, seed).with_modules(v.k, v.weight, v.executor, out_dir=str(run_dir))
         run_cfg = dataclasses.replace(run_cfg, run=dataclasses.replace(run_cfg.run, progress=False, resume=False))
-        summary = dataclasses.asdict(launcher.main(run_cfg))
+        summary = dataclasses.asdict(local_task.run(run_cfg))
     train, evals = summary["train_metrics"], summary["eval_metrics"]
     return {"run": v.label, "K": v.k, "sgr_weight": v.weight, "executor": v.executor, "seed": seed,
             "test_accuracy": evals.get("test_accuracy"),

@@ -2,7 +2,7 @@
 
 What is compared
 ----------------
-*ours*: ``train(RunConfig, task)`` on the teacher-student MLP task (``experiments.mlp_regression.make_task``),
+*ours*: ``train(RunConfig, task)`` on the teacher-student MLP task (``experiments.tasks.mlp_regression.make_task``),
 with the loop's per-step work left on as a user gets it: progress bar, metrics fetched one step late, the NaN
 guard, a JSONL + TensorBoard record every ``log_every`` steps, and batch placement through
 ``jax.make_array_from_callback``. Periodic evaluations and checkpoints are off (they are not per-step costs);
@@ -64,7 +64,7 @@ import jax
 import tyro
 
 from experiments.configs.mlp_regression import MLPConfig, MLPRegressionConfig
-from experiments.mlp_regression import make_batch_fn, make_task
+from experiments.tasks.mlp_regression import make_batch_fn, make_task
 from experiments.run import RunConfig, Task, train
 from runtime import batches as batches_lib
 from runtime import sharding as sharding_lib

@@ -55,7 +55,7 @@ class ResNetConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"ResNetConfig.{name}={getattr(self, name)}: must be at least 1")
         if min(self.stage_blocks) < 1 or min(self.widths) < 1:
-            raise ConfigError(f"ResNetConfig.stage_blocks/widths: every entry must be at least 1")
+            raise ConfigError("ResNetConfig.stage_blocks/widths: every entry must be at least 1")
 
     @property
     def num_blocks(self) -> int:

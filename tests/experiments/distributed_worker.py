@@ -27,7 +27,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.experimental import multihost_utils  # noqa: E402
 
-import experiments.mlp_regression  # noqa: E402
+import experiments.tasks.mlp_regression  # noqa: E402
 import experiments.run  # noqa: E402
 from experiments.configs.mlp_regression import MLPRegressionConfig  # noqa: E402
 from runtime import sharding as sharding_lib  # noqa: E402
@@ -91,7 +91,7 @@ def main() -> None:
     assert jax.process_count() == args.num_processes, jax.process_count()
     assert jax.local_device_count() == 4 and jax.device_count() == 4 * args.num_processes, jax.devices()
 
-    task = experiments.mlp_regression.make_task(cfg)
+    task = experiments.tasks.mlp_regression.make_task(cfg)
     summary = experiments.run.train(cfg.run, task)
     assert summary.steps_done == STEPS, summary
 

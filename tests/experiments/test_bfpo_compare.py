@@ -25,7 +25,8 @@ from bfpo.optim import OptimizerConfig
 from bfpo.sft import SFTConfig, sft_examples, sft_loss
 from bfpo.tokenize import Tokenizer
 from bfpo.train_params import ParamLayout
-from experiments import bfpo_compare, bfpo_train
+from experiments import bfpo_compare
+from experiments.tasks import bfpo as bfpo_task
 from experiments.configs.bfpo_compare import CompareConfig, CompareConfigError
 from experiments.configs.bfpo_train import StreamData
 from experiments.run import RunConfig
@@ -121,7 +122,7 @@ def direct_loglikelihoods(model_cfg, params, tokenizer, pairs) -> np.ndarray:
 def test_discriminative_scores_equal_the_models_own_loglikelihoods(comparison):
     cfg, rows, _ = comparison
     tokenizer = Tokenizer.byte_level()
-    pairs = bfpo_train.eval_pairs(cfg.train)
+    pairs = bfpo_task.eval_pairs(cfg.train)
     mixed = [p for p in pairs if p.chosen_safe != p.rejected_safe]
     harmful = [p for p in mixed if p.pair_type == "unsafe_safe"]
     model_cfg = LlamaConfig.tiny()

@@ -13,6 +13,7 @@ import tyro
 from bfpo.train_params import build_params
 from bfpo.model.llama import init_params
 from experiments import bfpo_train
+from experiments.tasks import bfpo as bfpo_task
 from runtime import make_mesh
 from runtime.precision import PrecisionWarning
 from runtime.train_state import leaf_paths
@@ -33,9 +34,9 @@ def by_path(params) -> dict:
 
 def test_bfloat16_model_trains_float32_masters_of_down_proj(tmp_path):
     cfg = config(tmp_path, "--export-dtype", "float32")
-    task, prepared = bfpo_train.make_task(cfg)
-    bfpo_train.train_and_export(cfg, task, prepared)
-    final = by_path(bfpo_train.final_params(cfg, task))
+    task, prepared = bfpo_task.make_task(cfg)
+    bfpo_task.train_and_export(cfg, task, prepared)
+    final = by_path(bfpo_task.final_params(cfg, task))
     start = by_path(build_params(prepared.layout, init_params(prepared.model_cfg, cfg.run.seed), cfg.run.seed))
     trained = [p for p in final if "policy/" in p and "down_proj" in p]
     assert trained
@@ -50,11 +51,11 @@ def test_bfloat16_model_trains_float32_masters_of_down_proj(tmp_path):
 
 def test_bfloat16_masters_warn_with_the_numbers(tmp_path):
     cfg = config(tmp_path, "--run.precision.master", "stored", "--no-export", "--run.steps", "1")
-    task, prepared = bfpo_train.make_task(cfg)
+    task, prepared = bfpo_task.make_task(cfg)
     expected = r"bfpo_train\[bfpo\]\] 1 of 1 trained parameter arrays .*down_proj.*spacing there 0\.000122, update 5e-07"
     with pytest.warns(PrecisionWarning, match=expected):
-        bfpo_train.train_and_export(cfg, task, prepared)
-    final = by_path(bfpo_train.final_params(cfg, task))
+        bfpo_task.train_and_export(cfg, task, prepared)
+    final = by_path(bfpo_task.final_params(cfg, task))
     assert {final[p].dtype for p in final if "down_proj" in p} == {np.dtype(jnp.bfloat16)}
 
 
@@ -69,8 +70,8 @@ def _safetensors_header(directory: Path) -> bytes:
 def test_the_7b_preset_keeps_float32_masters_of_what_it_trains_and_bfloat16_frozen_weights(lora_rank):
     """Abstract only (no 7B allocation): the state the zephyr-7b preset would train on an 8-device mesh."""
     cfg = bfpo_train.BFPOTrainConfig.zephyr_7b(lora_rank=lora_rank)
-    model_cfg = bfpo_train.model_config(cfg)
-    abstract, _ = bfpo_train.step_parts(cfg, model_cfg).state_spec(make_mesh({"fsdp": 8}))
+    model_cfg = bfpo_task.model_config(cfg)
+    abstract, _ = bfpo_task.step_parts(cfg, model_cfg).state_spec(make_mesh({"fsdp": 8}))
     dtypes = {}
     for path, leaf, trained in zip(leaf_paths(abstract.params), jax.tree.leaves(abstract.params), abstract.trainable):
         dtypes.setdefault((trained, str(leaf.dtype)), []).append(path)

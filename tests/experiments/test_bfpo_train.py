@@ -20,6 +20,7 @@ from flax import nnx
 
 from bfpo.model.load_hf import load_hf
 from experiments import bfpo_train
+from experiments.tasks import bfpo as bfpo_task
 from experiments.configs.bfpo_train import BFPOTrainConfig, StreamData, TrainConfigError
 from experiments.run import RunConfig
 from runtime import make_mesh
@@ -45,9 +46,9 @@ def runs(tmp_path_factory):
     out = {}
     for objective, extra in (("bfpo", ()), ("dpo", ("--no-export",))):
         cfg = config(tmp_path_factory.mktemp(objective), "--objective", objective, *extra)
-        task, prepared = bfpo_train.make_task(cfg)
-        summary = bfpo_train.train_and_export(cfg, task, prepared)
-        out[objective] = (cfg, task, prepared, summary, jax.device_get(bfpo_train.final_params(cfg, task)))
+        task, prepared = bfpo_task.make_task(cfg)
+        summary = bfpo_task.train_and_export(cfg, task, prepared)
+        out[objective] = (cfg, task, prepared, summary, jax.device_get(bfpo_task.final_params(cfg, task)))
     return out
 
 
@@ -109,7 +110,7 @@ def test_sigkill_then_resume_reaches_the_uninterrupted_parameters(runs, tmp_path
     assert json.loads((out / "summary.json").read_text())["steps_done"] == 30
     # The reference cache written by the killed run is reused, not recomputed, by the resumed one.
     assert "reference log-probs" not in err
-    params = jax.device_get(bfpo_train.final_params(config(out), task))
+    params = jax.device_get(bfpo_task.final_params(config(out), task))
     chex.assert_trees_all_equal(params, uninterrupted)
 
 
@@ -117,7 +118,7 @@ def test_sigkill_then_resume_reaches_the_uninterrupted_parameters(runs, tmp_path
 
 def test_paper_preset_carries_the_paper_hyperparameters():
     cfg = BFPOTrainConfig.zephyr_7b(model_dir="/models/zephyr", safety_path="/data/pku", buffer_path="/data/uf")
-    pref = bfpo_train.preference_config(cfg)
+    pref = bfpo_task.preference_config(cfg)
     labeling = pref.objective_config.labeling
     assert (labeling.tau, labeling.b1, labeling.alpha) == (0.01, 3.0, 0.5)
     assert cfg.optimizer.learning_rate == 5e-7 and cfg.optimizer.warmup_ratio == 0.1
@@ -125,7 +126,7 @@ def test_paper_preset_carries_the_paper_hyperparameters():
     assert sum(s.batch_size for s in cfg.streams[:1]) == 32 and [s.weight for s in cfg.streams] == [1.0, 1.0]
     assert pref.layout.trainable == "down_proj" and cfg.model.execution.param_dtype == "bfloat16"
     assert cfg.model.execution.remat == "full"
-    dpo = bfpo_train.objective_config(BFPOTrainConfig.tiny(objective="dpo", beta=0.05))
+    dpo = bfpo_task.objective_config(BFPOTrainConfig.tiny(objective="dpo", beta=0.05))
     assert dpo.beta == 0.05
 
 
@@ -144,16 +145,16 @@ def test_kto_trains_on_batches_with_a_mismatched_side(tmp_path):
     with pytest.raises(TrainConfigError, match="objective='kto' with reference='batch'"):
         BFPOTrainConfig(objective="kto", reference="batch")
     cfg = config(tmp_path, "--objective", "kto", "--reference", "frozen", "--run.steps", "3", "--no-export")
-    task, prepared = bfpo_train.make_task(cfg)
+    task, prepared = bfpo_task.make_task(cfg)
     batch = next(iter(task.data))
     assert set(batch["safety"]) >= {"chosen", "rejected", "mismatched"}
-    summary = bfpo_train.train_and_export(cfg, task, prepared)
+    summary = bfpo_task.train_and_export(cfg, task, prepared)
     ev = summary.eval_metrics
     assert np.isfinite(ev["loss"]) and "safety/kto/reference_point" in ev, sorted(ev)
     # The frozen reference copy is not in the checkpoint; restoring rebuilds it from the source.
     with Checkpointer(str(tmp_path / "checkpoints")) as ckpt:
         assert not ckpt.holds_frozen_params()
-    params = jax.device_get(bfpo_train.final_params(cfg, task))
+    params = jax.device_get(bfpo_task.final_params(cfg, task))
     mesh = make_mesh(cfg.run.mesh)
     chex.assert_trees_all_equal(params["reference"], jax.device_get(task.frozen_params(mesh)["reference"]))
     moved = jax.tree.map(lambda a, b: bool(np.any(a != b)), params["policy"], params["reference"])

@@ -18,7 +18,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-import experiments.mlp_regression
+import experiments.tasks.mlp_regression
 import experiments.run
 from runtime.mesh import DistributedConfig, make_mesh
 
@@ -104,7 +104,7 @@ class Workers:
 def single_process_run(out_dir: Path):
     """The same 2 steps in this process (8 devices, mesh 2 x 4): (summary, {path: params}, step)."""
     cfg = worker.make_config(str(out_dir), DistributedConfig())
-    task = experiments.mlp_regression.make_task(cfg)
+    task = experiments.tasks.mlp_regression.make_task(cfg)
     summary = experiments.run.train(cfg.run, task)
     state = worker.restore_final_state(cfg, task, make_mesh(cfg.run.mesh))
     return summary, worker.flatten(jax.device_get(state.params)), int(state.step)
@@ -158,7 +158,7 @@ def test_two_processes_match_one_process(tmp_path):
 
     # The checkpoint both processes wrote together restores here, in one process, onto another mesh (fsdp=8).
     cfg = worker.make_config(str(dist_dir), DistributedConfig())
-    task = experiments.mlp_regression.make_task(cfg)
+    task = experiments.tasks.mlp_regression.make_task(cfg)
     restored = worker.restore_final_state(cfg, task, make_mesh({"fsdp": 8}))
     assert int(restored.step) == worker.STEPS
     restored_params = worker.flatten(jax.device_get(restored.params))

@@ -22,6 +22,7 @@ from bfpo.model.config import LlamaConfig
 from bfpo.model.llama import KVCache, LlamaForCausalLM, positions_from_mask
 from bfpo.tokenize import Tokenizer
 from experiments import bfpo_train, lm_generate, local_learning_train, plan
+from experiments.tasks import local_learning as local_task
 from experiments.configs.lm_generate import LMGeneratePlanConfig
 from runtime.accelerators import TargetError
 from runtime.errors import MeshError
@@ -109,7 +110,7 @@ def test_the_abstract_batches_match_the_real_ones():
     assert jax.tree.structure(as_spec) == jax.tree.structure(spec)
     assert jax.tree.leaves(as_spec) == jax.tree.leaves(spec)
     ll = tyro.cli(local_learning_train.config_type(), args=["digits"])
-    train_src, _, mean_std = local_learning_train.load_data(ll.data, ll.model.image_size)
+    train_src, _, mean_std = local_task.load_data(ll.data, ll.model.image_size)
     from local_learning import data as data_lib
 
     batch = next(data_lib.ImageBatches(train_src, ll.batch_size, seed=0, augment="none", mean_std=mean_std).iterator())

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tyro
 
-from experiments import mlp_regression
+from experiments.tasks import mlp_regression
 from experiments.configs.mlp_regression import MLPRegressionConfig
 from experiments.run import NonFiniteMetricError, RunError, train
 from runtime import make_mesh

@@ -8,6 +8,7 @@ import pytest
 import tyro
 
 from experiments import local_learning_train as launcher
+from experiments.tasks import local_learning as local_task
 from experiments.configs.local_learning import DataConfig, LocalLearningConfig
 from experiments.run import RunConfig
 from local_learning import ConfigError, DataError
@@ -54,11 +55,11 @@ def test_train_on_cifar_fixture_data_parallel(tmp_path):
 
 def test_errors_name_what_is_wrong(tmp_path):
     with pytest.raises(ConfigError, match="batch_size=12 is not divisible by the 8 data-parallel devices"):
-        launcher.check_batch_divides_mesh(config(tmp_path, batch_size=12))
+        local_task.check_batch_divides_mesh(config(tmp_path, batch_size=12))
     with pytest.raises(ConfigError, match="DataConfig.directory"):
         DataConfig(source="cifar10")
     with pytest.raises(DataError, match="no CIFAR-10 data"):
-        launcher.make_task(config(tmp_path))
+        local_task.make_task(config(tmp_path))
     with pytest.raises(ConfigError, match="arch='resnet33'"):
         config(tmp_path, arch="resnet33")
 

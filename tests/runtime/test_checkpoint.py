@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from experiments.configs.mlp_regression import MLPConfig, MLPRegressionConfig
-from experiments.mlp_regression import make_task
+from experiments.tasks.mlp_regression import make_task
 from runtime import CheckpointError, make_mesh
 from runtime.checkpoint import Checkpointer
 from runtime.train_state import TrainState

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from experiments.configs.mlp_regression import MLPConfig, MLPRegressionConfig
-from experiments.mlp_regression import MLP, make_batch_fn, make_task
+from experiments.tasks.mlp_regression import MLP, make_batch_fn, make_task
 from runtime import RuntimeConfigError, make_mesh
 from runtime import sharding as sh
 from runtime.batches import batch_axes, batch_shardings, put_batch, split_microbatches

@@ -1,0 +1,258 @@
+"""The BFPO preference-training task: what ``experiments.bfpo_train`` runs and ``experiments.bfpo_compare`` runs once
+per objective. From a ``BFPOTrainConfig`` it loads the model (``bfpo.model.source``), tokenizes the streams,
+precomputes or loads the cached reference log-probs, builds the step (``bfpo.train_step``) and the held-out
+evaluation, and gives ``experiments.run.train`` its ``Task``; after training it exports the policy (LoRA merged)
+as a Hugging Face directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from bfpo.data import MixedStreams, PreferenceStream, TokenizeConfig, evaluation_batches, load_pairs, tokenize_pairs
+from bfpo.data import synthetic
+from bfpo.labeling import LabelingConfig
+from bfpo.lora import LoRAConfig
+from bfpo.model.config import LlamaConfig
+from bfpo.model.llama import init_params, model_from_params
+from bfpo.model import source as model_source
+from bfpo.model.load_hf import save_hf
+from bfpo.objectives import BFPOConfig, get_objective
+from bfpo.optim import make_optimizer
+from bfpo.reference_cache import (WithReference, compute_reference_logprobs, load_or_compute, params_fingerprint)
+from bfpo.tokenize import Tokenizer
+from bfpo.train_params import ParamLayout, build_params, policy_params, trainable_predicate
+from bfpo.train_step import PreferenceConfig, StreamSpec, make_eval_metrics, make_preference_step
+from experiments.configs.bfpo_train import BFPOTrainConfig, StreamData, TrainConfigError
+from experiments.run import Task, checkpointer_for, restore_state, train
+from runtime import sharding as sharding_lib
+from runtime.batches import batch_axes, batch_shardings, put_batch
+from runtime.mesh import make_mesh
+from runtime.metrics import merge, to_host
+from runtime.train_state import train_state_from_params, train_state_spec
+
+
+def objective_config(cfg: BFPOTrainConfig) -> Any:
+    """The objective's default config with the launcher's hyperparameters (tau, b1, alpha, beta, averaging) set
+    on the fields it has."""
+    default = get_objective(cfg.objective).config
+    if isinstance(default, BFPOConfig):
+        return BFPOConfig(labeling=LabelingConfig(tau=cfg.tau, b1=cfg.b1, alpha=cfg.alpha),
+                          average_log_probs=default.average_log_probs or cfg.average_log_probs)
+    values = {"tau": cfg.tau, "beta": cfg.beta}
+    if cfg.average_log_probs:
+        values["average_log_probs"] = True
+    names = {f.name for f in dataclasses.fields(default)}
+    return dataclasses.replace(default, **{k: v for k, v in values.items() if k in names})
+
+
+def param_layout(cfg: BFPOTrainConfig) -> ParamLayout:
+    lora = None if cfg.lora_rank == 0 else LoRAConfig(targets=cfg.lora_targets, rank=cfg.lora_rank,
+                                                      alpha=cfg.lora_alpha)
+    return ParamLayout(reference=cfg.reference, trainable=cfg.trainable or None, lora=lora)
+
+
+def preference_config(cfg: BFPOTrainConfig, streams: tuple[StreamData, ...] | None = None) -> PreferenceConfig:
+    streams = cfg.streams if streams is None else streams
+    return PreferenceConfig(objective=cfg.objective, objective_config=objective_config(cfg),
+                            streams=tuple(StreamSpec(name=s.name, weight=s.weight) for s in streams),
+                            layout=param_layout(cfg), logprob_chunk=cfg.logprob_chunk)
+
+
+def model_config(cfg: BFPOTrainConfig) -> LlamaConfig:
+    """The model's config without reading its weights (``bfpo.model.source.model_config``)."""
+    src = cfg.model
+    if not (src.architecture or model_source.at_hand(src.kind, src.path)):
+        what = "a GGUF file" if src.kind == "gguf" else "a local Hugging Face directory (no config.json there)"
+        raise TrainConfigError(f"ModelSource.path={src.path!r} is not {what}: point --model.path at one, or name "
+                               "its shape with --model.architecture (mistral_7b, llama3_8b, llama3_2_1b, ...)")
+    return model_source.model_config(src.kind, src.path, src.architecture, src.execution)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepParts:
+    """The pieces of the train step that need no data or weights (shared by ``make_task`` and the planner)."""
+
+    tx: Any
+    layout: ParamLayout
+    pref: PreferenceConfig
+    predicate: Any
+    fresh: Any  # () -> freshly initialised model parameters (traceable)
+    state_spec: Any  # mesh -> (abstract train state, shardings)
+    step_fn: Any
+
+
+def step_parts(cfg: BFPOTrainConfig, model_cfg: LlamaConfig) -> StepParts:
+    layout = param_layout(cfg)
+    tx = make_optimizer(cfg.optimizer, cfg.run.steps)
+    seed = cfg.run.seed
+    fresh = lambda: init_params(model_cfg, seed)  # noqa: E731
+    predicate = trainable_predicate(layout)
+    pref = preference_config(cfg)
+
+    def state_spec(mesh):
+        return train_state_spec(lambda: build_params(layout, fresh(), seed), tx, mesh, seed=seed, trainable=predicate,
+                                precision=cfg.run.precision)
+
+    return StepParts(tx=tx, layout=layout, pref=pref, predicate=predicate, fresh=fresh, state_spec=state_spec,
+                     step_fn=make_preference_step(model_cfg, pref, tx, grad_accum=cfg.run.grad_accum))
+
+
+def stream_pairs(s: StreamData, seed: int, split: str = "train", on_bad_record: str = "error") -> list:
+    if not s.path:
+        config = synthetic.SyntheticConfig(pair_type_fractions=s.synthetic_fractions)
+        return synthetic.make_pairs(s.synthetic_pairs, seed, split=split, config=config)
+    pairs, report = load_pairs(s.path, split=s.split, on_bad_record=on_bad_record)
+    if report.dropped and jax.process_index() == 0:
+        print(f"[bfpo_train] {s.name}: {report.summary()}", flush=True)
+    return pairs[:s.max_pairs] if s.max_pairs else pairs
+
+
+def eval_pairs(cfg: BFPOTrainConfig) -> list:
+    if not cfg.eval_path:
+        return synthetic.make_pairs(cfg.eval_pairs, cfg.data_seed, split="test")
+    pairs, report = load_pairs(cfg.eval_path, split=cfg.eval_split, on_bad_record=cfg.on_bad_record)
+    if report.dropped and jax.process_index() == 0:
+        print(f"[bfpo_train] evaluation data: {report.summary()}", flush=True)
+    return pairs[:cfg.eval_pairs]
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """Everything ``make_task`` builds besides the Task: kept for the export and for tests."""
+
+    model_cfg: LlamaConfig
+    tokenizer: Tokenizer
+    layout: ParamLayout
+    tokenized: dict  # stream name -> TokenizedPairs
+    eval_tokenized: Any
+    eval_config: PreferenceConfig
+
+
+def make_task(cfg: BFPOTrainConfig) -> tuple[Task, Prepared]:
+    mesh = make_mesh(cfg.run.mesh)
+    src = cfg.model
+    model_cfg, loaded, tokenizer = model_source.load_or_init(src.kind, src.path, mesh, src.execution, cfg.run.seed)
+    parts = step_parts(cfg, model_cfg)
+    layout, tx, predicate, seed = parts.layout, parts.tx, parts.predicate, cfg.run.seed
+
+    tok_cfg = TokenizeConfig(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length, buckets=cfg.buckets)
+    tokenized = {s.name: tokenize_pairs(stream_pairs(s, cfg.data_seed + i, on_bad_record=cfg.on_bad_record),
+                                        tokenizer, tok_cfg)
+                 for i, s in enumerate(cfg.streams)}
+    eval_tok = tokenize_pairs(eval_pairs(cfg), tokenizer, tok_cfg)
+    mismatched = get_objective(cfg.objective).needs_mismatched  # KTO's reference-point rows
+    data = MixedStreams({s.name: PreferenceStream(tokenized[s.name], s.batch_size, cfg.data_seed + i,
+                                                  bucket_window=cfg.bucket_window, mismatched=mismatched)
+                         for i, s in enumerate(cfg.streams)})
+    eval_caches = None
+    if layout.reference == "batch":
+        cache_dir = Path(cfg.reference_cache_dir or Path(cfg.run.out_dir) / "reference_cache")
+        model_fp = params_fingerprint(model_cfg, loaded)
+
+        def cache_for(name, tok):
+            def compute():
+                return compute_reference_logprobs(model_cfg, loaded, evaluation_batches(tok, cfg.eval_batch_size),
+                                                  len(tok), mesh=mesh, chunk=cfg.logprob_chunk,
+                                                  desc=f"reference log-probs ({name})")
+
+            return load_or_compute(cache_dir, model_fingerprint=model_fp, data_fingerprint=tok.fingerprint(),
+                                   compute=compute, name=name)
+
+        data = WithReference(data, {name: cache_for(name, tok) for name, tok in tokenized.items()})
+        eval_caches = {cfg.streams[0].name: cache_for("eval", eval_tok)}
+
+    eval_pref = preference_config(cfg, cfg.streams[:1])
+
+    def init_state(mesh):
+        # Built outside jit so that the policy is the loaded arrays themselves (no copy of a 7B model); they are
+        # donated into the train state.
+        with sharding_lib.activate(mesh):
+            built = build_params(layout, loaded, seed)
+        return train_state_from_params(built, tx, mesh, seed=seed, trainable=predicate,
+                                       precision=cfg.run.precision)[0]
+
+    def frozen_params(mesh):
+        # The loaded arrays were donated into the first train state, so the frozen weights come from the source
+        # again (the same file, or the same seed).
+        src = cfg.model
+        _, again, _ = model_source.load_or_init(src.kind, src.path, mesh, src.execution, seed)
+        with sharding_lib.activate(mesh):
+            return build_params(layout, again, seed)
+
+    evaluate = make_evaluation(model_cfg, eval_pref, eval_tok, cfg.eval_batch_size, mesh, eval_caches)
+    main = cfg.streams[0].name
+    task = Task(
+        name=f"bfpo_train[{cfg.objective}]",
+        state_spec=parts.state_spec,
+        init_state=init_state,
+        step_fn=parts.step_fn,
+        data=data,
+        evals=(evaluate,),
+        config=dataclasses.asdict(cfg),
+        main_metrics=("loss", f"{main}/rewards/margin", f"{main}/safety/accuracy"),
+        frozen_params=frozen_params,
+        peak_update=cfg.optimizer.learning_rate,
+    )
+    prepared = Prepared(model_cfg=model_cfg, tokenizer=tokenizer, layout=layout, tokenized=tokenized,
+                        eval_tokenized=eval_tok, eval_config=eval_pref)
+    return task, prepared
+
+
+def make_evaluation(model_cfg, pref: PreferenceConfig, tokenized, batch_size: int, mesh, caches):
+    """Held-out metrics of the main stream's objective over every evaluation pair (padding rows masked out)."""
+    metrics_fn = jax.jit(make_eval_metrics(model_cfg, pref))
+    name = pref.streams[0].name
+    mismatched = get_objective(pref.objective).needs_mismatched
+    batches = [{name: b} for b in evaluation_batches(tokenized, batch_size, mismatched)]
+    if caches is not None:
+        batches = list(WithReference(iter(batches), caches))
+
+    def evaluate(state) -> dict[str, float]:
+        total = {}
+        for host in batches:
+            placed = put_batch(host, batch_shardings(host, batch_axes(host), mesh))
+            total = merge(total, metrics_fn(state.params, placed))
+        return to_host(total)
+
+    return evaluate
+
+
+def final_params(cfg: BFPOTrainConfig, task: Task) -> Any:
+    """The trained parameter dict, restored from the run's last checkpoint onto the mesh."""
+    mesh = make_mesh(cfg.run.mesh)
+    with checkpointer_for(task, str(Path(cfg.run.out_dir).absolute() / "checkpoints")) as ckpt:
+        state, _ = restore_state(ckpt, task, mesh)
+    return state.params
+
+
+def export(cfg: BFPOTrainConfig, task: Task, prepared: Prepared) -> Path:
+    """<out_dir>/hf: the policy (LoRA merged) in the Hugging Face layout, plus the tokenizer files."""
+    params = final_params(cfg, task)
+    mesh = make_mesh(cfg.run.mesh)
+    with sharding_lib.activate(mesh):
+        merged = jax.jit(lambda p: policy_params(prepared.layout, p))(params)
+    out = save_hf(model_from_params(prepared.model_cfg, merged), Path(cfg.run.out_dir) / "hf",
+                  dtype=None if cfg.export_dtype == "model" else cfg.export_dtype, tokenizer=prepared.tokenizer)
+    if jax.process_index() == 0:
+        print(f"[bfpo_train] exported the trained model to {out}", flush=True)
+    return out
+
+
+def train_and_export(cfg: BFPOTrainConfig, task: Task, prepared: Prepared):
+    summary = train(cfg.run, task)
+    if cfg.export and summary.stopped == "completed":
+        path = export(cfg, task, prepared)
+        if jax.process_index() == 0:
+            (Path(cfg.run.out_dir) / "export.json").write_text(json.dumps({"hf_dir": str(path)}) + "\n")
+    return summary
+
+
+def run(cfg: BFPOTrainConfig):
+    """Trains (resuming where a checkpoint exists) and exports."""
+    return train_and_export(cfg, *make_task(cfg))
