@@ -213,4 +213,4 @@ PLAN = LauncherPlan(
 
 
 if __name__ == "__main__":
-    cli(LSRLApproxConfig, main, expected_errors=(CompileError, ValueError))
+    cli(LSRLApproxConfig, main, expected_errors=(CompileError,))

@@ -7,7 +7,7 @@ two programs (vec2vec, Listing 1; tok2tok, Listing 2) are built in each conditio
     lambda-based  IF c THEN t = ReLU(t - lambda (1 - c)) - ReLU(-t - lambda (1 - c))  (modes direct, optimized,
                   step_optimized; exact while |t| < lambda, but lambda times the step slope lands in one weight)
     gated         IF c THEN t = c * t                                 (multiplicative*, exact for c in {0, 1})
-and compiled to every registered target (``TARGETS``). For a prompt x with answer positions P (the last token for
+and compiled to every registered target (``recurrent.targets.registry.TARGETS``). For a prompt x with answer positions P (the last token for
 vec2vec, the last L for tok2tok) the error of a query is
     e(x) = max_{t in P, o} |model(x)_{t,o} - interpreter(x)_{t,o}|,
 the interpreter (``recurrent.lsrl.interpreter.run``) being the program's float64 reference semantics. Two studies:
@@ -28,12 +28,10 @@ Run: ``python -m experiments.lsrl_stability {full,small} --help``.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import math
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,175 +42,16 @@ import tyro
 
 from experiments.configs.lsrl_stability import LSRLStabilityConfig
 from experiments.run import cli
+from experiments.tasks.lsrl_stability import Prompts, answer_errors, make_prompts, own_large_constant, program_for
+from experiments.tasks.lsrl_stability import error_stats, sizes_of, x64
 from recurrent import CompileError
-from recurrent.compile import compile_program
-from recurrent.lsrl import ForEach
 from recurrent.lsrl.interpreter import run as interpret
-from recurrent.programs.tok2tok import Tok2TokSpec, random_dictionary, tok2tok_program, tok2tok_prompts
-from recurrent.programs.vec2vec import Vec2VecSpec, random_target, vec2vec_program, vec2vec_prompts
-from recurrent.programs.vec2vec import vec2vec_queries
-from recurrent.scan import chain_kinds, chain_params, run_chain
-from recurrent.targets.elman import compile_elman, elman_params, run_elman
-from recurrent.targets.griffin import compile_griffin, griffin_params, run_griffin
-from recurrent.targets.gru import compile_gru, gru_params, run_gru
-from recurrent.targets.lstm import compile_lstm, lstm_params, run_lstm
-from recurrent.targets.mamba import compile_mamba, mamba_params, run_mamba
+from recurrent.targets.registry import GATED_MODES, TARGETS, Target, get_target, perturb
 
-GATED_MODES = ("multiplicative", "multiplicative_optimized")
 COLUMNS = (
     "study", "program", "target", "mode", "gated", "large_constant", "dtype", "tokens", "noise", "sigma", "seed",
     "queries", "error_median", "error_max", "wrong_fraction",
 )
-
-
-# --- the targets --------------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Target:
-    """How to compile a program to one architecture, run it in a dtype, and which parameters noise may touch."""
-
-    name: str
-    build: Callable[[ForEach, bool, int], Any]
-    """(program, gated, max_tokens) -> compiled model; gated: every product is a 0/1-gated conditional
-    (f_ifelse_mul); max_tokens: the longest prompt it must run (Mamba's counter-based rotations are exact up to
-    a horizon)."""
-    params: Callable[[Any, Any], Any]
-    """(model, dtype) -> its parameter pytree in that dtype."""
-    runner: Callable[[Any], Callable[[Any, jax.Array], jax.Array]]
-    """model -> pure run(params, tokens_BxTxD) -> outputs_BxTxO (the model's static structure closed over)."""
-    hosts_products: bool
-    """False: the gated modes are not compiled for it (no product of two units, e.g. Elman)."""
-    initial_state_keys: frozenset[str] = frozenset({"init", "carry"})
-    """Pytree keys of initial states: values, not weights, so noise leaves them alone."""
-
-
-def _chain_runner(associative: bool):
-    def runner(chain):
-        kinds = chain_kinds(chain)
-        return lambda params, x: run_chain(params, kinds, x, associative=associative)
-
-    return runner
-
-
-TARGETS: dict[str, Target] = {
-    t.name: t
-    for t in (
-        Target("linear_rnn", lambda p, g, t: compile_program(p), chain_params, _chain_runner(False), True),
-        Target("linear_rnn_assoc", lambda p, g, t: compile_program(p), chain_params, _chain_runner(True), True),
-        Target("elman", lambda p, g, t: compile_elman(p), elman_params, lambda net: run_elman, False),
-        Target("lstm", lambda p, g, t: compile_lstm(p, gated_products=g), lstm_params, lambda net: run_lstm, True),
-        Target("gru", lambda p, g, t: compile_gru(p, gated_products=g), gru_params, lambda net: run_gru, True),
-        Target("mamba", lambda p, g, t: compile_mamba(p, gated_products=g, horizon=max(t, 1)), mamba_params,
-               lambda net: run_mamba, True),
-        Target("griffin", lambda p, g, t: compile_griffin(p, gated_products=g, horizon=max(t, 1)), griffin_params,
-               lambda net: run_griffin, True),
-    )
-}
-
-
-def x64(dtype) -> contextlib.AbstractContextManager:
-    return jax.enable_x64(True) if jnp.dtype(dtype) == jnp.float64 else contextlib.nullcontext()
-
-
-def perturb(params: Any, rng: np.random.Generator, sigma: float, kind: str, frozen: frozenset[str]) -> Any:
-    """Gaussian noise on every non-zero weight: relative w (1 + sigma xi) or absolute w + sigma xi.
-
-    xi is drawn in float64 on the host (one standard normal per entry, leaves in flattening order, zeros and
-    leaves under a key in ``frozen`` included in the draw so the same rng state gives the same xi for every
-    sigma), then the result is cast to the leaf's dtype. Call under ``x64`` for float64 leaves.
-    """
-    if kind not in ("relative", "absolute"):
-        raise ValueError(f"perturb: kind must be 'relative' or 'absolute', got {kind!r}")
-    flat, treedef = jax.tree_util.tree_flatten_with_path(params)
-    out = []
-    for path, leaf in flat:
-        w = np.asarray(leaf, np.float64)
-        xi = rng.standard_normal(w.shape)
-        keys = {str(getattr(k, "key", getattr(k, "idx", k))) for k in path}
-        if keys & frozen or sigma == 0:
-            out.append(leaf)
-            continue
-        # Structural zeros stay zero: noise on them would couple lanes the construction keeps apart.
-        delta = sigma * xi * (w if kind == "relative" else (w != 0))
-        out.append(jnp.asarray(w + delta, dtype=leaf.dtype))
-    return jax.tree_util.tree_unflatten(treedef, out)
-
-
-# --- the programs and their prompts -------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Prompts:
-    tokens_BxTxD: np.ndarray
-    """Prompts, each zero-padded after its end to the longest (the models are causal: padding changes nothing)."""
-    lengths_B: np.ndarray
-    sizes_B: np.ndarray
-    """The size parameter of each prompt: grid size N (vec2vec) or pair count P (tok2tok)."""
-    read_last: int
-    """The answer is at the last ``read_last`` tokens of each prompt."""
-
-    def select(self, size: int) -> "Prompts":
-        keep = self.sizes_B == size
-        length = int(self.lengths_B[keep].max())
-        return Prompts(self.tokens_BxTxD[keep, :length], self.lengths_B[keep], self.sizes_B[keep], self.read_last)
-
-
-def program_for(name: str, cfg: LSRLStabilityConfig, mode: str, large_constant: float | None) -> ForEach:
-    if name == "vec2vec":
-        kw = {} if large_constant is None else {"large_constant": large_constant}
-        return vec2vec_program(Vec2VecSpec(in_dim=cfg.vec2vec_in_dim, out_dim=cfg.vec2vec_out_dim, mode=mode, **kw))
-    kw = {} if large_constant is None else {"large_constant": large_constant}
-    return tok2tok_program(Tok2TokSpec(key_length=cfg.tok2tok_key_length, mode=mode, **kw))
-
-
-def own_large_constant(name: str) -> float:
-    """The program's own lambda: a bound on the values it gates."""
-    return Vec2VecSpec().large_constant if name == "vec2vec" else Tok2TokSpec().large_constant
-
-
-def sizes_of(name: str, cfg: LSRLStabilityConfig) -> tuple[int, ...]:
-    return cfg.vec2vec_grid_sizes if name == "vec2vec" else cfg.tok2tok_pairs
-
-
-def make_prompts(name: str, cfg: LSRLStabilityConfig) -> Prompts:
-    """``cfg.queries`` random prompts per size; one random target (vec2vec) or table (tok2tok) per size."""
-    parts, sizes = [], []
-    for size in sizes_of(name, cfg):
-        rng = np.random.default_rng([cfg.seed, size])
-        if name == "vec2vec":
-            spec = Vec2VecSpec(in_dim=cfg.vec2vec_in_dim, out_dim=cfg.vec2vec_out_dim)
-            f = random_target(cfg.seed, spec.in_dim, spec.out_dim)
-            q = vec2vec_queries(rng, cfg.queries, spec.in_dim, size, spec.scale)
-            parts.append(vec2vec_prompts(f, spec, size, q))
-        else:
-            keys, values = random_dictionary(rng, cfg.tok2tok_key_length, size, cfg.tok2tok_vocab)
-            pick = rng.choice(size, cfg.queries, replace=cfg.queries > size)
-            parts.append(tok2tok_prompts(keys[pick], keys, values))
-        sizes += [size] * cfg.queries
-    longest = max(p.shape[1] for p in parts)
-    tokens = np.concatenate([np.pad(p, ((0, 0), (0, longest - p.shape[1]), (0, 0))) for p in parts])
-    lengths = np.concatenate([np.full(len(p), p.shape[1]) for p in parts])
-    read_last = 1 if name == "vec2vec" else cfg.tok2tok_key_length
-    return Prompts(tokens, lengths, np.array(sizes), read_last)
-
-
-def answer_errors(y_BxTxO: np.ndarray, ref_BxTxO: np.ndarray, lengths_B: np.ndarray, read_last: int) -> np.ndarray:
-    """Per prompt, max |y - ref| over its last ``read_last`` tokens and every output; NaN counts as infinite."""
-    pos_BxK = lengths_B[:, None] - read_last + np.arange(read_last)[None, :]
-    y = np.take_along_axis(np.asarray(y_BxTxO, np.float64), pos_BxK[..., None], axis=1)
-    ref = np.take_along_axis(np.asarray(ref_BxTxO, np.float64), pos_BxK[..., None], axis=1)
-    err = np.abs(y - ref).reshape(len(y), -1).max(axis=1)
-    return np.where(np.isnan(err), np.inf, err)
-
-
-def error_stats(errors: np.ndarray, tolerance: float) -> dict[str, float]:
-    return {
-        "queries": len(errors),
-        "error_median": float(np.median(errors)),
-        "error_max": float(np.max(errors)),
-        "wrong_fraction": float(np.mean(~(errors <= tolerance))),
-    }
 
 
 def variants(name: str, cfg: LSRLStabilityConfig) -> list[tuple[str, float | None]]:
@@ -238,11 +77,7 @@ def variant_label(mode: str, lam: float | None) -> str:
 
 
 def select_targets(cfg: LSRLStabilityConfig) -> list[Target]:
-    names = cfg.targets or tuple(TARGETS)
-    bad = [n for n in names if n not in TARGETS]
-    if bad:
-        raise ValueError(f"LSRLStabilityConfig.targets={cfg.targets}: unknown {bad}; registered: {tuple(TARGETS)}")
-    return [TARGETS[n] for n in names]
+    return [get_target(n) for n in cfg.targets or tuple(TARGETS)]
 
 
 def sweep(cfg: LSRLStabilityConfig, verbose: bool = True) -> list[dict[str, Any]]:
@@ -460,7 +295,6 @@ class LSRLStabilitySummary:
 
 def main(cfg: LSRLStabilityConfig) -> LSRLStabilitySummary:
     t0 = time.perf_counter()
-    select_targets(cfg)  # fail on an unknown target before anything is written
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = sweep(cfg)
@@ -482,4 +316,4 @@ def config_type():
 
 
 if __name__ == "__main__":
-    cli(config_type(), main, expected_errors=(CompileError, ValueError))
+    cli(config_type(), main, expected_errors=(CompileError,))

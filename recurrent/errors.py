@@ -19,3 +19,7 @@ class CompileError(ValueError):
         else:
             message = f"{len(self.problems)} problems:\n" + "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(message)
+
+
+class ConfigError(CompileError):
+    """A study's or benchmark's setting (an LSRL experiment config) is invalid."""

@@ -3,7 +3,7 @@
 What is compared
 ----------------
 One of the paper's programs (default: vec2vec, Listing 1, d = o = 2, N = 16, so T = 257 tokens per prompt) in each
-requested conditional mode, compiled to every registered target of ``experiments.lsrl_stability.TARGETS``: the
+requested conditional mode, compiled to every registered target of ``recurrent.targets.registry.TARGETS``: the
 linear-RNN chain run with ``lax.scan`` (``linear_rnn``, the reference) and with ``lax.associative_scan``
 (``linear_rnn_assoc``), and the Elman, LSTM, GRU, Mamba and Hawk (``griffin``) stacks (and any target registered later). Each model runs
 jitted on a batch of prompts (default 64 x 257); the time is the best of ``repeats`` calls after a warm-up call
@@ -30,9 +30,11 @@ import numpy as np
 import tyro
 
 from experiments.configs.lsrl_stability import DTYPES, PROGRAMS, LSRLStabilityConfig
-from experiments.lsrl_stability import GATED_MODES, TARGETS, answer_errors, make_prompts, program_for, x64
+from experiments.tasks.lsrl_stability import answer_errors, make_prompts, program_for, x64
 from recurrent.lsrl.interpreter import run as interpret
+from recurrent.errors import ConfigError
 from recurrent.programs import MODES
+from recurrent.targets.registry import GATED_MODES, TARGETS
 
 REFERENCE = "linear_rnn"
 
@@ -53,13 +55,13 @@ class Config:
 
     def __post_init__(self):
         if self.program not in PROGRAMS:
-            raise ValueError(f"Config.program={self.program!r}: one of {PROGRAMS}")
+            raise ConfigError(f"Config.program={self.program!r}: one of {PROGRAMS}")
         if self.size < 1 or self.batch < 1 or self.repeats < 1:
-            raise ValueError("Config.size, .batch and .repeats must be at least 1")
+            raise ConfigError("Config.size, .batch and .repeats must be at least 1")
         for field, values, allowed in (("modes", self.modes, MODES), ("dtypes", self.dtypes, DTYPES),
                                        ("targets", self.targets, tuple(TARGETS))):
             if any(v not in allowed for v in values):
-                raise ValueError(f"Config.{field}={values}: each must be one of {allowed}")
+                raise ConfigError(f"Config.{field}={values}: each must be one of {allowed}")
 
 
 def _best_seconds(fn, *args, repeats: int) -> float:

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import tyro
 
+from bfpo.errors import ConfigError
 from bfpo.model.execution import ExecutionConfig
 from runtime.mesh import MeshConfig
 
@@ -42,9 +43,9 @@ class LMGenerateConfig:
 
     def __post_init__(self):
         if self.hf_dir and self.gguf:
-            raise ValueError("LMGenerateConfig: give hf_dir or gguf, not both")
+            raise ConfigError("LMGenerateConfig: give hf_dir or gguf, not both")
         if not self.prompts:
-            raise ValueError("LMGenerateConfig.prompts: at least one prompt is needed")
+            raise ConfigError("LMGenerateConfig.prompts: at least one prompt is needed")
 
 
 # Presets of the planner (``python -m experiments.plan --launcher lm_generate --preset NAME``): the launcher's own
@@ -67,7 +68,7 @@ class LMGeneratePlanConfig:
 
     def __post_init__(self):
         if self.batch < 0 or self.prompt_length < 1:
-            raise ValueError(f"LMGeneratePlanConfig: batch={self.batch} must be >= 0 and prompt_length="
+            raise ConfigError(f"LMGeneratePlanConfig: batch={self.batch} must be >= 0 and prompt_length="
                              f"{self.prompt_length} >= 1")
 
     @property

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from recurrent.errors import ConfigError
 from recurrent.programs import MODES
 
 
@@ -34,21 +35,21 @@ class LSRLApproxConfig:
     def __post_init__(self):
         for name in ("in_dim", "out_dim", "targets", "queries"):
             if getattr(self, name) < 1:
-                raise ValueError(f"LSRLApproxConfig.{name}={getattr(self, name)}: must be at least 1")
+                raise ConfigError(f"LSRLApproxConfig.{name}={getattr(self, name)}: must be at least 1")
         bad = [m for m in self.modes if m not in MODES]
         if bad or not self.modes:
-            raise ValueError(f"LSRLApproxConfig.modes={self.modes}: each must be one of {MODES}")
+            raise ConfigError(f"LSRLApproxConfig.modes={self.modes}: each must be one of {MODES}")
         if not self.grid_sizes or min(self.grid_sizes) < 1:
-            raise ValueError(f"LSRLApproxConfig.grid_sizes={self.grid_sizes}: positive ints expected")
+            raise ConfigError(f"LSRLApproxConfig.grid_sizes={self.grid_sizes}: positive ints expected")
         if max(self.grid_sizes) * 4.0 / self.scale >= 1.0:
-            raise ValueError(
+            raise ConfigError(
                 f"LSRLApproxConfig.grid_sizes: N = {max(self.grid_sizes)} cells are too narrow for step ramps of "
                 f"width 1/scale = {1 / self.scale:g}; lower N or raise scale"
             )
         if self.dtype not in ("float32", "float64", "bfloat16"):
-            raise ValueError(f"LSRLApproxConfig.dtype={self.dtype!r}: float32, float64 or bfloat16")
+            raise ConfigError(f"LSRLApproxConfig.dtype={self.dtype!r}: float32, float64 or bfloat16")
         if not self.large_constant > 0 or not self.scale > 0:
-            raise ValueError("LSRLApproxConfig.scale and .large_constant must be positive")
+            raise ConfigError("LSRLApproxConfig.scale and .large_constant must be positive")
 
     @classmethod
     def demo(cls, out_dir: str = "runs/demo/lsrl_approx") -> "LSRLApproxConfig":

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from recurrent.errors import ConfigError
 from recurrent.programs import MODES
+from recurrent.targets.registry import TARGETS
 
 PROGRAMS = ("vec2vec", "tok2tok")
 DTYPES = ("float32", "float64")
@@ -53,34 +55,35 @@ class LSRLStabilityConfig:
         _subset("modes", self.modes, MODES)
         _subset("dtypes", self.dtypes, DTYPES)
         _subset("noise_kinds", self.noise_kinds, NOISE_KINDS, allow_empty=True)
+        _subset("targets", self.targets, tuple(TARGETS), allow_empty=True)
         for name in ("vec2vec_in_dim", "vec2vec_out_dim", "tok2tok_key_length", "queries", "noise_seeds"):
             if getattr(self, name) < 1:
-                raise ValueError(f"LSRLStabilityConfig.{name}={getattr(self, name)}: must be at least 1")
+                raise ConfigError(f"LSRLStabilityConfig.{name}={getattr(self, name)}: must be at least 1")
         if not self.vec2vec_grid_sizes or min(self.vec2vec_grid_sizes) < 1:
-            raise ValueError(f"LSRLStabilityConfig.vec2vec_grid_sizes={self.vec2vec_grid_sizes}: positive ints")
+            raise ConfigError(f"LSRLStabilityConfig.vec2vec_grid_sizes={self.vec2vec_grid_sizes}: positive ints")
         if max(self.vec2vec_grid_sizes) * 4 >= 1024:
-            raise ValueError(
+            raise ConfigError(
                 f"LSRLStabilityConfig.vec2vec_grid_sizes: N = {max(self.vec2vec_grid_sizes)} cells are too narrow "
                 "for the programs' step ramps of width 1/1024 (N < 256)"
             )
         if not self.tok2tok_pairs or min(self.tok2tok_pairs) < 1:
-            raise ValueError(f"LSRLStabilityConfig.tok2tok_pairs={self.tok2tok_pairs}: positive ints")
+            raise ConfigError(f"LSRLStabilityConfig.tok2tok_pairs={self.tok2tok_pairs}: positive ints")
         if self.tok2tok_vocab**self.tok2tok_key_length < max(self.tok2tok_pairs):
-            raise ValueError(
+            raise ConfigError(
                 f"LSRLStabilityConfig.tok2tok_pairs: {max(self.tok2tok_pairs)} distinct keys do not exist over "
                 f"tok2tok_vocab^tok2tok_key_length = {self.tok2tok_vocab}^{self.tok2tok_key_length}"
             )
         if self.large_constant is not None and not self.large_constant > 0:
-            raise ValueError(f"LSRLStabilityConfig.large_constant={self.large_constant}: must be positive or None")
+            raise ConfigError(f"LSRLStabilityConfig.large_constant={self.large_constant}: must be positive or None")
         if not self.tolerance > 0:
-            raise ValueError(f"LSRLStabilityConfig.tolerance={self.tolerance}: must be positive")
+            raise ConfigError(f"LSRLStabilityConfig.tolerance={self.tolerance}: must be positive")
         if any(s < 0 for s in self.noise_sigmas):
-            raise ValueError(f"LSRLStabilityConfig.noise_sigmas={self.noise_sigmas}: must be non-negative")
+            raise ConfigError(f"LSRLStabilityConfig.noise_sigmas={self.noise_sigmas}: must be non-negative")
         if self.noise_dtype not in DTYPES:
-            raise ValueError(f"LSRLStabilityConfig.noise_dtype={self.noise_dtype!r}: one of {DTYPES}")
+            raise ConfigError(f"LSRLStabilityConfig.noise_dtype={self.noise_dtype!r}: one of {DTYPES}")
         shortest = min(len(self.vec2vec_grid_sizes), len(self.tok2tok_pairs))
         if not 0 <= self.noise_length_index < shortest:
-            raise ValueError(
+            raise ConfigError(
                 f"LSRLStabilityConfig.noise_length_index={self.noise_length_index}: must index both "
                 f"vec2vec_grid_sizes and tok2tok_pairs (0 .. {shortest - 1})"
             )
@@ -107,4 +110,4 @@ class LSRLStabilityConfig:
 def _subset(field: str, values: tuple[str, ...], allowed: tuple[str, ...], allow_empty: bool = False) -> None:
     bad = [v for v in values if v not in allowed]
     if bad or (not values and not allow_empty):
-        raise ValueError(f"LSRLStabilityConfig.{field}={values}: each must be one of {allowed}")
+        raise ConfigError(f"LSRLStabilityConfig.{field}={values}: each must be one of {allowed}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from experiments.run import RunConfig
+from experiments.run import RunConfig, RunError
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -17,7 +17,7 @@ class MLPConfig:
     def __post_init__(self):
         for name in ("in_dim", "hidden", "depth", "out_dim"):
             if getattr(self, name) < 1:
-                raise ValueError(f"MLPConfig.{name}={getattr(self, name)}: must be at least 1")
+                raise RunError(f"MLPConfig.{name}={getattr(self, name)}: must be at least 1")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -38,13 +38,13 @@ class MLPRegressionConfig:
 
     def __post_init__(self):
         if self.batch_size < 1:
-            raise ValueError(f"MLPRegressionConfig.batch_size={self.batch_size}: must be at least 1")
+            raise RunError(f"MLPRegressionConfig.batch_size={self.batch_size}: must be at least 1")
         if self.batch_size % self.run.grad_accum:
-            raise ValueError(
+            raise RunError(
                 f"MLPRegressionConfig.batch_size={self.batch_size} is not divisible by run.grad_accum={self.run.grad_accum}"
             )
         if (self.student.in_dim, self.student.out_dim) != (self.teacher.in_dim, self.teacher.out_dim):
-            raise ValueError("student and teacher must share in_dim and out_dim")
+            raise RunError("student and teacher must share in_dim and out_dim")
 
     @classmethod
     def smoke(cls, out_dir: str, **run_overrides) -> "MLPRegressionConfig":

@@ -46,6 +46,7 @@ from recurrent.errors import CompileError
 from recurrent.lsrl.syntax import ForEach, Variable
 from recurrent.scan import check_dtype
 from recurrent.targets.compiled_module import CompiledRNN
+from recurrent.targets.summary import TargetSummary
 
 TARGET = "elman"
 
@@ -73,32 +74,6 @@ class ElmanLayer:
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {"kernel_i": self.kernel_i, "bias": self.bias, "kernel_h": self.kernel_h, "carry": self.carry}
-
-
-@dataclasses.dataclass(frozen=True)
-class TargetSummary:
-    target: str
-    widths: tuple[int, ...]
-    recurrent: tuple[int, ...]
-    parameters: int
-    nonzeros: int
-    max_weight: float
-
-    @classmethod
-    def of(cls, target: str, layers, arrays) -> "TargetSummary":
-        """The summary of ``layers`` (each with ``width`` and ``recurrent``) whose parameters are ``arrays``."""
-        flat = np.concatenate([np.asarray(a).reshape(-1) for a in arrays])
-        return cls(target=target, widths=tuple(l.width for l in layers), recurrent=tuple(l.recurrent for l in layers),
-                   parameters=int(flat.size), nonzeros=int(np.count_nonzero(flat)),
-                   max_weight=float(np.abs(flat).max()) if flat.size else 0.0)
-
-    def format(self) -> str:
-        lines = [
-            f"{self.target}: {len(self.widths)} layers, max width {max(self.widths, default=0)}, "
-            f"{self.parameters} parameters ({self.nonzeros} non-zero), largest weight {self.max_weight:.3g}"
-        ]
-        lines += [f"  {i:3d} width {w:5d} ({r} recurrent)" for i, (w, r) in enumerate(zip(self.widths, self.recurrent))]
-        return "\n".join(lines)
 
 
 @dataclasses.dataclass(frozen=True)

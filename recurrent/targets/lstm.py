@@ -50,7 +50,7 @@ from recurrent.compile import CompileConfig, compile_program
 from recurrent.errors import CompileError
 from recurrent.lsrl.syntax import ForEach, Variable
 from recurrent.scan import check_dtype
-from recurrent.targets.elman import TargetSummary
+from recurrent.targets.summary import TargetSummary
 from recurrent.targets.compiled_module import CompiledRNN
 
 TARGET = "lstm"

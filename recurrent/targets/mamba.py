@@ -56,7 +56,7 @@ from recurrent.lsrl.syntax import ForEach, Variable
 from recurrent.scan import check_dtype
 from recurrent.targets.compiled_module import CompiledRNN, scan_tokens
 from recurrent.targets.diagonal import CONV_WIDTH, DiagonalChain, DiagonalLayer, lower_to_diagonal
-from recurrent.targets.elman import TargetSummary
+from recurrent.targets.summary import TargetSummary
 
 TARGET = "mamba"
 BIG = 64.0

@@ -11,7 +11,10 @@ import numpy as np
 import pytest
 
 from experiments.configs.lsrl_stability import LSRLStabilityConfig
-from experiments.lsrl_stability import COLUMNS, TARGETS, answer_errors, main, make_prompts, perturb, read_csv
+from experiments.lsrl_stability import COLUMNS, main, read_csv
+from experiments.tasks.lsrl_stability import answer_errors, make_prompts
+from recurrent.errors import ConfigError
+from recurrent.targets.registry import TARGETS, perturb
 from recurrent.chain import Chain, Layer, evaluate
 from recurrent.compile import compile_program
 from recurrent.lsrl.interpreter import run as interpret
@@ -134,9 +137,9 @@ def test_answer_errors_reads_each_prompts_own_end():
 
 
 def test_config_names_the_bad_field():
-    with pytest.raises(ValueError, match="LSRLStabilityConfig.modes"):
+    with pytest.raises(ConfigError, match="LSRLStabilityConfig.modes"):
         LSRLStabilityConfig(modes=("gated",))
-    with pytest.raises(ValueError, match="LSRLStabilityConfig.noise_length_index"):
+    with pytest.raises(ConfigError, match="LSRLStabilityConfig.noise_length_index"):
         LSRLStabilityConfig(noise_length_index=7)
-    with pytest.raises(ValueError, match="LSRLStabilityConfig.targets"):
-        main(dataclasses.replace(LSRLStabilityConfig.small(), targets=("transformer",)))
+    with pytest.raises(ConfigError, match="LSRLStabilityConfig.targets"):
+        dataclasses.replace(LSRLStabilityConfig.small(), targets=("transformer",))
