@@ -22,6 +22,7 @@ import dataclasses
 import json
 import math
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +35,13 @@ from bfpo.eval.report import LOGLIKELIHOOD_JUDGE
 from bfpo.model import source as model_source
 from bfpo.model.llama import init_params, model_from_params
 from bfpo.model.load_hf import save_hf
+from bfpo.objectives import describe
 from bfpo.optim import make_optimizer
 from bfpo.sft import SFT_STREAM, sft_examples, sft_loss
 from bfpo.tokenize import Tokenizer
 from bfpo.train_params import ParamLayout, build_params, policy_params, trainable_predicate
 from experiments.configs.bfpo_compare import PRESETS, CompareConfig, CompareConfigError
-from experiments.configs.bfpo_train import BFPOTrainConfig, ModelSource, TrainConfigError
+from experiments.configs.bfpo_train import BFPOTrainConfig, ModelSource, TrainConfigError, upgraded_args
 from experiments.run import RunConfig, Task as RunTask, cli, train
 from experiments.tasks import bfpo as bfpo_task
 from runtime import sharding as sharding_lib
@@ -217,12 +219,7 @@ def row_of(name: str, label: str, result: dict, extra: dict) -> dict:
 
 def objective_label(cfg: CompareConfig, objective: str) -> str:
     """The objective with the hyperparameters it actually ran with."""
-    ocfg = bfpo_task.objective_config(dataclasses.replace(cfg.train, objective=objective))
-    if hasattr(ocfg, "labeling"):
-        lab = ocfg.labeling
-        return f"{objective} (tau={lab.tau:g}, B1={lab.b1:g}, alpha={lab.alpha:g})"
-    fields = {f.name: getattr(ocfg, f.name) for f in dataclasses.fields(ocfg)}
-    shown = ", ".join(f"{k}={v:g}" for k, v in fields.items() if isinstance(v, float))
+    shown = describe(cfg.train.objectives.of(objective))
     return f"{objective} ({shown})" if shown else objective
 
 
@@ -416,4 +413,4 @@ def config_type():
 
 if __name__ == "__main__":
     cli(config_type(), lambda c: main(c.compare, c.report_dir or None),
-        expected_errors=(BFPOError, TrainConfigError, CompareConfigError))
+        expected_errors=(BFPOError, TrainConfigError, CompareConfigError), args=upgraded_args(sys.argv[1:]))

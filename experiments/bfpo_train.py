@@ -14,13 +14,14 @@ Run: ``python -m experiments.bfpo_train tiny --help`` (presets: tiny, smollm2, z
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 import tyro
 
 from bfpo.data.tokenized import batch_spec
 from bfpo.errors import BFPOError
 from bfpo.objectives import get_objective
-from experiments.configs.bfpo_train import BFPOTrainConfig, TrainConfigError
+from experiments.configs.bfpo_train import BFPOTrainConfig, TrainConfigError, upgraded_args
 from experiments.planning import LauncherPlan, Program, parse_preset, train_step_program
 from experiments.run import cli
 from experiments.tasks.bfpo import model_config, run, step_parts
@@ -85,7 +86,7 @@ def plan_alternatives(cfg: BFPOTrainConfig, sizes) -> list[tuple[str, BFPOTrainC
 
 
 PLAN = LauncherPlan(
-    parse=lambda preset, args: parse_preset(config_type(), preset, args, "experiments.bfpo_train"),
+    parse=lambda preset, args: parse_preset(config_type(), preset, upgraded_args(args), "experiments.bfpo_train"),
     program=plan_program,
     presets=tuple(PRESETS),
     without_remat=lambda cfg: with_execution(cfg, remat="none"),
@@ -94,4 +95,4 @@ PLAN = LauncherPlan(
 
 
 if __name__ == "__main__":
-    cli(config_type(), main, expected_errors=(BFPOError, TrainConfigError))
+    cli(config_type(), main, expected_errors=(BFPOError, TrainConfigError), args=upgraded_args(sys.argv[1:]))

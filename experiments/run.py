@@ -406,13 +406,15 @@ def format_summary(name: str, s: RunSummary) -> str:
     return "\n".join(lines)
 
 
-def cli(config_type: type, main: Callable[[Any], Any], expected_errors: tuple[type[BaseException], ...] = ()) -> Any:
+def cli(config_type: type, main: Callable[[Any], Any], expected_errors: tuple[type[BaseException], ...] = (),
+        args: Sequence[str] | None = None) -> Any:
     """Parses ``config_type`` from the command line (tyro) and runs ``main``.
 
     A multi-host run (``cfg.run.distributed``) is started before ``main`` runs. Configuration and data errors (``RuntimeConfigError`` and the launcher's ``expected_errors``) and the NaN
-    guard end the process with a one-line message and exit status 2 instead of a traceback.
+    guard end the process with a one-line message and exit status 2 instead of a traceback. ``args``: the
+    command line to parse (default: ``sys.argv[1:]``).
     """
-    cfg = tyro.cli(config_type, description=sys.modules[main.__module__].__doc__)
+    cfg = tyro.cli(config_type, args=args, description=sys.modules[main.__module__].__doc__)
     run_cfg = getattr(cfg, "run", None)
     if isinstance(run_cfg, RunConfig):
         # Launchers may compute while building their Task (a teacher, an eval set); jax.distributed must

@@ -12,9 +12,10 @@ from bfpo.objectives.reference_free import ORPOConfig, SimPOConfig, log_odds, or
 from bfpo.objectives.registry import OBJECTIVES, Objective, get_objective
 from bfpo.objectives.safety import BFPOConfig, SafeDPOConfig, bfpo_loss, safedpo_loss, safedpo_transform
 from bfpo.objectives.scores import PreferenceScores
+from bfpo.objectives.table import ObjectiveConfigs, describe, with_labeling
 
 __all__ = [
-    "OBJECTIVES", "Objective", "get_objective", "PreferenceScores",
+    "OBJECTIVES", "Objective", "get_objective", "PreferenceScores", "ObjectiveConfigs", "describe", "with_labeling",
     "BFPOConfig", "bfpo_loss", "SafeDPOConfig", "safedpo_loss", "safedpo_transform",
     "DPOConfig", "dpo_loss", "CDPOConfig", "cdpo_loss", "RobustDPOConfig", "robust_dpo_loss",
     "IPOConfig", "ipo_loss", "HingeConfig", "hinge_loss", "KTOConfig", "kto_loss", "kto_reference_point",

@@ -18,6 +18,7 @@ import dataclasses
 from bfpo.errors import ConfigError
 from bfpo.eval.heldout import EvalConfig
 from bfpo.objectives import OBJECTIVES
+from bfpo.objectives.table import with_labeling
 from bfpo.optim import OptimizerConfig
 from bfpo.sft import SFTConfig
 from experiments.configs.bfpo_train import BFPOTrainConfig, StreamData
@@ -70,11 +71,11 @@ class CompareConfig:
     @classmethod
     def synthetic(cls, out_dir: str = "runs/bfpo_compare/synthetic", **overrides) -> "CompareConfig":
         """The tiny byte-level model: SFT from scratch (400 steps), then 100 preference steps per objective on a
-        safety stream (all four pair types) plus the safe/safe buffer, every weight trainable, tau = beta = 0.1."""
+        safety stream (all four pair types) plus the safe/safe buffer, every weight trainable, BFPO's tau 0.1 (every other objective at its registry default)."""
         run = RunConfig(out_dir=out_dir, steps=100, log_every=25, eval_every=0, checkpoint_every=0,
                         progress=False, tensorboard=False)
         train = BFPOTrainConfig.tiny(
-            out_dir, run=run, tau=0.1, beta=0.1, trainable="", eval_pairs=256, export=False,
+            out_dir, run=run, objectives=with_labeling(tau=0.1), trainable="", eval_pairs=256, export=False,
             streams=(StreamData(name="safety", batch_size=16, synthetic_pairs=1024),
                      StreamData(name="buffer", batch_size=8, synthetic_pairs=256,
                                 synthetic_fractions=(1.0, 0.0, 0.0, 0.0))),
@@ -99,7 +100,7 @@ class CompareConfig:
         run = RunConfig(out_dir=out_dir, steps=60, log_every=10, eval_every=0, checkpoint_every=0,
                         progress=False, tensorboard=False, mesh=MeshConfig(data=1, fsdp=-1))
         train = BFPOTrainConfig.smollm2(
-            out_dir, run=run, tau=0.1, beta=0.1, trainable="down_proj", eval_pairs=96, export=False,
+            out_dir, run=run, objectives=with_labeling(tau=0.1), trainable="down_proj", eval_pairs=96, export=False,
             eval_batch_size=16, max_length=48, max_prompt_length=37, buckets=(48,), logprob_chunk=48,
             streams=(StreamData(name="safety", batch_size=4, synthetic_pairs=240),),
             optimizer=OptimizerConfig(learning_rate=1e-4, warmup_ratio=0.1))

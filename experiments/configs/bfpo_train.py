@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import sys
 from typing import Annotated, Literal
 
 import tyro
@@ -25,7 +26,8 @@ from bfpo.labeling import PAIR_TYPES
 from bfpo.model.config import PRESETS
 from bfpo.model.execution import ExecutionConfig
 from bfpo.model.source import MODEL_KINDS
-from bfpo.objectives.registry import get_objective
+from bfpo.objectives.registry import OBJECTIVES, get_objective
+from bfpo.objectives.table import ObjectiveConfigs, with_labeling
 from bfpo.optim import OptimizerConfig
 from bfpo.train_params import REFERENCE_SOURCES
 from experiments.run import RunConfig
@@ -117,13 +119,11 @@ class BFPOTrainConfig:
     max_prompt_length: int = 40
     buckets: tuple[int, ...] = (72,)
     objective: str = "bfpo"
-    tau: float = 0.01
-    """BFPO's tau (the official code's beta), IPO's tau."""
-    b1: float = 3.0
-    alpha: float = 0.5
-    beta: float = 0.1
-    """beta of DPO, cDPO, robust DPO, hinge, KTO, SafeDPO, SimPO, ORPO's lambda is not set from here."""
-    average_log_probs: bool = False
+    """The registered objective that trains (``bfpo.objectives.OBJECTIVES``); it runs with its entry of
+    ``objectives``."""
+    objectives: ObjectiveConfigs = ObjectiveConfigs()
+    """Every registered objective's own config (``--objectives.bfpo.labeling.tau``, ``--objectives.dpo.beta``,
+    ...); only the entry of ``objective`` is read."""
     reference: Literal["batch", "frozen", "base", "none"] = "batch"
     """Reference log-probs from a precomputed cache (batch), a frozen copy, the LoRA base weights, or none."""
     reference_cache_dir: str = ""
@@ -157,6 +157,7 @@ class BFPOTrainConfig:
         for field in ("eval_pairs", "eval_batch_size", "bucket_window", "logprob_chunk"):
             if getattr(self, field) < 1:
                 raise TrainConfigError(f"BFPOTrainConfig.{field}={getattr(self, field)}: must be at least 1")
+        get_objective(self.objective)
         if get_objective(self.objective).needs_mismatched and self.reference == "batch":
             raise TrainConfigError(f"BFPOTrainConfig.objective={self.objective!r} with reference='batch': its "
                                    "mismatched rows pair each prompt with another example of the same (reshuffled) "
@@ -191,7 +192,7 @@ class BFPOTrainConfig:
                    StreamData(name="buffer", batch_size=8, synthetic_pairs=256,
                               synthetic_fractions=(1.0, 0.0, 0.0, 0.0)))
         base = dict(run=run, model=ModelSource(kind="smollm2"), streams=streams, max_length=96,
-                    max_prompt_length=64, buckets=(64, 96), tau=0.1,
+                    max_prompt_length=64, buckets=(64, 96), objectives=with_labeling(tau=0.1),
                     optimizer=OptimizerConfig(learning_rate=1e-5, warmup_ratio=0.1))
         return cls(**{**base, **overrides})
 
@@ -211,7 +212,7 @@ class BFPOTrainConfig:
                         dtype="bfloat16", param_dtype="bfloat16", remat="full", attention_query_chunk=512)),
                     streams=streams, eval_path=safety_path, eval_split="test", eval_pairs=2048, eval_batch_size=32,
                     max_length=1024, max_prompt_length=512, buckets=(256, 512, 768, 1024), bucket_window=8,
-                    tau=0.01, b1=3.0, alpha=0.5, trainable="down_proj", logprob_chunk=256,
+                    objectives=with_labeling(tau=0.01, b1=3.0, alpha=0.5), trainable="down_proj", logprob_chunk=256,
                     optimizer=OptimizerConfig(learning_rate=5e-7, warmup_ratio=0.1, schedule="cosine"))
         return cls(**{**base, **overrides})
 
@@ -220,3 +221,68 @@ class BFPOTrainConfig:
                    **overrides) -> "BFPOTrainConfig":
         """As ``zephyr_7b`` from a Mistral-7B-v0.1 SFT directory (the paper's public-data setting, stage 2)."""
         return cls.zephyr_7b(out_dir, model_dir=model_dir, **overrides)
+
+
+# --- flags of earlier versions ------------------------------------------------------------------------------------
+
+_OLD_FLAG = re.compile(r"^--((?:[\w-]+\.)*?)(tau|b1|alpha|beta|average[-_]log[-_]probs|no[-_]average[-_]log[-_]probs)"
+                       r"(=.*)?$")
+
+
+def _objective_fields(field: str) -> list[str]:
+    """Flag paths of ``field`` in every registered objective's config (directly or in its labeling constants)."""
+    out = []
+    for name, objective in OBJECTIVES.items():
+        config = objective.config
+        names = {f.name for f in dataclasses.fields(config)}
+        # The averaged variants average already; the old flag could only switch averaging on.
+        if field in names and not (field == "average_log_probs" and config.average_log_probs):
+            out.append(f"objectives.{name}.{field}")
+        labeling = getattr(config, "labeling", None)
+        if labeling is not None and field in {f.name for f in dataclasses.fields(labeling)}:
+            out.append(f"objectives.{name}.labeling.{field}")
+    return out
+
+
+def upgrade_objective_flags(args: list[str]) -> tuple[list[str], list[str]]:
+    """Rewrites the flat objective flags of earlier versions (``--tau``, ``--b1``, ``--alpha``, ``--beta``,
+    ``--average-log-probs``, also under a ``train.`` prefix) into the per-objective flags they meant, set on every
+    objective that has the field, as they were; returns the new arguments and one deprecation line per old flag."""
+    out, notes = [], []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        m = _OLD_FLAG.match(arg)
+        if m is None or (m.group(1) and not m.group(1).endswith("train.")):
+            out.append(arg)
+            i += 1
+            continue
+        prefix, field = m.group(1), m.group(2).replace("-", "_")
+        negated = field.startswith("no_")
+        field = field.removeprefix("no_")
+        if field == "average_log_probs":
+            value = None
+        elif m.group(3) is not None:
+            value = m.group(3)[1:]
+        elif i + 1 < len(args):
+            value = args[i + 1]
+            i += 1
+        else:
+            raise TrainConfigError(f"--{prefix}{field}: expected a value")
+        flags = []
+        for path in _objective_fields(field):
+            head, _, leaf = path.replace("_", "-").rpartition(".")
+            flags.append(f"--{prefix}{head}.{'no-' if negated else ''}{leaf}")
+            out += [flags[-1]] if value is None else [flags[-1], value]
+        notes.append(f"warning: {arg.split('=')[0]} is deprecated: it now sets {', '.join(flags)}; set the selected "
+                     "objective's own flag instead")
+        i += 1
+    return out, notes
+
+
+def upgraded_args(args) -> list[str]:
+    """``upgrade_objective_flags`` with its deprecation lines printed to stderr."""
+    new, notes = upgrade_objective_flags(list(args))
+    for note in notes:
+        print(note, file=sys.stderr, flush=True)
+    return new

@@ -16,13 +16,12 @@ import jax
 
 from bfpo.data import MixedStreams, PreferenceStream, TokenizeConfig, evaluation_batches, load_pairs, tokenize_pairs
 from bfpo.data import synthetic
-from bfpo.labeling import LabelingConfig
 from bfpo.lora import LoRAConfig
 from bfpo.model.config import LlamaConfig
 from bfpo.model.llama import init_params, model_from_params
 from bfpo.model import source as model_source
 from bfpo.model.load_hf import save_hf
-from bfpo.objectives import BFPOConfig, get_objective
+from bfpo.objectives import get_objective
 from bfpo.optim import make_optimizer
 from bfpo.reference_cache import (WithReference, compute_reference_logprobs, load_or_compute, params_fingerprint)
 from bfpo.tokenize import Tokenizer
@@ -38,17 +37,8 @@ from runtime.train_state import train_state_from_params, train_state_spec
 
 
 def objective_config(cfg: BFPOTrainConfig) -> Any:
-    """The objective's default config with the launcher's hyperparameters (tau, b1, alpha, beta, averaging) set
-    on the fields it has."""
-    default = get_objective(cfg.objective).config
-    if isinstance(default, BFPOConfig):
-        return BFPOConfig(labeling=LabelingConfig(tau=cfg.tau, b1=cfg.b1, alpha=cfg.alpha),
-                          average_log_probs=default.average_log_probs or cfg.average_log_probs)
-    values = {"tau": cfg.tau, "beta": cfg.beta}
-    if cfg.average_log_probs:
-        values["average_log_probs"] = True
-    names = {f.name for f in dataclasses.fields(default)}
-    return dataclasses.replace(default, **{k: v for k, v in values.items() if k in names})
+    """The config the selected objective runs with: its entry of ``cfg.objectives``."""
+    return cfg.objectives.of(cfg.objective)
 
 
 def param_layout(cfg: BFPOTrainConfig) -> ParamLayout:

@@ -3,6 +3,7 @@ reference) on held-out unsafe-chosen / safe-rejected pairs while DPO (helpfulnes
 SIGKILLed after a checkpoint and resumed ends at the same parameters as an uninterrupted one; the export reloads
 as the trained policy; presets and config errors."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -18,7 +19,9 @@ import pytest
 import tyro
 from flax import nnx
 
+from bfpo.labeling import LabelingConfig
 from bfpo.model.load_hf import load_hf
+from bfpo.objectives import OBJECTIVES, BFPOConfig, DPOConfig, IPOConfig, ORPOConfig, ObjectiveConfigs
 from experiments import bfpo_train
 from experiments.tasks import bfpo as bfpo_task
 from experiments.configs.bfpo_train import BFPOTrainConfig, StreamData, TrainConfigError
@@ -29,7 +32,7 @@ from runtime.checkpoint import Checkpointer
 REPO = Path(__file__).resolve().parents[2]
 # The tiny preset (safety stream + safe/safe buffer) made small: tau = beta = 0.1 and all weights trainable make
 # the effect clear in 30 steps; (fsdp 8) shards the parameters.
-ARGS = ["tiny", "--tau", "0.1", "--beta", "0.1", "--trainable=", "--optimizer.learning-rate", "3e-3",
+ARGS = ["tiny", "--objectives.bfpo.labeling.tau", "0.1", "--objectives.dpo.beta", "0.1", "--trainable=", "--optimizer.learning-rate", "3e-3",
         "--optimizer.schedule", "constant", "--streams.0.synthetic-pairs", "128", "--streams.1.synthetic-pairs", "64",
         "--eval-pairs", "32", "--run.steps", "30", "--run.checkpoint-every", "10", "--run.log-every", "10",
         "--run.eval-every", "0", "--run.mesh.data", "1", "--run.mesh.fsdp", "8", "--run.no-progress",
@@ -126,8 +129,32 @@ def test_paper_preset_carries_the_paper_hyperparameters():
     assert sum(s.batch_size for s in cfg.streams[:1]) == 32 and [s.weight for s in cfg.streams] == [1.0, 1.0]
     assert pref.layout.trainable == "down_proj" and cfg.model.execution.param_dtype == "bfloat16"
     assert cfg.model.execution.remat == "full"
-    dpo = bfpo_task.objective_config(BFPOTrainConfig.tiny(objective="dpo", beta=0.05))
-    assert dpo.beta == 0.05
+    dpo = bfpo_task.objective_config(BFPOTrainConfig.tiny(objective="dpo",
+                                                          objectives=ObjectiveConfigs().with_config("dpo", beta=0.05)))
+    assert dpo == DPOConfig(beta=0.05)
+
+
+def test_every_objectives_every_parameter_is_a_flag_and_the_old_flat_flags_still_work(capsys):
+    """``--help`` lists each registered objective's fields; ``--tau/--beta/--b1/--alpha/--average-log-probs``
+    set what they set before (the field on every objective that has it) and print one deprecation line each."""
+    with pytest.raises(SystemExit):
+        tyro.cli(bfpo_train.config_type(), args=["tiny", "--help"])
+    help_text = capsys.readouterr().out
+    for name, objective in OBJECTIVES.items():
+        for field in dataclasses.fields(objective.config):
+            flag = f"--objectives.{name}.{field.name}".replace("_", "-")
+            assert flag in help_text or f"--objectives.{name.replace('_', '-')}.labeling." in help_text, flag
+    old = ["tiny", "--objective", "ipo", "--tau", "0.2", "--b1", "4", "--alpha=0.4", "--beta", "0.3",
+           "--average-log-probs"]
+    upgraded = bfpo_train.upgraded_args(old)
+    notes = capsys.readouterr().err.strip().splitlines()
+    assert len(notes) == 5 and all("deprecated" in n and "--objectives." in n for n in notes)
+    cfg = tyro.cli(bfpo_train.config_type(), args=upgraded)
+    assert cfg.objectives.ipo == IPOConfig(tau=0.2, average_log_probs=True)
+    assert cfg.objectives.bfpo == BFPOConfig(labeling=LabelingConfig(tau=0.2, b1=4.0, alpha=0.4),
+                                             average_log_probs=True)
+    assert cfg.objectives.dpo == DPOConfig(beta=0.3) and cfg.objectives.orpo == ORPOConfig()
+    assert bfpo_task.objective_config(cfg) == IPOConfig(tau=0.2, average_log_probs=True)
 
 
 def test_config_errors_name_the_field():
