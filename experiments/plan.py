@@ -32,7 +32,6 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
-import importlib  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import sys  # noqa: E402
@@ -42,45 +41,14 @@ from typing import Any  # noqa: E402
 
 import jax  # noqa: E402
 
-from experiments.planning import LauncherPlan, Program  # noqa: E402
+from experiments.planning import LAUNCHERS, NOT_PLANNED, LauncherPlan, PlanError, Program  # noqa: E402
+from experiments.planning import launcher_plan  # noqa: E402
 from runtime import sharding as sharding_lib  # noqa: E402
 from runtime.accelerators import GiB, TARGETS, Target, compile_only_devices, get_target  # noqa: E402
 from runtime.errors import RuntimeConfigError  # noqa: E402
 from runtime.flops import count_flops  # noqa: E402
 from runtime.hlo_stats import hlo_stats  # noqa: E402
 from runtime.mesh import MESH_AXES, MeshConfig, make_mesh, resolve_axis_sizes  # noqa: E402
-
-LAUNCHERS = {
-    "bfpo_train": "experiments.bfpo_train",
-    "local_learning_train": "experiments.local_learning_train",
-    "lm_generate": "experiments.lm_generate",
-    "lsrl_approx": "experiments.lsrl_approx",
-    "mlp_regression": "experiments.mlp_regression",
-}
-
-
-class PlanError(RuntimeConfigError):
-    """The planner cannot plan this launcher, preset or target (the message says what to change)."""
-
-
-# Launchers with no step of their own to plan, and what to plan instead.
-NOT_PLANNED = {
-    "bfpo_compare": "it runs bfpo_train's step for each objective (and an SFT step of the same shape): plan "
-                    "--launcher bfpo_train with the compared --objective",
-    "local_learning_compare": "it runs local_learning_train's steps: plan --launcher local_learning_train with the "
-                              "compared --executor / --partition.num-modules / --local.reconcile.weight",
-    "lsrl_stability": "it is a float64 CPU study of many small compiled models; the LSRL forward pass that runs at "
-                      "scale is planned with --launcher lsrl_approx",
-}
-
-
-def launcher_plan(name: str) -> LauncherPlan:
-    if name in NOT_PLANNED:
-        raise PlanError(f"launcher {name!r} has no step of its own to plan: {NOT_PLANNED[name]}")
-    if name not in LAUNCHERS:
-        raise PlanError(f"unknown launcher {name!r}; the planner knows {', '.join(LAUNCHERS)}")
-    return importlib.import_module(LAUNCHERS[name]).PLAN
-
 
 def target_mesh(target: Target, mesh_cfg: MeshConfig) -> jax.sharding.Mesh:
     devices = compile_only_devices(target.name)

@@ -16,6 +16,7 @@ Nothing here reads a file: shapes come from the config (and, for a local model d
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -24,6 +25,7 @@ import tyro
 
 from experiments.run import RunError, jit_train_step
 from runtime import batches as batches_lib
+from runtime.errors import RuntimeConfigError
 from runtime.mesh import MeshConfig
 
 
@@ -88,3 +90,37 @@ def train_step_program(name: str, state_spec: Callable, step_fn: Callable, batch
     batch_shardings = batches_lib.batch_shardings(split, batch_axes(split, grad_accum), mesh)
     return Program(name=name, fn=jit_train_step(step_fn, shardings, batch_shardings, mesh),
                    args=(placed(abstract, shardings), placed(split, batch_shardings)), work=dict(work))
+
+
+# --- the launchers that can be planned, by name ----------------------------------------------------------------
+
+LAUNCHERS = {
+    "bfpo_train": "experiments.bfpo_train",
+    "local_learning_train": "experiments.local_learning_train",
+    "lm_generate": "experiments.lm_generate",
+    "lsrl_approx": "experiments.lsrl_approx",
+    "mlp_regression": "experiments.mlp_regression",
+}
+
+
+class PlanError(RuntimeConfigError):
+    """The planner cannot plan this launcher, preset or target (the message says what to change)."""
+
+
+# Launchers with no step of their own to plan, and what to plan instead.
+NOT_PLANNED = {
+    "bfpo_compare": "it runs bfpo_train's step for each objective (and an SFT step of the same shape): plan "
+                    "--launcher bfpo_train with the compared --objective",
+    "local_learning_compare": "it runs local_learning_train's steps: plan --launcher local_learning_train with the "
+                              "compared --executor / --partition.num-modules / --local.reconcile.weight",
+    "lsrl_stability": "it is a float64 CPU study of many small compiled models; the LSRL forward pass that runs at "
+                      "scale is planned with --launcher lsrl_approx",
+}
+
+
+def launcher_plan(name: str) -> LauncherPlan:
+    if name in NOT_PLANNED:
+        raise PlanError(f"launcher {name!r} has no step of its own to plan: {NOT_PLANNED[name]}")
+    if name not in LAUNCHERS:
+        raise PlanError(f"unknown launcher {name!r}; the planner knows {', '.join(LAUNCHERS)}")
+    return importlib.import_module(LAUNCHERS[name]).PLAN

@@ -13,7 +13,8 @@ import dataclasses
 from recurrent.chain import Chain
 from recurrent.errors import CompileError
 from recurrent.ir import Graph
-from recurrent.lsrl.syntax import ForEach, Variable
+from recurrent.lsrl.program import ForEach
+from recurrent.lsrl.syntax import Variable
 from recurrent.passes.constant_lanes import constant_lanes
 from recurrent.passes.cse import cse
 from recurrent.passes.dead_lanes import dead_lanes

@@ -24,15 +24,7 @@ import json
 import statistics
 import time
 
-
-def peak_rss_mib() -> float:
-    """This process's peak resident set (VmHWM). ``ru_maxrss`` would not do: Linux carries it across fork and exec,
-    so a child started by a large parent reports the parent's peak."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
+from _host_memory import peak_rss_mib  # run by path: this directory is on sys.path
 
 
 def main() -> None:

@@ -44,7 +44,7 @@ def main(cfg: Config) -> dict:
     if jax.default_backend() == "cpu":
         print("device_step: no accelerator attached; nothing measured", flush=True)
         return {}
-    from experiments.plan import launcher_plan
+    from experiments.planning import launcher_plan
     from runtime.accelerators import get_target
     from runtime.flops import count_flops
     from runtime.mesh import make_mesh

@@ -60,7 +60,7 @@ from bfpo.reference_cache import reference_logprob_fn
 from bfpo.tokenize import Tokenizer, pack_prompt_response
 from bfpo.train_params import ParamLayout, build_params, trainable_predicate
 from bfpo.train_step import PreferenceConfig, make_preference_step
-from experiments.bench._trl_dpo_peer import peak_rss_mib
+from experiments.bench._host_memory import peak_rss_mib
 from runtime.mesh import MeshConfig, make_mesh
 from runtime.train_state import train_state_from_params
 

@@ -21,9 +21,9 @@ from recurrent.lsrl.sugar import (
     f_smaller,
     f_step,
 )
+from recurrent.lsrl.program import ForEach
 from recurrent.lsrl.syntax import (
     Concat,
-    ForEach,
     Input,
     LinState,
     Linear,

@@ -21,7 +21,7 @@ import numpy as np
 
 from recurrent.errors import CompileError
 from recurrent.lsrl.exact import rational_array
-from recurrent.lsrl.syntax import Concat, ForEach, Input, LinState, Linear, Multiplicative, ReLU, Variable, validate
+from recurrent.lsrl.syntax import Concat, Input, LinState, Linear, Multiplicative, ReLU, Variable, validate
 
 
 def _weights(node: Variable, exact: bool, cache: dict) -> dict[str, np.ndarray]:
@@ -62,8 +62,26 @@ def _as_tokens(x: Any, in_dim: int, exact: bool) -> np.ndarray:
     return arr
 
 
+def program_nodes(program: Any) -> list[Variable]:
+    """The nodes of ``program`` in evaluation order: a ``ForEach`` (anything with ``nodes``), an output node (its
+    DAG, validated), or a node list already in topological order."""
+    if isinstance(program, Variable):
+        return validate(program)
+    if isinstance(program, Sequence):
+        return list(program)
+    return list(program.nodes)
+
+
+def program_output(program: Any) -> Variable:
+    if isinstance(program, Variable):
+        return program
+    if isinstance(program, Sequence):
+        return program[-1]
+    return program.output
+
+
 def run_nodes(
-    program: ForEach | Variable,
+    program: Any,
     x: Any,
     probes: Sequence[Variable],
     *,
@@ -76,7 +94,7 @@ def run_nodes(
     ``initial_states`` (keyed by ``LinState.uid``, each (B, dim)) continues from earlier states instead of
     ``init_state``; with ``return_states`` the final states come back too, in the same form.
     """
-    nodes = program.nodes if isinstance(program, ForEach) else validate(program)
+    nodes = program_nodes(program)
     inp = next(n for n in nodes if isinstance(n, Input))
     known = {n.uid for n in nodes}
     for p in probes:
@@ -127,9 +145,11 @@ def run_nodes(
     return out
 
 
-def run(program: ForEach | Variable, x: Any, *, exact: bool = False, initial_states=None, return_states=False):
-    """The program's output at every token: (B, T, out_dim) for tokens (B, T, in_dim) (float64 or Fractions)."""
-    output = program.output if isinstance(program, ForEach) else program
+def run(program: Any, x: Any, *, exact: bool = False, initial_states=None, return_states=False):
+    """The program's output at every token: (B, T, out_dim) for tokens (B, T, in_dim) (float64 or Fractions).
+
+    ``program``: a ``ForEach``, its output node, or a node list in topological order (output last)."""
+    output = program_output(program)
     res = run_nodes(
         program, x, [output], exact=exact, initial_states=initial_states, return_states=return_states
     )

@@ -1,4 +1,5 @@
-"""The LSRL language: six primitives that build a DAG evaluated once per token, and ``ForEach``, the program.
+"""The LSRL language: six primitives that build a DAG evaluated once per token (``ForEach``, the program, is in
+``recurrent.lsrl.program``).
 
 Semantics at token t, with u the value of a node's input at the same token (Petrov et al., 2024, Sec. 3):
 
@@ -409,63 +410,3 @@ def validate(output: Variable) -> list[Variable]:
     if problems:
         raise CompileError(problems)
     return nodes
-
-
-class ForEach:
-    """An LSRL program: the DAG reachable backwards from ``output``, validated on construction.
-
-    Calling it follows the published convention: ``x`` is a (dim, T) matrix whose columns are tokens; the
-    states are reset and the (out_dim, T) outputs returned. A single column continues from the current state
-    (streaming). ``recurrent.lsrl.interpreter`` holds the batched reference semantics used everywhere else.
-    """
-
-    def __init__(self, output: Variable, keep_graph_history: bool = False, verbose: bool = False):
-        self.output = output
-        self.nodes = validate(output)
-        self.input = next(n for n in self.nodes if isinstance(n, Input))
-        self.verbose = verbose
-        self._stream_state: dict[int, np.ndarray] | None = None
-
-    @property
-    def in_dim(self) -> int:
-        return self.input.dim
-
-    @property
-    def out_dim(self) -> int:
-        return self.output.dim
-
-    def state_variables(self) -> list[LinState]:
-        return [n for n in self.nodes if isinstance(n, LinState)]
-
-    def reset(self) -> None:
-        self._stream_state = None
-
-    def parameter_count(self) -> int:
-        """Dense sizes of A, b of every Linear/Slice and A, B, bias of every LinState (the published count)."""
-        total = 0
-        for n in self.nodes:
-            if isinstance(n, Linear):
-                total += n.A.size + n.b.size
-            elif isinstance(n, LinState):
-                total += n.A.size + n.B.size + n.bias.size
-        return total
-
-    def __call__(self, x: Any) -> np.ndarray:
-        from recurrent.lsrl import interpreter  # the language does not depend on its interpreter at import
-
-        x = np.asarray(x, dtype=np.float64)
-        if x.ndim == 0:
-            x = x.reshape(1, 1)
-        if x.ndim == 1:
-            x = x[:, None]
-        if x.ndim != 2 or x.shape[0] != self.in_dim:
-            raise CompileError(f"ForEach: expected input of shape ({self.in_dim}, T), got {x.shape}")
-        from recurrent.lsrl.matrix import Matrix
-
-        if x.shape[1] == 1:
-            y, self._stream_state = interpreter.run(
-                self, x.T[None], initial_states=self._stream_state, return_states=True
-            )
-            return Matrix(y[0].T)
-        self.reset()
-        return Matrix(interpreter.run(self, x.T[None])[0].T)

@@ -25,7 +25,8 @@ from recurrent.errors import CompileError
 from recurrent.ir import (
     Graph, IdentLane, InputLane, MulLane, ReluLane, Row, StateGroup, StateLane, cancels, combine, exact_scale,
 )
-from recurrent.lsrl.syntax import Concat, ForEach, Input, LinState, Linear, Multiplicative, ReLU
+from recurrent.lsrl.program import ForEach
+from recurrent.lsrl.syntax import Concat, Input, LinState, Linear, Multiplicative, ReLU
 
 
 def fused_too_large(weights: np.ndarray, rows: list[Row], fused: list[Row], bound: float) -> bool:

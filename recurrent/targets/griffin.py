@@ -59,7 +59,8 @@ import numpy as np
 from recurrent.chain import Chain
 from recurrent.compile import CompileConfig, compile_program
 from recurrent.errors import CompileError
-from recurrent.lsrl.syntax import ForEach, Variable
+from recurrent.lsrl.program import ForEach
+from recurrent.lsrl.syntax import Variable
 from recurrent.scan import check_dtype
 from recurrent.targets.compiled_module import CompiledRNN, scan_tokens
 from recurrent.targets.diagonal import CONV_WIDTH, DiagonalChain, DiagonalLayer, lower_to_diagonal

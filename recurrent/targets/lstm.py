@@ -48,7 +48,8 @@ from flax import nnx
 from recurrent.chain import Chain
 from recurrent.compile import CompileConfig, compile_program
 from recurrent.errors import CompileError
-from recurrent.lsrl.syntax import ForEach, Variable
+from recurrent.lsrl.program import ForEach
+from recurrent.lsrl.syntax import Variable
 from recurrent.scan import check_dtype
 from recurrent.targets.summary import TargetSummary
 from recurrent.targets.compiled_module import CompiledRNN
