@@ -36,40 +36,10 @@ import jax
 import jax.numpy as jnp
 
 from local_learning import reconcile
+from local_learning.reconcile import ReconcileConfig
 from local_learning.errors import ConfigError
 
 ESTIMATOR_NAMES = ("backprop", "feedback_alignment", "label_projection", "forward_gradient")
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class ReconcileConfig:
-    weight: float = 0.0
-    """lambda: the weight of the SGR term (0 turns it off)."""
-    distance: str = "sq_l2"
-    """D: ``sq_l2``, ``l2`` or ``cosine``."""
-    impl: str = "jvp"
-    """``jvp`` (reverse over forward) or ``direct`` (reverse over reverse); both exact."""
-    placement: str = "input_side"
-    """``input_side``: module k pulls g_in^(k) toward g_out^(k-1); ``output_side``: the reverse, on module k-1."""
-    remat: bool = False
-    """``jvp`` form only: run the term's reverse-over-forward pass block by block under gradient checkpointing,
-    so that the module's peak memory is that of its plain backward pass (at the cost of recomputation)."""
-
-    def __post_init__(self):
-        if not self.weight >= 0:
-            raise ConfigError(f"ReconcileConfig.weight={self.weight}: must be >= 0")
-        if self.distance not in reconcile.DISTANCES:
-            raise ConfigError(f"ReconcileConfig.distance={self.distance!r}: expected one of {sorted(reconcile.DISTANCES)}")
-        if self.impl not in reconcile.SGR_IMPLS:
-            raise ConfigError(f"ReconcileConfig.impl={self.impl!r}: expected one of {reconcile.SGR_IMPLS}")
-        if self.remat and self.impl != "jvp":
-            raise ConfigError("ReconcileConfig.remat=True needs impl='jvp'")
-        if self.placement not in reconcile.PLACEMENTS:
-            raise ConfigError(f"ReconcileConfig.placement={self.placement!r}: expected one of {reconcile.PLACEMENTS}")
-
-    @property
-    def active(self) -> bool:
-        return self.weight > 0
 
 
 @dataclasses.dataclass(frozen=True)

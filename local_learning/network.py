@@ -275,3 +275,9 @@ def predict(netdef: NetworkDef, variables, x, *, train: bool = False) -> list[ja
         h = stage.features(h, train=train)
         out.append(stage.logits(h, train=train))
     return out
+
+
+def head_probe(gdef, params, stats, h_in):
+    """Zeros shaped like module ``gdef``'s head input: the point at which dL/dprobe = g_out is taken."""
+    out = jax.eval_shape(lambda p, s, x: module_features(gdef, p, s, x, train=True)[0], params, stats, h_in)
+    return jnp.zeros(out.shape, out.dtype)

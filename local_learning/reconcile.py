@@ -29,12 +29,14 @@ Two exact ways to get dJ_k/dtheta for the regulariser:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from local_learning import network
 from local_learning.errors import ConfigError
 from local_learning.ordering import after
 
@@ -122,3 +124,63 @@ def term_jvp(scalar_fn, params, x, g, target, distance: Distance, directional=No
 
 SGR_IMPLS = ("jvp", "direct")
 PLACEMENTS = ("input_side", "output_side")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ReconcileConfig:
+    weight: float = 0.0
+    """lambda: the weight of the SGR term (0 turns it off)."""
+    distance: str = "sq_l2"
+    """D: ``sq_l2``, ``l2`` or ``cosine``."""
+    impl: str = "jvp"
+    """``jvp`` (reverse over forward) or ``direct`` (reverse over reverse); both exact."""
+    placement: str = "input_side"
+    """``input_side``: module k pulls g_in^(k) toward g_out^(k-1); ``output_side``: the reverse, on module k-1."""
+    remat: bool = False
+    """``jvp`` form only: run the term's reverse-over-forward pass block by block under gradient checkpointing,
+    so that the module's peak memory is that of its plain backward pass (at the cost of recomputation)."""
+
+    def __post_init__(self):
+        if not self.weight >= 0:
+            raise ConfigError(f"ReconcileConfig.weight={self.weight}: must be >= 0")
+        if self.distance not in DISTANCES:
+            raise ConfigError(f"ReconcileConfig.distance={self.distance!r}: expected one of {sorted(DISTANCES)}")
+        if self.impl not in SGR_IMPLS:
+            raise ConfigError(f"ReconcileConfig.impl={self.impl!r}: expected one of {SGR_IMPLS}")
+        if self.remat and self.impl != "jvp":
+            raise ConfigError("ReconcileConfig.remat=True needs impl='jvp'")
+        if self.placement not in PLACEMENTS:
+            raise ConfigError(f"ReconcileConfig.placement={self.placement!r}: expected one of {PLACEMENTS}")
+
+    @property
+    def active(self) -> bool:
+        return self.weight > 0
+
+
+def local_objectives(netdef: network.NetworkDef, cfg: ReconcileConfig, params: list, stats: list,
+                     batch: dict) -> list[jax.Array]:
+    """[J_1, ..., J_K] as functions of *all* modules' parameters, every module input and target behind
+    ``stop_gradient`` (``input_side`` placement).
+
+    A correctness reference: the gradient of sum_k J_k w.r.t. module k's parameters is module k's local
+    gradient, and dJ_k/dtheta_j = 0 for j != k. Not a memory-faithful way to train: one ``jax.grad`` of the sum
+    keeps every module's residuals alive.
+    """
+    labels = batch["label"]
+    b = labels.shape[0]
+    distance = get_distance(cfg.distance)
+    h, target, out = batch["image"], None, []
+    for k, gdef in enumerate(netdef.graphdefs):
+        h_in = jax.lax.stop_gradient(h)
+        probe = network.head_probe(gdef, params[k], stats[k], h_in)
+
+        def loss_fn(p, x, z, gdef=gdef, k=k):
+            return network.local_loss(gdef, p, stats[k], x, z, labels, train=True)
+
+        (loss, aux), (g_in, g_out) = jax.value_and_grad(loss_fn, argnums=(1, 2), has_aux=True)(params[k], h_in, probe)
+        objective = loss / b
+        if cfg.active and target is not None and cfg.placement == "input_side":
+            objective = objective + cfg.weight * distance(g_in, target)
+        out.append(objective)
+        h, target = aux.h_out, jax.lax.stop_gradient(g_out)
+    return out

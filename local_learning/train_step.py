@@ -38,7 +38,8 @@ from flax import nnx
 from local_learning import network, reconcile
 from local_learning.errors import ConfigError
 from local_learning.ordering import after, materialize, ordered_checkpoint
-from local_learning.estimators import ESTIMATOR_NAMES, ModuleGrads, ReconcileConfig, get_estimator
+from local_learning.estimators import ESTIMATOR_NAMES, ModuleGrads, get_estimator
+from local_learning.reconcile import ReconcileConfig
 from runtime.metrics import Metric
 from runtime.train_state import TrainState, merge_by_mask, split_by_mask
 
@@ -106,21 +107,16 @@ def module_gradients(netdef: network.NetworkDef, cfg: LocalConfig, k: int, param
     def loss_fn(p, x, probe):
         return network.local_loss(gdef, p, stats, x, probe, labels, train=True)
 
-    probe = _probe(gdef, params, stats, h_in)
-    directional = None
-    if cfg.reconcile.remat:
-        def directional(p, x, u):
-            return network.directional_loss(gdef, p, stats, x, u, probe, labels, remat=True)
+    probe = network.head_probe(gdef, params, stats, h_in)
+    def remat_directional(p, x, u):
+        return network.directional_loss(gdef, p, stats, x, u, probe, labels, remat=True)
+
+    directional = remat_directional if cfg.reconcile.remat else None
 
     estimator = get_estimator(cfg.estimator)
     return estimator(loss_fn, params, h_in, probe, target, scale=1.0 / labels.shape[0], rc=cfg.reconcile,
                      need_g_in=(cfg.diagnostics and k > 0) or cfg.reconcile.placement == "output_side", rng=rng,
                      directional=directional)
-
-
-def _probe(gdef, params, stats, h_in):
-    out = jax.eval_shape(lambda p, s, x: network.module_features(gdef, p, s, x, train=True)[0], params, stats, h_in)
-    return jnp.zeros(out.shape, out.dtype)
 
 
 def _module_metric_values(k: int, res: ModuleGrads, labels, target, cfg: LocalConfig) -> dict[str, Metric]:
@@ -149,7 +145,7 @@ def output_side_terms(netdef, cfg: LocalConfig, k: int, params, stats, h_in, lab
     g_out^(k) depends on the module's blocks (through h_k) and on its head.
     """
     gdef = netdef.graphdefs[k]
-    probe = _probe(gdef, params, stats, h_in)
+    probe = network.head_probe(gdef, params, stats, h_in)
     distance = reconcile.get_distance(cfg.reconcile.distance)
 
     def scalar(p, z):
@@ -347,35 +343,6 @@ def make_bp_step(netdef: network.NetworkDef, tx: optax.GradientTransformation, *
         return apply_update(state, grads, new_stats, tx), metrics
 
     return step
-
-
-def local_objectives(netdef: network.NetworkDef, cfg: ReconcileConfig, params: list, stats: list,
-                     batch: Batch) -> list[jax.Array]:
-    """[J_1, ..., J_K] as functions of *all* modules' parameters, every module input and target behind
-    ``stop_gradient`` (``input_side`` placement).
-
-    A correctness reference: the gradient of sum_k J_k w.r.t. module k's parameters is module k's local
-    gradient, and dJ_k/dtheta_j = 0 for j != k. Not a memory-faithful way to train: one ``jax.grad`` of the sum
-    keeps every module's residuals alive.
-    """
-    labels = batch["label"]
-    b = labels.shape[0]
-    distance = reconcile.get_distance(cfg.distance)
-    h, target, out = batch["image"], None, []
-    for k, gdef in enumerate(netdef.graphdefs):
-        h_in = jax.lax.stop_gradient(h)
-        probe = _probe(gdef, params[k], stats[k], h_in)
-
-        def loss_fn(p, x, z, gdef=gdef, k=k):
-            return network.local_loss(gdef, p, stats[k], x, z, labels, train=True)
-
-        (loss, aux), (g_in, g_out) = jax.value_and_grad(loss_fn, argnums=(1, 2), has_aux=True)(params[k], h_in, probe)
-        objective = loss / b
-        if cfg.active and target is not None and cfg.placement == "input_side":
-            objective = objective + cfg.weight * distance(g_in, target)
-        out.append(objective)
-        h, target = aux.h_out, jax.lax.stop_gradient(g_out)
-    return out
 
 
 def make_predict(netdef: network.NetworkDef) -> Callable[[Any, jax.Array], list[jax.Array]]:

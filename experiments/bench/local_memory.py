@@ -29,7 +29,7 @@ import tyro
 from experiments.configs.local_learning import model_config
 from local_learning import network
 from local_learning import train_step as ts
-from local_learning.estimators import ReconcileConfig
+from local_learning.reconcile import ReconcileConfig
 from local_learning.memory import device_peak_bytes
 from local_learning.partition import PartitionConfig
 from local_learning.step_memory import host_loop_memory, step_memory, time_steps

@@ -8,7 +8,7 @@ from typing import Literal
 from experiments.run import RunConfig
 from local_learning.augment import RandomErasingConfig
 from local_learning.errors import ConfigError
-from local_learning.estimators import ReconcileConfig
+from local_learning.reconcile import ReconcileConfig
 from local_learning.heads import HeadConfig
 from local_learning.models import ResNetConfig, ViTConfig
 from local_learning.partition import PartitionConfig

@@ -2,5 +2,6 @@
 
 ``recurrent.compile`` runs them in order: lower -> split_states -> constant_lanes -> inline_idents -> cse ->
 dead_lanes -> schedule. Every pass preserves the program's output at every token (tested one by one against
-``recurrent.ir.evaluate`` and the interpreter).
+``recurrent.ir.evaluate`` and the interpreter). ``diagonal`` is a chain-to-chain pass after them, run by the
+targets that host only diagonal recurrences (Mamba, Hawk/Griffin).
 """

@@ -11,7 +11,7 @@ MLP block (Sec. 2.2): out = ffw_down(GeLU(u W_up[0] + b_up[0]) * (u W_up[1] + b_
 of the reference; the identities used hold for the exact form too. The paper (Petrov et al., 2024, Sec. 1)
 counts Hawk/Griffin among the architectures LSRL compiles to; this is a construction.
 
-The chain is lowered onto diagonal recurrences (``recurrent.targets.diagonal``). The stack alternates recurrent
+The chain is lowered onto diagonal recurrences (``recurrent.passes.diagonal``). The stack alternates recurrent
 and MLP blocks, as Hawk does; each lowered layer takes the next slot that can host it: a recurrent layer only a
 recurrent block, a relu or product layer either kind. An MLP slot facing a recurrent layer holds the identity
 (two units per value, GeLU(v) - GeLU(-v) = v). Every block outputs its layer's values (d_model varies).
@@ -63,7 +63,7 @@ from recurrent.lsrl.program import ForEach
 from recurrent.lsrl.syntax import Variable
 from recurrent.scan import check_dtype
 from recurrent.targets.compiled_module import CompiledRNN, scan_tokens
-from recurrent.targets.diagonal import CONV_WIDTH, DiagonalChain, DiagonalLayer, lower_to_diagonal
+from recurrent.passes.diagonal import CONV_WIDTH, DiagonalChain, DiagonalLayer, lower_to_diagonal
 from recurrent.targets.summary import TargetSummary
 
 TARGET = "griffin"

@@ -9,7 +9,7 @@ d_inner, state index n of d_state, input u_t of width d_model:
     h_t[d, n] = exp(Delta_d A_dn) h_{t-1}[d, n] + Delta_d B_n x_d     (zero-order hold, simplified B; h_{-1} = 0)
     y_d    = sum_n C_n h_t[d, n] + D_d x_d,   y = y * SiLU(z),   out = out_proj(y)
 The paper (Petrov et al., 2024, Sec. 1) counts Mamba among the architectures LSRL compiles to; this is a
-construction. The chain is first lowered onto diagonal recurrences (``recurrent.targets.diagonal``); each
+construction. The chain is first lowered onto diagonal recurrences (``recurrent.passes.diagonal``); each
 lowered layer becomes one block whose output is the layer's values (d_model of the next block = that width).
 
 Saturation facts used (both float32 and float64): sigma(64) == 1, so SiLU(64) == 64 and softplus(64) == 64;
@@ -56,7 +56,7 @@ from recurrent.lsrl.program import ForEach
 from recurrent.lsrl.syntax import Variable
 from recurrent.scan import check_dtype
 from recurrent.targets.compiled_module import CompiledRNN, scan_tokens
-from recurrent.targets.diagonal import CONV_WIDTH, DiagonalChain, DiagonalLayer, lower_to_diagonal
+from recurrent.passes.diagonal import CONV_WIDTH, DiagonalChain, DiagonalLayer, lower_to_diagonal
 from recurrent.targets.summary import TargetSummary
 
 TARGET = "mamba"

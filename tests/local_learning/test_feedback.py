@@ -9,7 +9,7 @@ from flax import nnx
 
 from local_learning import ConfigError, network
 from local_learning import train_step as ts
-from local_learning.estimators import ReconcileConfig
+from local_learning.reconcile import ReconcileConfig
 from local_learning.models import ResNetConfig
 from local_learning.models.feedback import FeedbackConv, FeedbackDense, FeedbackWeight, feedback_layers
 from local_learning.models.layers import conv, dense

@@ -11,7 +11,8 @@ from flax import nnx
 
 from local_learning import ConfigError, network
 from local_learning import train_step as ts
-from local_learning.estimators import ReconcileConfig, local_backprop
+from local_learning.estimators import local_backprop
+from local_learning.reconcile import ReconcileConfig
 from local_learning.heads import PoolHead
 from local_learning.label_projection import LabelProjectionKey, projection_matrix
 from local_learning.models import ResNetConfig

@@ -12,7 +12,7 @@ from experiments.tasks import local_learning as local_task
 from experiments.configs.local_learning import DataConfig, LocalLearningConfig
 from experiments.run import RunConfig
 from local_learning import ConfigError, DataError
-from local_learning.estimators import ReconcileConfig
+from local_learning.reconcile import ReconcileConfig
 from local_learning.partition import PartitionConfig
 from local_learning.train_step import LocalConfig
 

@@ -12,7 +12,8 @@ import pytest
 
 from local_learning import ConfigError, network
 from local_learning import train_step as ts
-from local_learning.estimators import ReconcileConfig, _normal_like, forward_gradient, local_backprop
+from local_learning.estimators import _normal_like, forward_gradient, local_backprop
+from local_learning.reconcile import ReconcileConfig, local_objectives
 from local_learning.models import ResNetConfig, ViTConfig
 from local_learning.partition import PartitionConfig
 from runtime.mesh import make_mesh
@@ -51,10 +52,10 @@ def grads_and_reference(net3):
                             ("jvp_double", SGR, double)):
             cfg = ts.LocalConfig(reconcile=rc)
             out[name] = ts.local_step_fn(netdef, cfg, params, stats, b, jax.random.PRNGKey(0))
-        out["ref_plain"] = jax.grad(lambda p: sum(ts.local_objectives(netdef, ReconcileConfig(), p, stats, batch)))(
+        out["ref_plain"] = jax.grad(lambda p: sum(local_objectives(netdef, ReconcileConfig(), p, stats, batch)))(
             params)
         # Row k: d J_k / d theta_j for every module j, with SGR on; the rows sum to the reference gradient.
-        out["cross"] = jax.jacrev(lambda p: jnp.stack(ts.local_objectives(netdef, SGR, p, stats, batch)))(params)
+        out["cross"] = jax.jacrev(lambda p: jnp.stack(local_objectives(netdef, SGR, p, stats, batch)))(params)
         return out
 
     out = jax.jit(run)(var["params"], var["stats"])
@@ -183,7 +184,7 @@ def test_forward_gradient_is_directional_derivative_times_tangent(net3):
 
     def run(params):
         loss_fn = functools.partial(lambda p, x, z: network.local_loss(netdef.graphdefs[k], p, stats, x, z, labels))
-        probe = ts._probe(netdef.graphdefs[k], params, stats, h_in)
+        probe = network.head_probe(netdef.graphdefs[k], params, stats, h_in)
         kw = dict(scale=0.25, rc=ReconcileConfig(), need_g_in=True)
         exact = local_backprop(loss_fn, params, h_in, probe, None, **kw)
         estimate = forward_gradient(loss_fn, params, h_in, probe, None, rng=rng, **kw)

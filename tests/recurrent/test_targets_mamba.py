@@ -22,8 +22,8 @@ from recurrent.programs.tok2tok import Tok2TokSpec, random_dictionary, tok2tok_a
 from recurrent.programs.tok2tok import tok2tok_prompts
 from recurrent.programs.vec2vec import Vec2VecSpec, random_target, vec2vec_ideal, vec2vec_program
 from recurrent.programs.vec2vec import vec2vec_prompts, vec2vec_queries
-from recurrent.targets.diagonal import evaluate as diagonal_evaluate
-from recurrent.targets.diagonal import lower_to_diagonal
+from recurrent.passes.diagonal import evaluate as diagonal_evaluate
+from recurrent.passes.diagonal import lower_to_diagonal
 from recurrent.targets.mamba import MambaRNN, compile_mamba, mamba_params, run_mamba
 from tests.recurrent.test_targets_elman import LIBRARY
 
