@@ -157,7 +157,6 @@ class BFPOTrainConfig:
         for field in ("eval_pairs", "eval_batch_size", "bucket_window", "logprob_chunk"):
             if getattr(self, field) < 1:
                 raise TrainConfigError(f"BFPOTrainConfig.{field}={getattr(self, field)}: must be at least 1")
-        get_objective(self.objective)
         if get_objective(self.objective).needs_mismatched and self.reference == "batch":
             raise TrainConfigError(f"BFPOTrainConfig.objective={self.objective!r} with reference='batch': its "
                                    "mismatched rows pair each prompt with another example of the same (reshuffled) "
