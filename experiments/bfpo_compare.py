@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import json
 import math
 import shutil
@@ -33,22 +34,20 @@ from bfpo.errors import BFPOError
 from bfpo.eval import heldout, write_report
 from bfpo.eval.report import LOGLIKELIHOOD_JUDGE
 from bfpo.model import source as model_source
-from bfpo.model.llama import init_params, model_from_params
+from bfpo.model.llama import model_from_params
 from bfpo.model.load_hf import save_hf
 from bfpo.objectives import describe
 from bfpo.optim import make_optimizer
 from bfpo.sft import SFT_STREAM, sft_examples, sft_loss
 from bfpo.tokenize import Tokenizer
-from bfpo.train_params import ParamLayout, build_params, policy_params, trainable_predicate
+from bfpo.train_params import ParamLayout, policy_params
 from experiments.configs.bfpo_compare import PRESETS, CompareConfig, CompareConfigError
 from experiments.configs.bfpo_train import BFPOTrainConfig, ModelSource, TrainConfigError, upgraded_args
 from experiments.run import RunConfig, Task as RunTask, cli, train
 from experiments.tasks import bfpo as bfpo_task
-from runtime import sharding as sharding_lib
 from runtime.checkpoint import Checkpointer
 from runtime.mesh import make_mesh
 from runtime.step import make_train_step
-from runtime.train_state import train_state_from_params, train_state_spec
 
 BASE = "base"
 REPORT_FILES = ("results.md", "results.csv", "results.json", "tradeoff.png", "samples.md")
@@ -68,9 +67,7 @@ def run_sft(cfg: CompareConfig, out: Path) -> tuple[Any, Any]:
     src = cfg.train.model
     seed = run_cfg.seed
     model_cfg, loaded, tokenizer = model_source.load_or_init(src.kind, src.path, mesh, src.execution, seed)
-    fresh = lambda: init_params(model_cfg, seed)  # noqa: E731
     layout = ParamLayout(reference="none", trainable=cfg.sft.trainable or None)
-    predicate = trainable_predicate(layout)
     tx = make_optimizer(cfg.sft.optimizer, cfg.sft.steps)
     t = cfg.train
     tokenized = tokenize_pairs(sft_examples(cfg.sft.examples, t.data_seed, cfg.sft), tokenizer,
@@ -79,16 +76,8 @@ def run_sft(cfg: CompareConfig, out: Path) -> tuple[Any, Any]:
     data = MixedStreams({SFT_STREAM: PreferenceStream(tokenized, cfg.sft.batch_size, t.data_seed,
                                                       bucket_window=t.bucket_window)})
 
-    def state_spec(mesh):
-        return train_state_spec(lambda: build_params(layout, fresh(), seed), tx, mesh, seed=seed,
-                                trainable=predicate, precision=run_cfg.precision)
-
-    def init_state(mesh):
-        with sharding_lib.activate(mesh):
-            built = build_params(layout, loaded, seed)
-        return train_state_from_params(built, tx, mesh, seed=seed, trainable=predicate,
-                                       precision=run_cfg.precision)[0]
-
+    state_spec = functools.partial(bfpo_task.layout_state_spec, layout, model_cfg, tx, seed, run_cfg.precision)
+    init_state = functools.partial(bfpo_task.layout_init_state, layout, loaded, tx, seed, run_cfg.precision)
     task = RunTask(name="bfpo_compare[sft]", state_spec=state_spec, init_state=init_state,
                    step_fn=make_train_step(sft_loss(model_cfg, layout, t.logprob_chunk), tx,
                                            grad_accum=run_cfg.grad_accum),
@@ -176,7 +165,8 @@ def evaluate_cached(name: str, model_fn, tokenizer: Tokenizer, cfg: CompareConfi
     path = out / "eval" / f"{name}.json"
     if reused and path.exists():
         return json.loads(path.read_text())
-    result = heldout.evaluate_model(model_fn(), tokenizer, cfg.eval, pairs, cfg.train.logprob_chunk)
+    result = heldout.evaluate_model(model_fn(), tokenizer, cfg.eval, pairs, cfg.train.logprob_chunk,
+                                    mesh=make_mesh(cfg.train.run.mesh))
     write_report(path, result)
     return result
 

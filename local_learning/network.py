@@ -41,6 +41,7 @@ from local_learning.partition import (
     equal_split,
     module_bounds,
 )
+from runtime.sharding import unsharded
 
 
 # Everything a module carries that is not trained: BatchNorm statistics, feedback-alignment matrices, the
@@ -80,15 +81,10 @@ def _call_abstract(module, x, train=True):
     return fn, state
 
 
-def plan_partition(model_cfg: ModelConfig, partition: PartitionConfig, head_cfg: HeadConfig = HeadConfig(),
-                   *, cost_batch: int = 2) -> PartitionPlan:
-    """Split points for ``partition`` on ``model_cfg``; measures per-block residual bytes for ``balanced_memory``.
-
-    Works on abstract shapes only (nothing is allocated), so it is cheap even for ImageNet models.
-    """
+def _block_profile(model_cfg: ModelConfig, head_cfg: HeadConfig, cost_batch: int, balanced: bool):
+    """Each block's output shape and, when ``balanced``, its residual bytes and its head's."""
     blocks, classifier = nnx.eval_shape(lambda: build_blocks(model_cfg, rngs=nnx.Rngs(0)))
     n = len(blocks)
-    balanced = partition.split == "balanced_memory"
     x = jax.ShapeDtypeStruct((cost_batch, *input_shape(model_cfg)), jnp.float32)
     shapes, costs, head_costs = [], [], []
     for i, block in enumerate(blocks):
@@ -102,6 +98,20 @@ def plan_partition(model_cfg: ModelConfig, partition: PartitionConfig, head_cfg:
             head_costs.append(residual_bytes(lambda s, x, hfn=hfn: jnp.sum(hfn(s, x)), hstate, out))
         shapes.append(tuple(out.shape[1:]))
         x = out
+    return shapes, costs, head_costs
+
+
+def plan_partition(model_cfg: ModelConfig, partition: PartitionConfig, head_cfg: HeadConfig = HeadConfig(),
+                   *, cost_batch: int = 2) -> PartitionPlan:
+    """Split points for ``partition`` on ``model_cfg``; measures per-block residual bytes for ``balanced_memory``.
+
+    Works on abstract shapes only (nothing is allocated), so it is cheap even for ImageNet models.
+    """
+    balanced = partition.split == "balanced_memory"
+    # Shapes and residual sizes do not depend on where the activations are placed: no mesh is needed.
+    with unsharded():
+        shapes, costs, head_costs = _block_profile(model_cfg, head_cfg, cost_batch, balanced)
+    n = len(shapes)
     k = partition.num_modules
     if partition.split == "equal":
         points = equal_split(n, k)

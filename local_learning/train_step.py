@@ -157,6 +157,16 @@ def output_side_terms(netdef, cfg: LocalConfig, k: int, params, stats, h_in, lab
     return reconcile.term_jvp(scalar, params, probe, g_out, target_g_in, distance)
 
 
+def _with_totals(metrics: dict[str, Metric], num_modules: int, grads: Any = None) -> dict[str, Metric]:
+    """The step's ``loss`` and ``accuracy`` are the last module's; ``grad_norm`` is over every module's gradients."""
+    metrics = dict(metrics)
+    metrics["loss"] = metrics[f"loss_{num_modules}"]
+    metrics["accuracy"] = metrics[f"accuracy_{num_modules}"]
+    if grads is not None:
+        metrics["grad_norm"] = Metric.scalar(optax.global_norm(grads))
+    return metrics
+
+
 def local_step_fn(netdef: network.NetworkDef, cfg: LocalConfig, params: list, stats: list, batch: Batch,
                   rng: jax.Array) -> tuple[list, list, dict[str, Metric]]:
     """(gradients, new statistics, metrics) of one local-learning step: the modules in sequence, isolated."""
@@ -182,10 +192,7 @@ def local_step_fn(netdef: network.NetworkDef, cfg: LocalConfig, params: list, st
             d, tg = output_side_terms(netdef, cfg, k, params[k], stats[k], inputs[k], labels, t)
             grads[k] = jax.tree.map(lambda a, b: a + cfg.reconcile.weight * b, grads[k], tg)
             metrics[f"sgr_{k + 1}"] = Metric.from_mean(d, labels.shape[0])
-    last = netdef.num_modules
-    metrics["loss"] = metrics[f"loss_{last}"]
-    metrics["accuracy"] = metrics[f"accuracy_{last}"]
-    return grads, new_stats, metrics
+    return grads, new_stats, _with_totals(metrics, netdef.num_modules)
 
 
 def make_local_step(netdef: network.NetworkDef, cfg: LocalConfig, tx: optax.GradientTransformation):
@@ -195,9 +202,7 @@ def make_local_step(netdef: network.NetworkDef, cfg: LocalConfig, tx: optax.Grad
         rng = jax.random.fold_in(state.rng, state.step)
         grads, new_stats, metrics = local_step_fn(
             netdef, cfg, state.forward_params()["params"], state.params["stats"], batch, rng)
-        new_state = apply_update(state, grads, new_stats, tx)
-        metrics["grad_norm"] = Metric.scalar(optax.global_norm(grads))
-        return new_state, metrics
+        return apply_update(state, grads, new_stats, tx), _with_totals(metrics, netdef.num_modules, grads)
 
     return step
 
@@ -219,10 +224,7 @@ def make_host_loop_step(netdef: network.NetworkDef, cfg: LocalConfig, tx: optax.
     programs = [jax.jit(functools.partial(module_program, k)) for k in range(netdef.num_modules)]
 
     def update(state, grads, new_stats, metrics):
-        new_state = apply_update(state, grads, new_stats, tx)
-        metrics = dict(metrics)
-        metrics["grad_norm"] = Metric.scalar(optax.global_norm(grads))
-        return new_state, metrics
+        return apply_update(state, grads, new_stats, tx), _with_totals(metrics, netdef.num_modules, grads)
 
     update_jit = jax.jit(update, donate_argnums=0)
 
@@ -237,9 +239,6 @@ def make_host_loop_step(netdef: network.NetworkDef, cfg: LocalConfig, tx: optax.
             new_stats.append(res.aux.stats)
             metrics.update(m)
             h, target = res.aux.h_out, res.g_out
-        last = netdef.num_modules
-        metrics["loss"] = metrics[f"loss_{last}"]
-        metrics["accuracy"] = metrics[f"accuracy_{last}"]
         return update_jit(state, grads, new_stats, metrics)
 
     return step, programs + [update_jit]
@@ -294,11 +293,7 @@ def make_scan_local_step(netdef: network.NetworkDef, cfg: LocalConfig, tx: optax
         new_stats = [first.aux.stats] + unstack(stats_st)
         for i, m in enumerate(unstack(metrics_st)):
             metrics.update(_numbered(m, i + 2))
-        last = netdef.num_modules
-        metrics["loss"] = metrics[f"loss_{last}"]
-        metrics["accuracy"] = metrics[f"accuracy_{last}"]
-        metrics["grad_norm"] = Metric.scalar(optax.global_norm(grads))
-        return apply_update(state, grads, new_stats, tx), metrics
+        return apply_update(state, grads, new_stats, tx), _with_totals(metrics, netdef.num_modules, grads)
 
     return step
 

@@ -9,6 +9,8 @@ inlined identity can expose a duplicate), so that middle stretch repeats until t
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import TypeVar
 
 from recurrent.chain import Chain
 from recurrent.errors import CompileError
@@ -60,6 +62,9 @@ def optimize(graph: Graph, cfg: CompileConfig) -> Graph:
     return graph
 
 
+T = TypeVar("T")
+
+
 def to_graph(program: ForEach | Variable, cfg: CompileConfig = CompileConfig()) -> Graph:
     """The optimised lane graph of a program (everything but scheduling)."""
     if isinstance(program, Variable):
@@ -75,3 +80,17 @@ def to_graph(program: ForEach | Variable, cfg: CompileConfig = CompileConfig()) 
 def compile_program(program: ForEach | Variable, cfg: CompileConfig = CompileConfig()) -> Chain:
     """The chain of layers that computes ``program`` (see ``recurrent.chain``)."""
     return schedule(to_graph(program, cfg))
+
+
+def through_chain(lowering: Callable[..., T]) -> Callable[..., T]:
+    """``compile(program, cfg=CompileConfig(), **options) = lowering(compile_program(program, cfg), **options)``:
+    a target's compiler, every target being a lowering of the chain (``options`` are the lowering's own)."""
+    target = lowering.__name__.removeprefix("chain_to_")
+
+    def compile_to_target(program: ForEach | Variable, cfg: CompileConfig = CompileConfig(), **options) -> T:
+        return lowering(compile_program(program, cfg), **options)
+
+    compile_to_target.__name__ = compile_to_target.__qualname__ = f"compile_{target}"
+    compile_to_target.__doc__ = (f"Compile an LSRL program to the {target} target through the linear-RNN chain; "
+                                 f"keyword options are those of ``{lowering.__name__}``.")
+    return compile_to_target

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Union
 
 import numpy as np
@@ -260,3 +260,23 @@ def map_rows(lane: Lane, f) -> Lane:
 
 def map_group_rows(group: StateGroup, f) -> StateGroup:
     return dataclasses.replace(group, rows=tuple(f(r) for r in group.rows))
+
+
+def subgroup(group: StateGroup, positions: Sequence[int]) -> StateGroup:
+    """The group restricted to ``positions`` (A's rows and columns, rows and s_0 at them), in that order."""
+    idx = np.asarray(positions, dtype=int)
+    return StateGroup(
+        lanes=tuple(group.lanes[p] for p in positions),
+        A=group.A[np.ix_(idx, idx)].copy(),
+        rows=tuple(group.rows[p] for p in positions),
+        init=group.init[idx].copy(),
+    )
+
+
+def renumber_groups(lanes: Mapping[int, Lane], groups: Mapping[int, StateGroup]
+                    ) -> tuple[dict[int, Lane], dict[int, StateGroup]]:
+    """Groups numbered 0, 1, ... in their order, and every state lane pointing at its group's new number."""
+    renum = {g: i for i, g in enumerate(groups)}
+    lanes = {lid: (StateLane(renum[l.group], l.position) if isinstance(l, StateLane) else l)
+             for lid, l in lanes.items()}
+    return lanes, {renum[g]: grp for g, grp in groups.items()}

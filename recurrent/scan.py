@@ -57,7 +57,7 @@ def linear_recurrence(A_RxR: jax.Array, s0_R: jax.Array, z_BxTxR: jax.Array, ass
         return jnp.swapaxes(s_TxBxR, 0, 1)
     steps = z_BxTxR.shape[1]
     z_TxBxR = jnp.swapaxes(z_BxTxR, 0, 1)
-    z_TxBxR = z_TxBxR.at[0].add(s0_R @ A_RxR.T)
+    z_TxBxR = z_TxBxR.at[0].add((s0_R @ A_RxR.T)[None])
     A_TxRxR = jnp.broadcast_to(A_RxR, (steps,) + A_RxR.shape)
 
     def combine(first, second):
@@ -76,7 +76,7 @@ def run_chain(
     dtype = params["readout_weight"].dtype
     h = jnp.asarray(x_BxTxD, dtype)
     for kind, p in zip(kinds, params["layers"]):
-        z = h @ p["weight"].T + p["bias"]
+        z = h @ p["weight"].T + p["bias"][None, None]
         if kind == "relu":
             h = jax.nn.relu(z)
         elif kind == "mul":
@@ -88,4 +88,4 @@ def run_chain(
             h = jnp.concatenate([s, z[..., r:]], axis=-1)
         else:
             raise CompileError(f"run_chain: unknown layer kind {kind!r}")
-    return h @ params["readout_weight"].T + params["readout_bias"]
+    return h @ params["readout_weight"].T + params["readout_bias"][None, None]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -26,6 +27,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from runtime.errors import ShardingError
+from runtime.tree_paths import path_str
 
 LogicalAxes = Sequence[str | None]
 Rules = Mapping[str, str | tuple[str, ...] | None]
@@ -148,10 +150,6 @@ def shards_of(name: str, mesh: jax.sharding.Mesh, rules: Rules | None = None) ->
     return _split_count(logical_to_spec((name,), rules, mesh)[0], mesh)
 
 
-def _path_str(path) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
-
-
 def state_shardings(state: Any, mesh: jax.sharding.Mesh, rules: Rules | None = None) -> Any:
     """A tree of ``NamedSharding`` matching an NNX state (abstract or concrete), from each variable's logical axes.
 
@@ -168,7 +166,7 @@ def state_shardings(state: Any, mesh: jax.sharding.Mesh, rules: Rules | None = N
             shape = leaf.shape
             if names is None:
                 return leaf.replace(NamedSharding(mesh, PartitionSpec()))
-            return leaf.replace(logical_to_sharding(names, mesh, shape, rules, what=_path_str(path)))
+            return leaf.replace(logical_to_sharding(names, mesh, shape, rules, what=path_str(path)))
         return NamedSharding(mesh, PartitionSpec())
 
     return jax.tree_util.tree_map_with_path(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
@@ -188,7 +186,7 @@ def tree_shardings(tree: Any, axes: Any, mesh: jax.sharding.Mesh, rules: Rules |
     arrays, treedef = jax.tree_util.tree_flatten_with_path(tree)
     axes_leaves = treedef.flatten_up_to(axes)
     out = [
-        logical_to_sharding(names, mesh, getattr(leaf, "shape", None), rules, what=_path_str(path))
+        logical_to_sharding(names, mesh, getattr(leaf, "shape", None), rules, what=path_str(path))
         for (path, leaf), names in zip(arrays, axes_leaves)
     ]
     return jax.tree_util.tree_unflatten(treedef, out)
@@ -201,9 +199,20 @@ _ACTIVE: contextvars.ContextVar[tuple[jax.sharding.Mesh, Rules] | None] = contex
 )
 
 
+# Set by ``RUNTIME_STRICT_SHARDING=1`` (the test configuration sets it): ``constrain`` outside ``activate`` then
+# raises, so a step that forgot its mesh fails in the tests instead of running replicated. Code that runs model
+# functions on one device on purpose (a reference comparison, a notebook) says so with ``unsharded()``.
+STRICT_ENV = "RUNTIME_STRICT_SHARDING"
+_UNSHARDED = object()
+
+
+def _strict() -> bool:
+    return os.environ.get(STRICT_ENV, "") not in ("", "0")
+
+
 @contextlib.contextmanager
 def activate(mesh: jax.sharding.Mesh, rules: Rules | None = None) -> Iterator[None]:
-    """Within this context ``constrain`` places activations on ``mesh``; outside it ``constrain`` is a no-op."""
+    """Within this context ``constrain`` places activations on ``mesh``."""
     token = _ACTIVE.set((mesh, LOGICAL_AXIS_RULES if rules is None else rules))
     try:
         yield
@@ -211,15 +220,39 @@ def activate(mesh: jax.sharding.Mesh, rules: Rules | None = None) -> Iterator[No
         _ACTIVE.reset(token)
 
 
-def active_mesh() -> jax.sharding.Mesh | None:
-    """The mesh set by ``activate`` (None outside it)."""
+@contextlib.contextmanager
+def unsharded() -> Iterator[None]:
+    """Within this context ``constrain`` is the identity: model code run on one device, on purpose."""
+    token = _ACTIVE.set(_UNSHARDED)
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(token)
+
+
+def _active(what: str) -> tuple[jax.sharding.Mesh, Rules] | None:
     active = _ACTIVE.get()
-    return None if active is None else active[0]
+    if active is _UNSHARDED:
+        return None
+    if active is None:
+        if _strict():
+            raise ShardingError(
+                f"{what} outside an active mesh: run it under runtime.sharding.activate(mesh), or under "
+                f"unsharded() when one device is meant ({STRICT_ENV} is set)"
+            )
+        return None
+    return active
+
+
+def active_mesh() -> jax.sharding.Mesh | None:
+    """The mesh set by ``activate`` (None outside it, or under ``unsharded``)."""
+    active = _ACTIVE.get()
+    return None if active is None or active is _UNSHARDED else active[0]
 
 
 def active_spec(names: LogicalAxes) -> PartitionSpec:
-    """``logical_to_spec`` under the active mesh and rules (a replicated spec outside ``activate``)."""
-    active = _ACTIVE.get()
+    """``logical_to_spec`` under the active mesh and rules (a replicated spec under ``unsharded``)."""
+    active = _active(f"active_spec({tuple(names)})")
     if active is None:
         return PartitionSpec()
     mesh, rules = active
@@ -227,8 +260,12 @@ def active_spec(names: LogicalAxes) -> PartitionSpec:
 
 
 def constrain(x: jax.Array, names: LogicalAxes) -> jax.Array:
-    """``with_sharding_constraint`` by logical names, under the mesh set by ``activate`` (traced code only)."""
-    active = _ACTIVE.get()
+    """``with_sharding_constraint`` by logical names, under the mesh set by ``activate`` (traced code only).
+
+    Outside ``activate`` it returns ``x`` unchanged, unless ``RUNTIME_STRICT_SHARDING`` is set (the tests), where
+    it raises ``ShardingError``; ``unsharded()`` makes it the identity in both cases.
+    """
+    active = _active(f"constrain of an activation {tuple(names)}")
     if active is None:
         return x
     mesh, rules = active

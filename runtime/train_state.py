@@ -24,6 +24,7 @@ from flax import struct
 
 from runtime import precision as precision_lib
 from runtime import sharding as sharding_lib
+from runtime.tree_paths import path_str
 from runtime.errors import RuntimeConfigError
 from runtime.precision import Precision
 
@@ -88,11 +89,7 @@ def merge_by_mask(train: Any, frozen: Any) -> Any:
 
 def leaf_paths(params: Any) -> list[str]:
     """Slash-joined key paths of the parameter leaves, e.g. ``layers/3/mlp/down_proj/kernel``."""
-    out = []
-    for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
-        keys = [getattr(k, "key", getattr(k, "name", getattr(k, "idx", None))) for k in path]
-        out.append("/".join(str(k) for k in keys if k is not None and k != "value"))
-    return out
+    return [path_str(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
 
 
 def trainable_mask(params: Any, trainable: str | Callable[[str], bool] | None = None) -> tuple[bool, ...]:

@@ -18,6 +18,7 @@ that. Sampling settings are stored with every result.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -32,6 +33,7 @@ from bfpo.eval.files import field, read_csv, read_records, read_text, where
 from bfpo.eval.judges import Judge, run_judge, score_verdicts
 from bfpo.generate import SamplingConfig, bucket, generate, left_pad
 from bfpo.tokenize import Tokenizer
+from runtime.sharding import activate
 
 PROMPT_AXES = ("harmlessness", "over_refusal", "helpfulness")
 PAPER_SAMPLING = SamplingConfig(max_new_tokens=256, temperature=0.7, top_p=0.95)
@@ -149,10 +151,11 @@ def load_benign(path: str | os.PathLike = FIXTURES / "benign_prompts.jsonl", *, 
 
 
 def generate_texts(model, tokenizer: Tokenizer, prompt_ids: Sequence[Sequence[int]], sampling: SamplingConfig, *,
-                   batch_size: int, rng: jax.Array | None = None) -> list[str]:
+                   batch_size: int, rng: jax.Array | None = None, mesh: jax.sharding.Mesh | None = None) -> list[str]:
     """Decoded replies to token-id prompts, in order. Prompts are sorted by length and generated ``batch_size``
     at a time, left-padded to a power-of-two length (one compilation per length bucket); batch b samples with
-    ``fold_in(rng, b)``."""
+    ``fold_in(rng, b)``. With ``mesh`` the activations are constrained on it; without, on the caller's active
+    mesh (``runtime.sharding.activate``)."""
     if batch_size < 1:
         raise DataError(f"batch_size={batch_size} must be at least 1")
     rng = jax.random.key(0) if rng is None else rng
@@ -164,7 +167,8 @@ def generate_texts(model, tokenizer: Tokenizer, prompt_ids: Sequence[Sequence[in
         idx = order[start:start + batch_size]
         seqs = [prompt_ids[i] for i in idx]
         tokens, mask = left_pad(seqs, tokenizer.pad_id, bucket(max(map(len, seqs))), batch_size)
-        gen = jax.device_get(generate(model, tokens, mask, cfg, jax.random.fold_in(rng, b)))
+        with contextlib.nullcontext() if mesh is None else activate(mesh):
+            gen = jax.device_get(generate(model, tokens, mask, cfg, jax.random.fold_in(rng, b)))
         for row, i in enumerate(idx):
             ids = np.asarray(gen.tokens[row, :gen.lengths[row]])
             out[i] = tokenizer.decode(ids)
@@ -178,10 +182,11 @@ def conversation(prompt: str, system_prompt: str | None = None) -> list[dict[str
 
 def generate_responses(model, tokenizer: Tokenizer, prompt_set: PromptSet, sampling: SamplingConfig, *,
                        batch_size: int = 8, rng: jax.Array | None = None,
-                       system_prompt: str | None = None) -> list[str]:
-    """One reply per prompt of the set, each prompt sent as a user turn through the tokenizer's chat template."""
+                       system_prompt: str | None = None, mesh: jax.sharding.Mesh | None = None) -> list[str]:
+    """One reply per prompt of the set, each prompt sent as a user turn through the tokenizer's chat template
+    (``mesh``: as in ``generate_texts``)."""
     ids = [tokenizer.encode_chat(conversation(p, system_prompt)) for p in prompt_set.prompts]
-    return generate_texts(model, tokenizer, ids, sampling, batch_size=batch_size, rng=rng)
+    return generate_texts(model, tokenizer, ids, sampling, batch_size=batch_size, rng=rng, mesh=mesh)
 
 
 def judge_responses(prompt_set: PromptSet, responses: Sequence[str], judge: Judge,

@@ -125,22 +125,24 @@ def refusal_judge() -> RefusalJudge:
 
 
 def evaluate_model(model, tokenizer: Tokenizer, cfg: EvalConfig, pairs: Sequence[PreferencePair],
-                   chunk: int = 128) -> dict:
+                   chunk: int = 128, mesh: jax.sharding.Mesh | None = None) -> dict:
     """Every score of the module docstring for one model: {"summary" (``bfpo.eval.summarize``), "generative"
-    (results with their per-prompt records), "discriminative", "margins"}; ``chunk`` is the log-probs' chunk."""
+    (results with their per-prompt records), "discriminative", "margins"}; ``chunk`` is the log-probs' chunk.
+    With ``mesh`` the generation and the scoring run on it (batches split over its data axes)."""
     sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
     key = jax.random.key(cfg.seed)
     harmful, benign = prompt_sets(cfg)
     judges = synthetic_judges()
-    harmful_replies = generate_responses(model, tokenizer, harmful, sampling, batch_size=cfg.batch_size, rng=key)
+    harmful_replies = generate_responses(model, tokenizer, harmful, sampling, batch_size=cfg.batch_size, rng=key,
+                                         mesh=mesh)
     benign_replies = generate_responses(model, tokenizer, benign, sampling, batch_size=cfg.batch_size,
-                                        rng=jax.random.fold_in(key, 1))
+                                        rng=jax.random.fold_in(key, 1), mesh=mesh)
     refusal_set = dataclasses.replace(benign, name="heldout_benign_refusal", axis="over_refusal")
     generative = [judge_responses(harmful, harmful_replies, judges["safety"], sampling),
                   judge_responses(benign, benign_replies, judges["helpful"], sampling),
                   judge_responses(refusal_set, benign_replies, refusal_judge(), sampling)]
     tasks, kinds = preference_tasks(pairs, tokenizer)
-    lls = task_loglikelihoods(model, tokenizer, tasks, batch_size=cfg.batch_size, chunk=chunk)
+    lls = task_loglikelihoods(model, tokenizer, tasks, batch_size=cfg.batch_size, chunk=chunk, mesh=mesh)
     discriminative = {t.name: task_metrics(t, lls[t.name]) for t in tasks}
     margins = {t.name: gold_margins(t, lls[t.name], kinds[t.name]) for t in tasks}
     return {"summary": summarize(discriminative, generative), "generative": generative,

@@ -110,7 +110,7 @@ def read_answers(model, tokenizer: Tokenizer, questions: Sequence[str], options:
                                       list(options), reading.min_mass)
     ids = [question_ids(tokenizer, q, reading.chat_template) for q in questions]
     replies = generate_texts(model, tokenizer, ids, SamplingConfig(max_new_tokens=reading.max_new_tokens),
-                             batch_size=reading.batch_size)
+                             batch_size=reading.batch_size, mesh=mesh)
     return [parse_first_word(r, options) for r in replies]
 
 

@@ -129,7 +129,7 @@ def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
     float32); the scale's gradient is then a float32 sum over the tokens."""
     x32 = x.astype(jnp.float32)
     normed = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + eps)
-    return (normed.astype(x.dtype) * scale).astype(x.dtype)
+    return (normed.astype(x.dtype) * scale.reshape((1,) * (x.ndim - 1) + scale.shape)).astype(x.dtype)
 
 
 def decoder_layer(cfg: LlamaConfig, w: dict[str, jax.Array], x_BxTxD: jax.Array, cos: jax.Array, sin: jax.Array,
@@ -145,7 +145,7 @@ def decoder_layer(cfg: LlamaConfig, w: dict[str, jax.Array], x_BxTxD: jax.Array,
     def project(name, heads_axis):
         y = ops.dense(h, w[name], 1, dt)
         if w[name + "_bias"] is not None:
-            y = y + w[name + "_bias"].astype(dt)
+            y = y + w[name + "_bias"].astype(dt)[None, None]
         return constrain(y, ("batch", "seq", heads_axis, None))
 
     q = apply_rotary(project("q", "act_heads"), cos, sin)

@@ -61,7 +61,7 @@ def inverse_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None
 def rotary_tables(cfg: LlamaConfig, positions_BxT: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(cos, sin) of shape [B, T, E/2] in float32 for integer positions."""
     inv, attention = inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling, cfg.max_position_embeddings)
-    angles = positions_BxT.astype(jnp.float32)[..., None] * jnp.asarray(inv)
+    angles = positions_BxT.astype(jnp.float32)[..., None] * jnp.asarray(inv)[None, None]
     return jnp.cos(angles) * attention, jnp.sin(angles) * attention
 
 

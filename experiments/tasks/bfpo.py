@@ -8,6 +8,7 @@ as a Hugging Face directory.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from experiments.run import Task, checkpointer_for, restore_state, train
 from runtime import sharding as sharding_lib
 from runtime.batches import batch_axes, batch_shardings, put_batch
 from runtime.mesh import make_mesh
+from runtime.precision import Precision
 from runtime.metrics import merge, to_host
 from runtime.train_state import train_state_from_params, train_state_spec
 
@@ -71,25 +73,35 @@ class StepParts:
     tx: Any
     layout: ParamLayout
     pref: PreferenceConfig
-    predicate: Any
-    fresh: Any  # () -> freshly initialised model parameters (traceable)
     state_spec: Any  # mesh -> (abstract train state, shardings)
     step_fn: Any
+
+
+def layout_state_spec(layout: ParamLayout, model_cfg: LlamaConfig, tx, seed: int, precision: Precision,
+                      mesh: jax.sharding.Mesh):
+    """(abstract train state, shardings) of the parameters ``layout`` builds around a fresh model: no weights are
+    read, so the planner and a restore share it."""
+    return train_state_spec(lambda: build_params(layout, init_params(model_cfg, seed), seed), tx, mesh, seed=seed,
+                            trainable=trainable_predicate(layout), precision=precision)
+
+
+def layout_init_state(layout: ParamLayout, loaded: Any, tx, seed: int, precision: Precision,
+                      mesh: jax.sharding.Mesh):
+    """The first train state around loaded weights. The parameters are built outside jit, so the policy is the
+    loaded arrays themselves (no copy of a 7B model); they are donated into the train state."""
+    with sharding_lib.activate(mesh):
+        built = build_params(layout, loaded, seed)
+    return train_state_from_params(built, tx, mesh, seed=seed, trainable=trainable_predicate(layout),
+                                   precision=precision)[0]
 
 
 def step_parts(cfg: BFPOTrainConfig, model_cfg: LlamaConfig) -> StepParts:
     layout = param_layout(cfg)
     tx = make_optimizer(cfg.optimizer, cfg.run.steps)
-    seed = cfg.run.seed
-    fresh = lambda: init_params(model_cfg, seed)  # noqa: E731
-    predicate = trainable_predicate(layout)
     pref = preference_config(cfg)
-
-    def state_spec(mesh):
-        return train_state_spec(lambda: build_params(layout, fresh(), seed), tx, mesh, seed=seed, trainable=predicate,
-                                precision=cfg.run.precision)
-
-    return StepParts(tx=tx, layout=layout, pref=pref, predicate=predicate, fresh=fresh, state_spec=state_spec,
+    return StepParts(tx=tx, layout=layout, pref=pref,
+                     state_spec=functools.partial(layout_state_spec, layout, model_cfg, tx, cfg.run.seed,
+                                                  cfg.run.precision),
                      step_fn=make_preference_step(model_cfg, pref, tx, grad_accum=cfg.run.grad_accum))
 
 
@@ -129,7 +141,7 @@ def make_task(cfg: BFPOTrainConfig) -> tuple[Task, Prepared]:
     src = cfg.model
     model_cfg, loaded, tokenizer = model_source.load_or_init(src.kind, src.path, mesh, src.execution, cfg.run.seed)
     parts = step_parts(cfg, model_cfg)
-    layout, tx, predicate, seed = parts.layout, parts.tx, parts.predicate, cfg.run.seed
+    layout, tx, seed = parts.layout, parts.tx, cfg.run.seed
 
     tok_cfg = TokenizeConfig(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length, buckets=cfg.buckets)
     tokenized = {s.name: tokenize_pairs(stream_pairs(s, cfg.data_seed + i, on_bad_record=cfg.on_bad_record),
@@ -159,14 +171,6 @@ def make_task(cfg: BFPOTrainConfig) -> tuple[Task, Prepared]:
 
     eval_pref = preference_config(cfg, cfg.streams[:1])
 
-    def init_state(mesh):
-        # Built outside jit so that the policy is the loaded arrays themselves (no copy of a 7B model); they are
-        # donated into the train state.
-        with sharding_lib.activate(mesh):
-            built = build_params(layout, loaded, seed)
-        return train_state_from_params(built, tx, mesh, seed=seed, trainable=predicate,
-                                       precision=cfg.run.precision)[0]
-
     def frozen_params(mesh):
         # The loaded arrays were donated into the first train state, so the frozen weights come from the source
         # again (the same file, or the same seed).
@@ -180,7 +184,7 @@ def make_task(cfg: BFPOTrainConfig) -> tuple[Task, Prepared]:
     task = Task(
         name=f"bfpo_train[{cfg.objective}]",
         state_spec=parts.state_spec,
-        init_state=init_state,
+        init_state=functools.partial(layout_init_state, layout, loaded, tx, seed, cfg.run.precision),
         step_fn=parts.step_fn,
         data=data,
         evals=(evaluate,),

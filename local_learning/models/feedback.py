@@ -84,7 +84,7 @@ class FeedbackConv(nnx.Module):
     def __call__(self, x):
         op = functools.partial(_conv_op, strides=self.strides, padding=self.padding)
         y = feedback_apply(op, x, self.kernel[...], self.feedback[...])
-        return y if self.bias is None else y + self.bias[...]
+        return y if self.bias is None else y + self.bias[...].reshape((1,) * (y.ndim - 1) + (-1,))
 
 
 class FeedbackDense(nnx.Module):
@@ -95,4 +95,4 @@ class FeedbackDense(nnx.Module):
 
     def __call__(self, x):
         y = feedback_apply(_dense_op, x, self.kernel[...], self.feedback[...])
-        return y if self.bias is None else y + self.bias[...]
+        return y if self.bias is None else y + self.bias[...].reshape((1,) * (y.ndim - 1) + (-1,))

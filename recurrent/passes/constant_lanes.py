@@ -12,7 +12,7 @@ import dataclasses
 
 import numpy as np
 
-from recurrent.ir import Graph, IdentLane, MulLane, ReluLane, Row, StateLane, map_group_rows, map_rows
+from recurrent.ir import Graph, IdentLane, MulLane, ReluLane, Row, StateLane, map_group_rows, map_rows, renumber_groups
 
 
 def constant_lanes(graph: Graph) -> Graph:
@@ -50,12 +50,7 @@ def constant_lanes(graph: Graph) -> Graph:
                 lanes[lid] = IdentLane(prod)
         else:
             lanes[lid] = lane
-    # renumber groups densely, keeping order
-    renum = {g: i for i, g in enumerate(groups)}
-    lanes = {
-        lid: (StateLane(renum[l.group], l.position) if isinstance(l, StateLane) else l) for lid, l in lanes.items()
-    }
-    groups = {renum[g]: grp for g, grp in groups.items()}
+    lanes, groups = renumber_groups(lanes, groups)
     out = dataclasses.replace(
         graph, lanes=lanes, groups=groups, outputs=tuple(r.substitute(subst) for r in graph.outputs)
     )

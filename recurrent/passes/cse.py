@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from recurrent.ir import Graph, IdentLane, InputLane, MulLane, ReluLane, Row, StateLane, map_group_rows, map_rows
+from recurrent.ir import (Graph, IdentLane, InputLane, MulLane, ReluLane, Row, StateLane, map_group_rows, map_rows,
+                          renumber_groups)
 
 
 def _key(lane) -> tuple:
@@ -59,11 +60,7 @@ def cse(graph: Graph) -> Graph:
         else:
             seen[key] = lid
             lanes[lid] = lane
-    renum = {g: i for i, g in enumerate(groups)}
-    lanes = {
-        lid: (StateLane(renum[l.group], l.position) if isinstance(l, StateLane) else l) for lid, l in lanes.items()
-    }
-    groups = {renum[g]: grp for g, grp in groups.items()}
+    lanes, groups = renumber_groups(lanes, groups)
     out = dataclasses.replace(
         graph, lanes=lanes, groups=groups, outputs=tuple(r.substitute(subst) for r in graph.outputs)
     )

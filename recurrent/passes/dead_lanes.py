@@ -12,7 +12,7 @@ import dataclasses
 
 import numpy as np
 
-from recurrent.ir import Graph, InputLane, StateGroup, StateLane
+from recurrent.ir import Graph, InputLane, StateGroup, StateLane, subgroup
 
 
 def dead_lanes(graph: Graph) -> Graph:
@@ -40,7 +40,6 @@ def dead_lanes(graph: Graph) -> Graph:
                 live.update(r.lanes())
     lanes = {}
     groups: dict[int, StateGroup] = {}
-    renum: dict[int, int] = {}
     for lid, lane in graph.lanes.items():
         if isinstance(lane, InputLane):
             lanes[lid] = lane
@@ -50,14 +49,8 @@ def dead_lanes(graph: Graph) -> Graph:
         keep = [p for p, l in enumerate(grp.lanes) if l in live]
         if not keep:
             continue
-        gid = renum.setdefault(g, len(renum))
-        idx = np.array(keep)
-        groups[gid] = StateGroup(
-            lanes=tuple(grp.lanes[p] for p in keep),
-            A=grp.A[np.ix_(idx, idx)].copy(),
-            rows=tuple(grp.rows[p] for p in keep),
-            init=grp.init[idx].copy(),
-        )
+        gid = len(groups)
+        groups[gid] = subgroup(grp, keep)
         for pos, p in enumerate(keep):
             lanes[grp.lanes[p]] = StateLane(gid, pos)
     lanes = dict(sorted(lanes.items()))

@@ -139,7 +139,18 @@ class _LayerBuilder:
         return Layer("relu", W, b)
 
 
-def schedule(graph: Graph) -> Chain:
+@dataclasses.dataclass(frozen=True)
+class _Operations:
+    """Phase 1: the operations, which op produces each lane (-1: an input), what each op reads."""
+
+    ops: list[_Op]
+    lane_op: dict[int, int]
+    reads: list[set[int]]  # lane ids read by each op
+    deps: list[set[int]]  # op ids each op depends on (-1: the inputs)
+    height: list[int]  # longest path from each op to the outputs, in ops
+
+
+def _operations(graph: Graph) -> _Operations:
     ops: list[_Op] = []
     lane_op: dict[int, int] = {}
     group_op: dict[int, int] = {}
@@ -157,9 +168,8 @@ def schedule(graph: Graph) -> Chain:
             ops.append(_Op(kind, (lid,)))
 
     def reads(op: _Op) -> set[int]:
-        if op.group is not None:
-            return {k for r in graph.groups[op.group].rows for k in r.lanes()}
-        return {k for r in graph.rows_of(op.lanes[0]) for k in r.lanes()}
+        rows = graph.groups[op.group].rows if op.group is not None else graph.rows_of(op.lanes[0])
+        return {k for r in rows for k in r.lanes()}
 
     op_reads = [reads(op) for op in ops]
     deps = [{lane_op[k] for k in rd} for rd in op_reads]
@@ -171,40 +181,109 @@ def schedule(graph: Graph) -> Chain:
     height = [0] * len(ops)
     for i in reversed(range(len(ops))):
         height[i] = 1 + max((height[c] for c in consumers[i]), default=0)
+    return _Operations(ops, lane_op, op_reads, deps, height)
 
-    # list scheduling
+
+def _assign_layers(ops: _Operations) -> tuple[dict[int, int], list[str]]:
+    """Phase 2, list scheduling: each op's layer (1-based; the inputs are layer 0) and each layer's kind."""
     layer_of: dict[int, int] = {-1: 0}
     kinds: list[str] = []
-    remaining = list(range(len(ops)))
+    remaining = list(range(len(ops.ops)))
     while remaining:
         k = len(kinds) + 1
-        ready = [i for i in remaining if all(layer_of.get(d, k) < k for d in deps[i])]
+        ready = [i for i in remaining if all(layer_of.get(d, k) < k for d in ops.deps[i])]
         if not ready:
             raise CompileError("schedule: no operation is ready; the lane graph has a cycle")
         best: dict[str, tuple[int, int]] = {}
         for i in ready:
-            if ops[i].kind != "any":
-                h, n = best.get(ops[i].kind, (0, 0))
-                best[ops[i].kind] = (max(h, height[i]), n + 1)
+            kind = ops.ops[i].kind
+            if kind != "any":
+                h, n = best.get(kind, (0, 0))
+                best[kind] = (max(h, ops.height[i]), n + 1)
         # a layer holding only identity lanes is a ReLU layer: it carries them without adding state dims
         kind = max(best, key=lambda kd: best[kd]) if best else "relu"
-        chosen = [i for i in ready if ops[i].kind in (kind, "any")]
+        chosen = {i for i in ready if ops.ops[i].kind in (kind, "any")}
         for i in chosen:
             layer_of[i] = k
         kinds.append(kind)
-        chosen_set = set(chosen)
-        remaining = [i for i in remaining if i not in chosen_set]
-    n_layers = len(kinds)
+        remaining = [i for i in remaining if i not in chosen]
+    return layer_of, kinds
 
-    # when each lane is produced and last read
-    produced = {lid: layer_of[lane_op[lid]] for lid in graph.lanes}
+
+def _lifetimes(graph: Graph, ops: _Operations, layer_of: dict[int, int], n_layers: int):
+    """Phase 3: the layer producing each lane and the last layer reading it (n_layers + 1: the readout)."""
+    produced = {lid: layer_of[ops.lane_op[lid]] for lid in graph.lanes}
     last: dict[int, int] = {}
-    for i, rd in enumerate(op_reads):
+    for i, rd in enumerate(ops.reads):
         for lid in rd:
             last[lid] = max(last.get(lid, 0), layer_of[i])
     for r in graph.outputs:
         for lid in r.lanes():
             last[lid] = n_layers + 1
+    return produced, last
+
+
+def _translate(row: Row, where: dict[int, Row]) -> Row:
+    missing = [k for k in row.lanes() if k not in where]
+    if missing:
+        raise CompileError(f"schedule: lanes {missing[:5]} are read where they are not available (a pass bug)")
+    return row.substitute(where)
+
+
+def _emit_layer(
+    graph: Graph,
+    ops: _Operations,
+    kind: str,
+    here: list[int],
+    carried_lanes: list[int],
+    rep: dict[int, Row],
+    nonneg: dict[int, bool],
+) -> tuple[_LayerBuilder, dict[int, Row]]:
+    """Phase 4, one layer: its operations and the lanes it carries; returns how to read every lane after it."""
+    lb = _LayerBuilder(kind)
+    new: dict[int, Row] = {}
+    pending: list[tuple[int, Row, bool]] = []
+    for i in here:
+        op = ops.ops[i]
+        if op.kind == "state":
+            grp = graph.groups[op.group]
+            idx = lb.add_group([_translate(r, rep) for r in grp.rows], grp.A, grp.init)
+            for lid, p in zip(grp.lanes, idx):
+                new[lid] = Row.lane(p)
+        elif op.kind == "relu":
+            new[op.lanes[0]] = lb.add_relu(_translate(graph.lanes[op.lanes[0]].row, rep))
+        elif op.kind == "mul":
+            lane = graph.lanes[op.lanes[0]]
+            new[op.lanes[0]] = lb.add_mul(_translate(lane.left, rep), _translate(lane.right, rep))
+        else:
+            lid = op.lanes[0]
+            pending.append((lid, _translate(graph.lanes[lid].row, rep), nonneg[lid]))
+    pending.extend((lid, rep[lid], nonneg[lid]) for lid in carried_lanes)
+    # pass-through lanes of a state layer sit after its recurrent lanes
+    shift = lb.offset() if lb.kind == "state" else 0
+    for lid, r, nn in pending:
+        carried = lb.add_value(r, nn)
+        new[lid] = Row(tuple((p + shift, c) for p, c in carried.terms), carried.bias)
+    return lb, new
+
+
+def _readout(graph: Graph, rep: dict[int, Row], width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Phase 5: the output rows over the last layer's lanes."""
+    W = np.zeros((graph.out_dim, width))
+    b = np.zeros(graph.out_dim)
+    for i, r in enumerate(graph.outputs):
+        t = _translate(r, rep)
+        b[i] = t.bias
+        for p, c in t.terms:
+            W[i, p] += c
+    return W, b
+
+
+def schedule(graph: Graph) -> Chain:
+    ops = _operations(graph)
+    layer_of, kinds = _assign_layers(ops)
+    n_layers = len(kinds)
+    produced, last = _lifetimes(graph, ops, layer_of, n_layers)
     nonneg = _nonnegative(graph)
     by_layer: dict[int, list[int]] = {}
     for i, k in layer_of.items():
@@ -216,50 +295,11 @@ def schedule(graph: Graph) -> Chain:
     }
     width = graph.in_dim
     layers: list[Layer] = []
-
-    def translate(row: Row, where: dict[int, Row]) -> Row:
-        missing = [k for k in row.lanes() if k not in where]
-        if missing:
-            raise CompileError(f"schedule: lanes {missing[:5]} are read where they are not available (a pass bug)")
-        return row.substitute(where)
-
     for k in range(1, n_layers + 1):
-        lb = _LayerBuilder(kinds[k - 1])
-        new: dict[int, Row] = {}
-        here = sorted(by_layer.get(k, []))
-        pending: list[tuple[int, Row, bool]] = []
-        for i in here:
-            op = ops[i]
-            if op.kind == "state":
-                grp = graph.groups[op.group]
-                idx = lb.add_group([translate(r, rep) for r in grp.rows], grp.A, grp.init)
-                for lid, p in zip(grp.lanes, idx):
-                    new[lid] = Row.lane(p)
-            elif op.kind == "relu":
-                new[op.lanes[0]] = lb.add_relu(translate(graph.lanes[op.lanes[0]].row, rep))
-            elif op.kind == "mul":
-                lane = graph.lanes[op.lanes[0]]
-                new[op.lanes[0]] = lb.add_mul(translate(lane.left, rep), translate(lane.right, rep))
-            else:
-                lid = op.lanes[0]
-                pending.append((lid, translate(graph.lanes[lid].row, rep), nonneg[lid]))
-        for lid, r in rep.items():
-            if produced[lid] < k < last.get(lid, -1):
-                pending.append((lid, r, nonneg[lid]))
-        # pass-through lanes of a state layer sit after its recurrent lanes
-        shift = lb.offset() if lb.kind == "state" else 0
-        for lid, r, nn in pending:
-            carried = lb.add_value(r, nn)
-            new[lid] = Row(tuple((p + shift, c) for p, c in carried.terms), carried.bias)
+        carried = [lid for lid in rep if produced[lid] < k < last.get(lid, -1)]
+        lb, rep = _emit_layer(graph, ops, kinds[k - 1], sorted(by_layer.get(k, [])), carried, rep, nonneg)
         layer = lb.build(width)
         layers.append(layer)
         width = layer.width
-        rep = new
-    W = np.zeros((graph.out_dim, width))
-    b = np.zeros(graph.out_dim)
-    for i, r in enumerate(graph.outputs):
-        t = translate(r, rep)
-        b[i] = t.bias
-        for p, c in t.terms:
-            W[i, p] += c
+    W, b = _readout(graph, rep, width)
     return Chain(in_dim=graph.in_dim, layers=tuple(layers), readout_weight=W, readout_bias=b)

@@ -12,7 +12,7 @@ import dataclasses
 
 import numpy as np
 
-from recurrent.ir import Graph, IdentLane, StateGroup, StateLane
+from recurrent.ir import Graph, IdentLane, StateGroup, StateLane, subgroup
 
 
 def _components(A: np.ndarray) -> list[list[int]]:
@@ -43,13 +43,7 @@ def split_states(graph: Graph) -> Graph:
                 lanes[grp.lanes[k]] = IdentLane(grp.rows[k])
                 continue
             gid = len(groups)
-            idx = np.array(comp)
-            groups[gid] = StateGroup(
-                lanes=tuple(grp.lanes[k] for k in comp),
-                A=grp.A[np.ix_(idx, idx)].copy(),
-                rows=tuple(grp.rows[k] for k in comp),
-                init=grp.init[idx].copy(),
-            )
+            groups[gid] = subgroup(grp, comp)
             for pos, k in enumerate(comp):
                 lanes[grp.lanes[k]] = StateLane(gid, pos)
     out = dataclasses.replace(graph, lanes=lanes, groups=groups)

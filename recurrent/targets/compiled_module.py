@@ -13,9 +13,7 @@ from typing import Any
 import jax
 from flax import nnx
 
-
-def _path_name(path) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+from runtime.tree_paths import path_str
 
 
 def scan_tokens(layer_step: Callable[[Any, Any, jax.Array], tuple[Any, jax.Array]], layers: list, carry0: list,
@@ -39,7 +37,7 @@ class CompiledRNN(nnx.Module):
 
     def __init__(self, params: Any, run: Callable[[Any, jax.Array], jax.Array]):
         flat, treedef = jax.tree_util.tree_flatten_with_path(params)
-        self.names = tuple(_path_name(path) for path, _ in flat)
+        self.names = tuple(path_str(path) for path, _ in flat)
         self.treedef = treedef
         self.run = run
         self.weights = nnx.Dict({name: nnx.Param(leaf) for name, (_, leaf) in zip(self.names, flat)})

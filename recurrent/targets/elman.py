@@ -41,10 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from recurrent.chain import Chain
-from recurrent.compile import CompileConfig, compile_program
+from recurrent.compile import through_chain
 from recurrent.errors import CompileError
-from recurrent.lsrl.program import ForEach
-from recurrent.lsrl.syntax import Variable
 from recurrent.scan import check_dtype
 from recurrent.targets.compiled_module import CompiledRNN
 from recurrent.targets.summary import TargetSummary
@@ -169,9 +167,7 @@ def chain_to_elman(chain: Chain) -> ElmanNet:
     return ElmanNet(chain.in_dim, tuple(layers), (W_out @ P_prev).T, np.asarray(chain.readout_bias, np.float64))
 
 
-def compile_elman(program: ForEach | Variable, cfg: CompileConfig = CompileConfig()) -> ElmanNet:
-    """Compile an LSRL program to an Elman ReLU RNN stack (through the linear-RNN chain)."""
-    return chain_to_elman(compile_program(program, cfg))
+compile_elman = through_chain(chain_to_elman)
 
 
 def elman_params(net: ElmanNet, dtype=jnp.float32) -> dict:
@@ -189,7 +185,7 @@ def run_elman(params: dict, x_BxTxD: jax.Array) -> jax.Array:
     dtype = params["readout_kernel"].dtype
     h_TxBxW = jnp.swapaxes(jnp.asarray(x_BxTxD, dtype), 0, 1)
     for p in params["layers"]:
-        drive_TxBxW = h_TxBxW @ p["kernel_i"] + p["bias"]
+        drive_TxBxW = h_TxBxW @ p["kernel_i"] + p["bias"][None, None]
 
         def step(h_BxW, d_BxW, kernel_h=p["kernel_h"]):
             h_BxW = jax.nn.relu(h_BxW @ kernel_h + d_BxW)
@@ -197,7 +193,7 @@ def run_elman(params: dict, x_BxTxD: jax.Array) -> jax.Array:
 
         h0_BxW = jnp.broadcast_to(p["carry"], drive_TxBxW.shape[1:])
         _, h_TxBxW = jax.lax.scan(step, h0_BxW, drive_TxBxW)
-    return jnp.swapaxes(h_TxBxW @ params["readout_kernel"] + params["readout_bias"], 0, 1)
+    return jnp.swapaxes(h_TxBxW @ params["readout_kernel"] + params["readout_bias"][None, None], 0, 1)
 
 
 class ElmanRNN(CompiledRNN):

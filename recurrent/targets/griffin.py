@@ -57,10 +57,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from recurrent.chain import Chain
-from recurrent.compile import CompileConfig, compile_program
+from recurrent.compile import through_chain
 from recurrent.errors import CompileError
-from recurrent.lsrl.program import ForEach
-from recurrent.lsrl.syntax import Variable
 from recurrent.scan import check_dtype
 from recurrent.targets.compiled_module import CompiledRNN, scan_tokens
 from recurrent.passes.diagonal import CONV_WIDTH, DiagonalChain, DiagonalLayer, lower_to_diagonal
@@ -247,16 +245,7 @@ def chain_to_griffin(
     return diagonal_to_griffin(dchain, relu_exponent, decay_exponent)
 
 
-def compile_griffin(
-    program: ForEach | Variable,
-    cfg: CompileConfig = CompileConfig(),
-    relu_exponent: int = 40,
-    gated_products: bool = True,
-    horizon: int = 512,
-    decay_exponent: int = 61,
-) -> GriffinNet:
-    """Compile an LSRL program to a Hawk stack (through the linear-RNN chain and its diagonal lowering)."""
-    return chain_to_griffin(compile_program(program, cfg), relu_exponent, gated_products, horizon, decay_exponent)
+compile_griffin = through_chain(chain_to_griffin)
 
 
 def griffin_params(net: GriffinNet, dtype=jnp.float32) -> dict:
@@ -271,25 +260,25 @@ def griffin_params(net: GriffinNet, dtype=jnp.float32) -> dict:
 
 def rg_lru_step(p: dict, h_BxW: jax.Array, x_BxW: jax.Array) -> jax.Array:
     """h_t = a_t h_{t-1} + sqrt(1 - a_t^2) (i_t x_t), with 1 - a_t^2 evaluated as -expm1(2 log a_t)."""
-    i_t = jax.nn.sigmoid(x_BxW * p["rg_lru.input_gate.w"][:, 0, 0] + p["rg_lru.input_gate.b"][:, 0])
-    r_t = jax.nn.sigmoid(x_BxW * p["rg_lru.a_gate.w"][:, 0, 0] + p["rg_lru.a_gate.b"][:, 0])
-    log_a = -C_EXPONENT * r_t * jax.nn.softplus(p["rg_lru.a_param"])
+    i_t = jax.nn.sigmoid(x_BxW * p["rg_lru.input_gate.w"][None, :, 0, 0] + p["rg_lru.input_gate.b"][None, :, 0])
+    r_t = jax.nn.sigmoid(x_BxW * p["rg_lru.a_gate.w"][None, :, 0, 0] + p["rg_lru.a_gate.b"][None, :, 0])
+    log_a = -C_EXPONENT * r_t * jax.nn.softplus(p["rg_lru.a_param"])[None]
     return jnp.exp(log_a) * h_BxW + jnp.sqrt(-jnp.expm1(2.0 * log_a)) * (i_t * x_BxW)
 
 
 def griffin_step(p: dict, carry, u_BxM: jax.Array):
     """One token through one block; the carry of a recurrent block is (last 3 conv inputs, RG-LRU state)."""
     if "ffw_up.w" in p:
-        gate_BxH = jax.nn.gelu(u_BxM @ p["ffw_up.w"][0] + p["ffw_up.b"][0])
-        hidden = gate_BxH * (u_BxM @ p["ffw_up.w"][1] + p["ffw_up.b"][1])
-        return carry, hidden @ p["ffw_down.kernel"] + p["ffw_down.bias"]
+        gate_BxH = jax.nn.gelu(u_BxM @ p["ffw_up.w"][0] + p["ffw_up.b"][0][None])
+        hidden = gate_BxH * (u_BxM @ p["ffw_up.w"][1] + p["ffw_up.b"][1][None])
+        return carry, hidden @ p["ffw_down.kernel"] + p["ffw_down.bias"][None]
     window_Bx3xW, h_BxW = carry
-    gate_BxW = jax.nn.gelu(u_BxM @ p["linear_y.kernel"] + p["linear_y.bias"])
-    x_BxW = u_BxM @ p["linear_x.kernel"] + p["linear_x.bias"]
+    gate_BxW = jax.nn.gelu(u_BxM @ p["linear_y.kernel"] + p["linear_y.bias"][None])
+    x_BxW = u_BxM @ p["linear_x.kernel"] + p["linear_x.bias"][None]
     taps_Bx4xW = jnp.concatenate([window_Bx3xW, x_BxW[:, None]], axis=1)
-    x_BxW = jnp.einsum("bkw,kw->bw", taps_Bx4xW, p["conv_1d.w"]) + p["conv_1d.b"]
+    x_BxW = jnp.einsum("bkw,kw->bw", taps_Bx4xW, p["conv_1d.w"]) + p["conv_1d.b"][None]
     h_BxW = rg_lru_step(p, h_BxW, x_BxW)
-    return (taps_Bx4xW[:, 1:], h_BxW), (h_BxW * gate_BxW) @ p["linear_out.kernel"] + p["linear_out.bias"]
+    return (taps_Bx4xW[:, 1:], h_BxW), (h_BxW * gate_BxW) @ p["linear_out.kernel"] + p["linear_out.bias"][None]
 
 
 def run_griffin(params: dict, x_BxTxD: jax.Array) -> jax.Array:
@@ -302,7 +291,7 @@ def run_griffin(params: dict, x_BxTxD: jax.Array) -> jax.Array:
         w = p["rg_lru.a_param"].shape[0] if "rg_lru.a_param" in p else 0
         carry0.append((jnp.zeros((batch, CONV_WIDTH - 1, w), dtype), jnp.zeros((batch, w), dtype)))
     h_TxBxW = scan_tokens(griffin_step, params["layers"], carry0, x_TxBxD)
-    return jnp.swapaxes(h_TxBxW @ params["readout_weight"].T + params["readout_bias"], 0, 1)
+    return jnp.swapaxes(h_TxBxW @ params["readout_weight"].T + params["readout_bias"][None, None], 0, 1)
 
 
 class GriffinRNN(CompiledRNN):

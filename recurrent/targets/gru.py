@@ -47,10 +47,8 @@ import numpy as np
 from flax import nnx
 
 from recurrent.chain import Chain
-from recurrent.compile import CompileConfig, compile_program
+from recurrent.compile import through_chain
 from recurrent.errors import CompileError
-from recurrent.lsrl.program import ForEach
-from recurrent.lsrl.syntax import Variable
 from recurrent.scan import check_dtype
 from recurrent.targets.summary import TargetSummary
 from recurrent.targets.compiled_module import CompiledRNN
@@ -184,14 +182,7 @@ def chain_to_gru(chain: Chain, scale_exponent: int = 50, gated_products: bool = 
     return GRUNet(chain.in_dim, tuple(layers), W_out.T, np.asarray(chain.readout_bias, np.float64), eps)
 
 
-def compile_gru(
-    program: ForEach | Variable,
-    cfg: CompileConfig = CompileConfig(),
-    scale_exponent: int = 50,
-    gated_products: bool = False,
-) -> GRUNet:
-    """Compile an LSRL program to a GRU stack (through the linear-RNN chain)."""
-    return chain_to_gru(compile_program(program, cfg), scale_exponent, gated_products)
+compile_gru = through_chain(chain_to_gru)
 
 
 def gru_params(net: GRUNet, dtype=jnp.float32) -> dict:
@@ -206,7 +197,7 @@ def gru_params(net: GRUNet, dtype=jnp.float32) -> dict:
 
 def gru_step(p: dict, h_BxW: jax.Array, x_BxD: jax.Array) -> jax.Array:
     """One GRUCell step (the flax.nnx.GRUCell equations) with these parameters."""
-    xr, xz, xn = jnp.split(x_BxD @ p["kernel_i"] + p["bias"], 3, axis=-1)
+    xr, xz, xn = jnp.split(x_BxD @ p["kernel_i"] + p["bias"][None], 3, axis=-1)
     hr, hz, hn = jnp.split(h_BxW @ p["kernel_h"], 3, axis=-1)
     r = jax.nn.sigmoid(xr + hr)
     z = jax.nn.sigmoid(xz + hz)
@@ -225,7 +216,7 @@ def run_gru(params: dict, x_BxTxD: jax.Array) -> jax.Array:
 
         h0 = jnp.broadcast_to(p["carry"], (h_TxBxW.shape[1],) + p["carry"].shape)
         _, h_TxBxW = jax.lax.scan(step, h0, h_TxBxW)
-    return jnp.swapaxes(h_TxBxW @ params["readout_kernel"] + params["readout_bias"], 0, 1)
+    return jnp.swapaxes(h_TxBxW @ params["readout_kernel"] + params["readout_bias"][None, None], 0, 1)
 
 
 def load_cell(layer: GRULayer, dtype=jnp.float32) -> nnx.GRUCell:

@@ -46,10 +46,8 @@ import numpy as np
 from flax import nnx
 
 from recurrent.chain import Chain
-from recurrent.compile import CompileConfig, compile_program
+from recurrent.compile import through_chain
 from recurrent.errors import CompileError
-from recurrent.lsrl.program import ForEach
-from recurrent.lsrl.syntax import Variable
 from recurrent.scan import check_dtype
 from recurrent.targets.summary import TargetSummary
 from recurrent.targets.compiled_module import CompiledRNN
@@ -165,14 +163,7 @@ def chain_to_lstm(chain: Chain, scale_exponent: int = 50, gated_products: bool =
     return LSTMNet(chain.in_dim, tuple(layers), W_out.T, np.asarray(chain.readout_bias, np.float64), eps)
 
 
-def compile_lstm(
-    program: ForEach | Variable,
-    cfg: CompileConfig = CompileConfig(),
-    scale_exponent: int = 50,
-    gated_products: bool = False,
-) -> LSTMNet:
-    """Compile an LSRL program to an LSTM stack (through the linear-RNN chain)."""
-    return chain_to_lstm(compile_program(program, cfg), scale_exponent, gated_products)
+compile_lstm = through_chain(chain_to_lstm)
 
 
 def lstm_params(net: LSTMNet, dtype=jnp.float32) -> dict:
@@ -191,7 +182,7 @@ def lstm_params(net: LSTMNet, dtype=jnp.float32) -> dict:
 
 def lstm_step(p: dict, c_BxW: jax.Array, h_BxW: jax.Array, x_BxD: jax.Array) -> tuple[jax.Array, jax.Array]:
     """One LSTMCell step (the flax.nnx.LSTMCell equations) with these parameters."""
-    pre = {g: x_BxD @ p["kernel_i"][g] + h_BxW @ p["kernel_h"][g] + p["bias"][g] for g in GATES}
+    pre = {g: x_BxD @ p["kernel_i"][g] + h_BxW @ p["kernel_h"][g] + p["bias"][g][None] for g in GATES}
     c_BxW = jax.nn.sigmoid(pre["f"]) * c_BxW + jax.nn.sigmoid(pre["i"]) * jnp.tanh(pre["g"])
     return c_BxW, jax.nn.sigmoid(pre["o"]) * jnp.tanh(c_BxW)
 
@@ -208,7 +199,7 @@ def run_lstm(params: dict, x_BxTxD: jax.Array) -> jax.Array:
         batch = h_TxBxW.shape[1]
         c0, h0 = (jnp.broadcast_to(a, (batch,) + a.shape) for a in p["carry"])
         _, h_TxBxW = jax.lax.scan(step, (c0, h0), h_TxBxW)
-    return jnp.swapaxes(h_TxBxW @ params["readout_kernel"] + params["readout_bias"], 0, 1)
+    return jnp.swapaxes(h_TxBxW @ params["readout_kernel"] + params["readout_bias"][None, None], 0, 1)
 
 
 def load_cell(layer: LSTMLayer, dtype=jnp.float32) -> nnx.LSTMCell:

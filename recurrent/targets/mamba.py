@@ -50,10 +50,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from recurrent.chain import Chain
-from recurrent.compile import CompileConfig, compile_program
+from recurrent.compile import through_chain
 from recurrent.errors import CompileError
-from recurrent.lsrl.program import ForEach
-from recurrent.lsrl.syntax import Variable
 from recurrent.scan import check_dtype
 from recurrent.targets.compiled_module import CompiledRNN, scan_tokens
 from recurrent.passes.diagonal import CONV_WIDTH, DiagonalChain, DiagonalLayer, lower_to_diagonal
@@ -210,15 +208,7 @@ def chain_to_mamba(
     return diagonal_to_mamba(lower_to_diagonal(chain, TARGET, horizon=horizon), relu_exponent)
 
 
-def compile_mamba(
-    program: ForEach | Variable,
-    cfg: CompileConfig = CompileConfig(),
-    relu_exponent: int = 40,
-    gated_products: bool = True,
-    horizon: int = 512,
-) -> MambaNet:
-    """Compile an LSRL program to a Mamba stack (through the linear-RNN chain and its diagonal lowering)."""
-    return chain_to_mamba(compile_program(program, cfg), relu_exponent, gated_products, horizon)
+compile_mamba = through_chain(chain_to_mamba)
 
 
 def mamba_params(net: MambaNet, dtype=jnp.float32) -> dict:
@@ -235,18 +225,18 @@ def mamba_step(p: dict, carry: tuple[jax.Array, jax.Array], u_BxM: jax.Array):
     """One token through one Mamba block (the module docstring's equations): the carry is (the last 3 conv
     inputs (B, 3, d_inner), the SSM state (B, d_inner, d_state)); returns (carry, output (B, out))."""
     window_Bx3xI, h_BxIxN = carry
-    xz = u_BxM @ p["in_proj.weight"].T + p["in_proj.bias"]
+    xz = u_BxM @ p["in_proj.weight"].T + p["in_proj.bias"][None]
     x_BxI, z_BxI = jnp.split(xz, 2, axis=-1)
     taps_Bx4xI = jnp.concatenate([window_Bx3xI, x_BxI[:, None]], axis=1)
-    x_BxI = jax.nn.silu(jnp.einsum("bki,ik->bi", taps_Bx4xI, p["conv1d.weight"][:, 0]) + p["conv1d.bias"])
+    x_BxI = jax.nn.silu(jnp.einsum("bki,ik->bi", taps_Bx4xI, p["conv1d.weight"][:, 0]) + p["conv1d.bias"][None])
     rank, n = p["dt_proj.weight"].shape[1], p["A_log"].shape[1]
     dt, B_BxN, C_BxN = jnp.split(x_BxI @ p["x_proj.weight"].T, [rank, rank + n], axis=-1)
-    delta_BxI = jax.nn.softplus(dt @ p["dt_proj.weight"].T + p["dt_proj.bias"])
-    decay_BxIxN = jnp.exp(delta_BxI[..., None] * -jnp.exp(p["A_log"]))
+    delta_BxI = jax.nn.softplus(dt @ p["dt_proj.weight"].T + p["dt_proj.bias"][None])
+    decay_BxIxN = jnp.exp(delta_BxI[..., None] * -jnp.exp(p["A_log"])[None])
     h_BxIxN = decay_BxIxN * h_BxIxN + (delta_BxI * x_BxI)[..., None] * B_BxN[:, None, :]
-    y_BxI = jnp.einsum("bin,bn->bi", h_BxIxN, C_BxN) + p["D"] * x_BxI
+    y_BxI = jnp.einsum("bin,bn->bi", h_BxIxN, C_BxN) + p["D"][None] * x_BxI
     y_BxI = y_BxI * jax.nn.silu(z_BxI)
-    return (taps_Bx4xI[:, 1:], h_BxIxN), y_BxI @ p["out_proj.weight"].T + p["out_proj.bias"]
+    return (taps_Bx4xI[:, 1:], h_BxIxN), y_BxI @ p["out_proj.weight"].T + p["out_proj.bias"][None]
 
 
 def run_mamba(params: dict, x_BxTxD: jax.Array) -> jax.Array:
@@ -260,7 +250,7 @@ def run_mamba(params: dict, x_BxTxD: jax.Array) -> jax.Array:
         for p in params["layers"]
     ]
     h_TxBxW = scan_tokens(mamba_step, params["layers"], carry0, x_TxBxD)
-    return jnp.swapaxes(h_TxBxW @ params["readout_weight"].T + params["readout_bias"], 0, 1)
+    return jnp.swapaxes(h_TxBxW @ params["readout_weight"].T + params["readout_bias"][None, None], 0, 1)
 
 
 class MambaRNN(CompiledRNN):

@@ -21,6 +21,7 @@ from recurrent.targets.griffin import compile_griffin, griffin_params, run_griff
 from recurrent.targets.gru import compile_gru, gru_params, run_gru
 from recurrent.targets.lstm import compile_lstm, lstm_params, run_lstm
 from recurrent.targets.mamba import compile_mamba, mamba_params, run_mamba
+from runtime.tree_paths import path_keys
 
 # Program modes whose every product is a 0/1-gated conditional (f_ifelse_mul): compiled to gated targets only.
 GATED_MODES = ("multiplicative", "multiplicative_optimized")
@@ -89,7 +90,7 @@ def perturb(params: Any, rng: np.random.Generator, sigma: float, kind: str, froz
     for path, leaf in flat:
         w = np.asarray(leaf, np.float64)
         xi = rng.standard_normal(w.shape)
-        keys = {str(getattr(k, "key", getattr(k, "idx", k))) for k in path}
+        keys = set(path_keys(path))
         if keys & frozen or sigma == 0:
             out.append(leaf)
             continue

@@ -20,6 +20,8 @@ from bfpo.model.llama import LlamaForCausalLM, shard_model
 from bfpo.tokenize import Tokenizer
 from runtime import make_mesh
 
+pytestmark = pytest.mark.unsharded  # model code compared on one device, on purpose
+
 BOS = 257  # the byte tokenizer's BOS id; byte b has id b
 
 

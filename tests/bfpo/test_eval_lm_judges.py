@@ -19,6 +19,8 @@ from bfpo.model.config import LlamaConfig
 from bfpo.model.llama import LlamaForCausalLM
 from bfpo.tokenize import Tokenizer
 
+pytestmark = pytest.mark.unsharded  # model code compared on one device, on purpose
+
 IM_END = 260
 BIGRAMS = {"!": "Y", "Y": "e", "e": "s", ".": "N", "N": "o", "?": "M", "M": "a",
            "+": "B", "-": "A", "~": "M", "\n": "O", "O": "K", "K": IM_END}

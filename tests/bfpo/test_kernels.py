@@ -15,6 +15,8 @@ from bfpo.model import kernels
 from bfpo.model.execution import ExecutionConfig
 from bfpo.model.kernels import AttentionMask, gpu, reference, tpu, xla_cpu
 
+pytestmark = pytest.mark.unsharded  # model code compared on one device, on purpose
+
 RNG = np.random.default_rng(0)
 F32, BF16 = jnp.float32, jnp.bfloat16
 

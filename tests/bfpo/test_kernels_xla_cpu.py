@@ -11,6 +11,8 @@ from bfpo.model.kernels.xla_cpu.logprobs import cast_head, chunk_logprob_sums
 from bfpo.model.kernels.xla_cpu.attention import NEG_INF, attention_core
 from bfpo.model.kernels.xla_cpu.dense import dense, transposed
 
+pytestmark = pytest.mark.unsharded  # model code compared on one device, on purpose
+
 RNG = np.random.default_rng(0)
 
 

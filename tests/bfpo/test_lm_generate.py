@@ -16,6 +16,8 @@ from bfpo.tokenize import Tokenizer
 from runtime import make_mesh
 from runtime import sharding as sh
 
+pytestmark = pytest.mark.unsharded  # model code compared on one device, on purpose
+
 N_NEW = 6
 
 

@@ -28,6 +28,8 @@ from bfpo import ModelError  # noqa: E402
 from bfpo.model import gguf_quants  # noqa: E402
 from bfpo.model.load_gguf import load_gguf, tokenizer_from_gguf, unpermute_rotary_rows  # noqa: E402
 
+pytestmark = pytest.mark.unsharded  # model code compared on one device, on purpose
+
 QTYPES = {"token_embd": "Q8_0", "attn_q": "Q4_0", "attn_k": "Q4_1", "ffn": "Q8_0", "output.weight": "F16",
           "attn_v": "Q4_1"}
 

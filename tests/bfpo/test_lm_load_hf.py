@@ -16,6 +16,8 @@ from bfpo.model.llama import LlamaForCausalLM
 from bfpo.model.load_hf import load_hf, save_hf
 from runtime import make_mesh
 
+pytestmark = pytest.mark.unsharded  # model code compared on one device, on purpose
+
 CFG = LlamaConfig.tiny(tie_word_embeddings=False)
 
 

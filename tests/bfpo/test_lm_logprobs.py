@@ -14,6 +14,8 @@ from bfpo.model.config import LlamaConfig
 from bfpo.model.llama import LlamaForCausalLM
 from bfpo.tokenize import pack_prompt_response
 
+pytestmark = pytest.mark.unsharded  # model code compared on one device, on purpose
+
 CFG = LlamaConfig.tiny()
 RNG = np.random.default_rng(0)
 # (prompt, response) pairs of different lengths

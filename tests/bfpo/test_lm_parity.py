@@ -25,6 +25,8 @@ from bfpo.model.llama import model_from_params  # noqa: E402
 from bfpo.model.load_hf import load_hf, save_hf  # noqa: E402
 from bfpo.tokenize import Tokenizer  # noqa: E402
 
+pytestmark = pytest.mark.unsharded  # model code compared on one device, on purpose
+
 TOKENS = np.random.default_rng(0).integers(0, 264, (2, 16))
 
 

@@ -28,6 +28,8 @@ from runtime.train_state import init_train_state, leaf_paths
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train_step import preference_stream  # noqa: E402
 
+pytestmark = pytest.mark.unsharded  # model code compared on one device, on purpose
+
 CFG = LlamaConfig.tiny()
 LORA = LoRAConfig(targets="down_proj|o_proj", rank=4, alpha=8.0)
 LAYOUT = ParamLayout(reference="base", lora=LORA)

@@ -24,6 +24,8 @@ from runtime.batches import IndexedBatches
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train_step import CFG, numpy_logprobs, preference_stream  # noqa: E402
 
+pytestmark = pytest.mark.unsharded  # model code compared on one device, on purpose
+
 N = 10  # examples: batches of 4, the last one holds 2 real pairs and 2 padding rows
 
 

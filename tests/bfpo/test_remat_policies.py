@@ -15,6 +15,8 @@ from bfpo.model.kernels import tpu
 from bfpo.model.llama import init_params, model_from_params
 from runtime.flops import count_flops
 
+pytestmark = pytest.mark.unsharded  # model code compared on one device, on purpose
+
 TOKENS = jax.ShapeDtypeStruct((4, 64), jnp.int32)
 
 

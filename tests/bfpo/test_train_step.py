@@ -21,6 +21,8 @@ from runtime import sharding as sh
 from runtime.batches import batch_axes, batch_shardings, put_batch, split_microbatches
 from runtime.train_state import init_train_state, leaf_paths
 
+pytestmark = pytest.mark.unsharded  # model code compared on one device, on purpose
+
 CFG = LlamaConfig.tiny()
 LAYOUT = ParamLayout(reference="frozen", trainable="down_proj")
 PREF = PreferenceConfig(objective="bfpo", streams=(StreamSpec(name="safety"), StreamSpec(name="buffer", weight=0.5)),

@@ -119,6 +119,7 @@ def direct_loglikelihoods(model_cfg, params, tokenizer, pairs) -> np.ndarray:
     return np.asarray([reply_logprob(row, p, r) for row, (p, r) in zip(logp, split)]).reshape(-1, 2)
 
 
+@pytest.mark.unsharded  # the independent reference scores on one device
 def test_discriminative_scores_equal_the_models_own_loglikelihoods(comparison):
     cfg, rows, _ = comparison
     tokenizer = Tokenizer.byte_level()
@@ -179,6 +180,7 @@ def test_sft_examples_follow_the_configured_shares():
         assert e.chosen == e.rejected and e.chosen_safe == (not synthetic.is_unsafe(e.prompt, e.chosen))
 
 
+@pytest.mark.unsharded
 def test_sft_loss_is_the_token_mean_nll_of_the_answers():
     model_cfg = LlamaConfig.tiny()
     tokenizer = Tokenizer.byte_level()

@@ -8,14 +8,18 @@ from bfpo.model.load_gguf import load_gguf, smollm2_gguf_path, tokenizer_from_gg
 from experiments import lm_generate
 from experiments.configs.lm_generate import LMGenerateConfig
 from runtime import make_mesh
+from runtime.sharding import activate
 
 
 def test_sharded_greedy_replies_equal_the_single_device_ones(tmp_path):
     cfg = LMGenerateConfig(out_dir=str(tmp_path), max_new_tokens=6)
     summary = lm_generate.main(cfg)
     path = smollm2_gguf_path()
-    model = load_gguf(path, make_mesh({"data": 1}, devices=jax.devices()[:1]))
-    expected = generate_chat(model, tokenizer_from_gguf(path), [[{"role": "user", "content": p}] for p in cfg.prompts],
-                             SamplingConfig(max_new_tokens=6), jax.random.PRNGKey(cfg.seed))
+    one_device = make_mesh({"data": 1}, devices=jax.devices()[:1])
+    model = load_gguf(path, one_device)
+    with activate(one_device):
+        expected = generate_chat(model, tokenizer_from_gguf(path),
+                                 [[{"role": "user", "content": p}] for p in cfg.prompts],
+                                 SamplingConfig(max_new_tokens=6), jax.random.PRNGKey(cfg.seed))
     assert summary.replies == expected and all(summary.replies)
     assert (tmp_path / "replies.jsonl").read_text().count("\n") == len(cfg.prompts)

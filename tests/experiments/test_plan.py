@@ -149,6 +149,7 @@ def test_cli_errors_are_one_line():
     assert out.stderr.strip().splitlines() == [out.stderr.strip()] and "known targets" in out.stderr
 
 
+@pytest.mark.unsharded  # the reference counts FLOPs of the abstract programs
 def test_generation_is_planned_at_its_longest_with_the_kv_cache_and_the_batch_padded_to_its_shards():
     args = ["--max-new-tokens", "8", "--prompt-length", "16", "--batch", "3"]
     r = plan.plan("lm_generate", "smollm2", "tpu-v5e-4", args, model_flops=False)

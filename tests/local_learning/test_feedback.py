@@ -15,6 +15,8 @@ from local_learning.models.feedback import FeedbackConv, FeedbackDense, Feedback
 from local_learning.models.layers import conv, dense
 from local_learning.partition import PartitionConfig
 
+pytestmark = pytest.mark.unsharded  # model code compared on one device, on purpose
+
 
 def test_dense_input_error_goes_through_the_fixed_matrix():
     with feedback_layers():

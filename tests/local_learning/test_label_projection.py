@@ -22,6 +22,8 @@ from local_learning.partition import PartitionConfig
 from runtime.mesh import make_mesh
 from runtime.train_state import init_train_state
 
+pytestmark = pytest.mark.unsharded  # model code compared on one device, on purpose
+
 B, D_IN, D_OUT, C = 6, 5, 7, 3
 
 

@@ -19,6 +19,8 @@ from local_learning.partition import PartitionConfig
 from runtime.mesh import make_mesh
 from runtime.train_state import init_train_state
 
+pytestmark = pytest.mark.unsharded  # model code compared on one device, on purpose
+
 MODEL = ResNetConfig(stage_blocks=(2,), widths=(4,), stem_width=4, image_size=8)  # stem + 2 blocks
 SGR = ReconcileConfig(weight=0.7)
 

@@ -3,9 +3,12 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from local_learning.memory import compiled_memory, device_peak_bytes, residual_bytes, tree_bytes
 from local_learning.ordering import after, ordered_checkpoint
+
+pytestmark = pytest.mark.unsharded  # model code compared on one device, on purpose
 
 B, D, LAYERS = 512, 64, 8
 ACT = B * D * 4

@@ -15,6 +15,8 @@ from local_learning.memory import residual_bytes
 from local_learning.models import ResNetConfig, ViTConfig, build_blocks
 from local_learning.partition import PartitionConfig, balanced_split, check_split_points, equal_split
 
+pytestmark = pytest.mark.unsharded  # model code compared on one device, on purpose
+
 
 def count_params(cfg):
     blocks, classifier = nnx.eval_shape(lambda: build_blocks(cfg, rngs=nnx.Rngs(0)))

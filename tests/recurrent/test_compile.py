@@ -142,8 +142,12 @@ def test_each_pass_preserves_semantics_alone(name, library_case):
 # --- random programs --------------------------------------------------------------------------------------
 
 
-def random_program(seed: int, n_nodes: int):
-    """A random DAG over all primitives; weights are small multiples of 1/4 so values stay moderate."""
+def random_program(seed: int, n_nodes: int, products: bool = True, diagonal_states: bool = False):
+    """A random DAG over all primitives; weights are small multiples of 1/4 so values stay moderate.
+
+    ``products=False`` leaves out Multiplicative; ``diagonal_states=True`` gives every LinState a diagonal A with
+    entries in {0, 1/4, ..., 1} (a per-channel decay, as the diagonal targets host) instead of a dense stable A.
+    """
     rng = np.random.default_rng(seed)
     x = Input(int(rng.integers(1, 4)))
     nodes = [x]
@@ -166,10 +170,13 @@ def random_program(seed: int, n_nodes: int):
             n = ReLU(a)
         elif kind == 4:
             d = int(rng.integers(1, 4))
-            A = weights(d, d)
-            A = A / max(1.0, float(np.max(np.abs(np.linalg.eigvals(A)))) * 1.1)  # keep the recurrence stable
+            if diagonal_states:
+                A = np.diag(rng.integers(0, 5, size=d) / 4.0)
+            else:
+                A = weights(d, d)
+                A = A / max(1.0, float(np.max(np.abs(np.linalg.eigvals(A)))) * 1.1)  # keep the recurrence stable
             n = LinState(a, A, weights(d, a.dim), weights(d, 1)[:, 0], bias=weights(d, 1)[:, 0])
-        elif kind == 5:
+        elif kind == 5 and products:
             b = nodes[int(rng.integers(0, len(nodes)))]
             n = Multiplicative(Concat([a, b]) if (a.dim + b.dim) % 2 == 0 else Concat([a, a]))
         elif kind == 6:

@@ -27,6 +27,8 @@ from recurrent.targets.linear_rnn import LinearRNN
 from runtime import make_mesh
 from runtime import sharding as sh
 
+pytestmark = pytest.mark.unsharded  # model code compared on one device, on purpose
+
 
 @pytest.fixture(scope="module")
 def program_and_reference():

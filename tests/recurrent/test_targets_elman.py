@@ -118,7 +118,7 @@ def test_weights_run_in_flax_simple_cell():
             carry, out = cell(carry, x_t)
             outs.append(out)
         h_TxBxW = jnp.stack(outs)
-    got = np.swapaxes(np.asarray(h_TxBxW @ net.readout_kernel + net.readout_bias), 0, 1)
+    got = np.swapaxes(np.asarray(h_TxBxW @ net.readout_kernel + net.readout_bias[None, None]), 0, 1)
     chex.assert_trees_all_close(got, run(prog, toks.astype(np.float64)), atol=1e-5, rtol=0)
     chex.assert_trees_all_close(np.asarray(ElmanRNN(net)(toks)), got, atol=1e-5, rtol=0)
 

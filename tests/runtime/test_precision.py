@@ -27,7 +27,7 @@ LR = 5e-7  # the 7B recipes' learning rate
 def loss_for(compute):
     def loss_fn(p, batch, rng):
         del rng
-        y = (batch["x"].astype(compute) @ p["w"].astype(compute)).astype(jnp.float32) + p["frozen"]
+        y = (batch["x"].astype(compute) @ p["w"].astype(compute)).astype(jnp.float32) + p["frozen"][None]
         m = Metric.from_values(jnp.mean((y - batch["t"]) ** 2, -1))
         return m.total / m.count, {"loss": m}
 

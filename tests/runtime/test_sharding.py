@@ -64,11 +64,17 @@ def test_nnx_state_shardings_follow_annotations(mesh):
     assert kernel.addressable_shards[0].data.shape == (2, 3)
 
 
-def test_constrain_places_activations_only_under_activate(mesh):
+def test_constrain_places_activations_only_under_activate(mesh, monkeypatch):
     x = jnp.arange(8 * 6, dtype=jnp.float32).reshape(8, 6)
-    f = jax.jit(lambda x: sh.constrain(x * 2, ("batch", "act_mlp")))
     assert sh._ACTIVE.get() is None
-    np.testing.assert_array_equal(f(x), x * 2)  # no mesh active: a no-op
+    # The test configuration is strict: outside activate, constrain raises unless unsharded() says one device.
+    with pytest.raises(ShardingError, match="outside an active mesh"):
+        jax.jit(lambda x: sh.constrain(x * 2, ("batch", "act_mlp")))(x)
+    with sh.unsharded():
+        np.testing.assert_array_equal(jax.jit(lambda x: sh.constrain(x * 3, ("batch", "act_mlp")))(x), x * 3)
+    monkeypatch.delenv(sh.STRICT_ENV)  # a notebook: no mesh active is a no-op
+    np.testing.assert_array_equal(jax.jit(lambda x: sh.constrain(x * 4, ("batch", "act_mlp")))(x), x * 4)
+    monkeypatch.setenv(sh.STRICT_ENV, "1")
     with sh.activate(mesh):
         y = jax.jit(lambda x: sh.constrain(x * 2, ("batch", "act_mlp")))(x)
     assert y.sharding.spec == P(("data", "fsdp"), "tensor")

@@ -163,7 +163,7 @@ def test_batch_that_counts_nothing_leaves_parameters_and_optimizer_state_unchang
 
     def loss_fn(p, batch, rng):
         del rng
-        per = (p["w"] * batch["x"]).sum(-1) + p["b"]
+        per = (p["w"][None] * batch["x"]).sum(-1) + p["b"]
         metric = Metric.from_values(per ** 2, batch["mask"])
         return metric.total / jnp.maximum(metric.count, 1.0), {"loss": metric}
 
