@@ -242,6 +242,37 @@ def _check_finite(step: int, values: Mapping[str, metrics_lib.Metric], checkpoin
             )
 
 
+# Fields that say how this invocation starts, not what the run is: a resume always differs in them.
+INVOCATION_FIELDS = ("resume",)
+
+
+def _differences(old: Any, new: Any, path: str) -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new), key=str):
+            if key in INVOCATION_FIELDS:
+                continue
+            where = f"{path}.{key}" if path else str(key)
+            if key not in old:
+                out.append(f"{where} (new) = {new[key]!r}")
+            elif key not in new:
+                out.append(f"{where} (gone, was {old[key]!r})")
+            else:
+                out += _differences(old[key], new[key], where)
+        return out
+    return [] if old == new else [f"{path or 'config'} {old!r} -> {new!r}"]
+
+
+def config_differences(old: Any, new: Any, most: int = 8) -> str:
+    """The fields in which a checkpoint's stored config and this run's differ ("" if none), e.g.
+    ``steps 100 -> 200, optimizer.learning_rate 0.001 -> 0.002``; ``run.resume`` and the like are not counted."""
+    if old is None:
+        return ""
+    diffs = _differences(old, new, "")
+    more = f", and {len(diffs) - most} more" if len(diffs) > most else ""
+    return ", ".join(diffs[:most]) + more
+
+
 def train(cfg: RunConfig, task: Task) -> RunSummary:
     """Runs ``task`` for ``cfg.steps`` steps (or resumes it) and returns the summary."""
     initialize_distributed(cfg.distributed)
@@ -264,8 +295,9 @@ def train(cfg: RunConfig, task: Task) -> RunSummary:
             shardings = spec[1]
             state, meta = restore_state(checkpointer, task, mesh, spec=spec)
             task.data.set_state(meta["data"])
-            if meta.get("config") != config_json and is_main:
-                tqdm.write(f"[{task.name}] resuming with a config that differs from the checkpoint's")
+            changed = config_differences(meta.get("config"), config_json)
+            if changed and is_main:
+                tqdm.write(f"[{task.name}] resuming with a config that differs from the checkpoint's: {changed}")
         else:
             _, shardings = task.state_spec(mesh)
             state = task.init_state(mesh)
@@ -406,13 +438,23 @@ def format_summary(name: str, s: RunSummary) -> str:
     return "\n".join(lines)
 
 
+# Exit statuses of a launcher (README, "Failure behaviour"). 75 is sysexits' EX_TEMPFAIL: try again later, which
+# is what a scheduler should do with a run stopped by a signal after its checkpoint.
+EXIT_COMPLETED = 0
+EXIT_REFUSED = 2
+EXIT_DIVERGED = 3
+EXIT_STOPPED = 75
+
+
 def cli(config_type: type, main: Callable[[Any], Any], expected_errors: tuple[type[BaseException], ...] = (),
         args: Sequence[str] | None = None) -> Any:
     """Parses ``config_type`` from the command line (tyro) and runs ``main``.
 
-    A multi-host run (``cfg.run.distributed``) is started before ``main`` runs. Configuration and data errors (``RuntimeConfigError`` and the launcher's ``expected_errors``) and the NaN
-    guard end the process with a one-line message and exit status 2 instead of a traceback. ``args``: the
-    command line to parse (default: ``sys.argv[1:]``).
+    A multi-host run (``cfg.run.distributed``) is started before ``main`` runs. Configuration and data errors
+    (``RuntimeConfigError`` and the launcher's ``expected_errors``) end the process with a one-line message and exit
+    status ``EXIT_REFUSED``, the NaN guard with ``EXIT_DIVERGED``, instead of a traceback; a run that ``main``
+    reports as stopped by a signal (``stopped == "signal"``, after its checkpoint) exits with ``EXIT_STOPPED``.
+    ``args``: the command line to parse (default: ``sys.argv[1:]``).
     """
     cfg = tyro.cli(config_type, args=args, description=sys.modules[main.__module__].__doc__)
     run_cfg = getattr(cfg, "run", None)
@@ -421,7 +463,13 @@ def cli(config_type: type, main: Callable[[Any], Any], expected_errors: tuple[ty
         # start before any of that touches a backend.
         initialize_distributed(run_cfg.distributed)
     try:
-        return main(cfg)
-    except (RuntimeConfigError, NonFiniteMetricError, *expected_errors) as e:
+        result = main(cfg)
+    except NonFiniteMetricError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        sys.exit(EXIT_DIVERGED)
+    except (RuntimeConfigError, *expected_errors) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_REFUSED)
+    if getattr(result, "stopped", None) == "signal":
+        sys.exit(EXIT_STOPPED)
+    return result

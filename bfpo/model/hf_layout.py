@@ -94,8 +94,24 @@ def _rope_from_hf(raw: dict[str, Any], where: str) -> tuple[float, RopeScaling |
     if kind not in ("linear", "llama3", "yarn"):
         raise ModelError(f"{where}: rope type {kind!r} is not supported; expected default, linear, llama3 or yarn")
     fields = {f.name for f in dataclasses.fields(RopeScaling)} - {"kind"}
+    _refuse_unmodelled_rope(spec, fields, kind, where)
     kwargs = {key: spec[key] for key in fields if spec.get(key) is not None}
     return float(theta), RopeScaling(kind=kind, **kwargs)
+
+
+# YaRN's ``truncate: true`` (rounding the ramp's ends to whole dimensions) is what ``bfpo.model.rope`` computes.
+_MODELLED_DEFAULTS = {"truncate": True}
+
+
+def _refuse_unmodelled_rope(spec: dict[str, Any], fields: set[str], kind: str, where: str) -> None:
+    """A rope setting the model does not compute would load silently and give other logits: refuse it."""
+    for key, value in spec.items():
+        if key in fields or key in ("rope_type", "type", "rope_theta") or value is None:
+            continue
+        if key in _MODELLED_DEFAULTS and value == _MODELLED_DEFAULTS[key]:
+            continue
+        raise ModelError(f"{where}: rope scaling field {key!r} = {value!r} (rope type {kind!r}) is not modelled; "
+                         f"the model computes {sorted(fields | set(_MODELLED_DEFAULTS))} only")
 
 
 def config_from_hf(raw: dict[str, Any], where: str = "config.json",

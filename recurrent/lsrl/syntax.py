@@ -159,9 +159,25 @@ class Variable:
         if isinstance(key, slice):
             if key.step not in (None, 1):
                 raise CompileError(f"{self.label()}[{key}]: slices with a step are not part of LSRL")
-            start, stop, _ = key.indices(self.dim)
+            # Python's clamping is not applied: a slice reaching past either end is an error (Slice.problems).
+            start = _slice_end(key.start, 0, self.dim, self, key)
+            stop = _slice_end(key.stop, self.dim, self.dim, self, key)
             return Slice(self, start, stop)
         raise CompileError(f"{self.label()}[{key!r}]: index with an int or a slice")
+
+
+def _slice_end(end: Any, default: int, dim: int, var: Variable, key: slice) -> int:
+    if end is None:
+        return default
+    if not isinstance(end, (int, np.integer)):
+        raise CompileError(f"{var.label()}[{key}]: slice ends must be ints, got {type(end).__name__}")
+    return int(end) + dim if end < 0 else int(end)
+
+
+def _variable(value: Any, node: str, field: str = "input") -> "Variable":
+    if not isinstance(value, Variable):
+        raise CompileError(f"{node}: {field} must be an LSRL variable, got {type(value).__name__}")
+    return value
 
 
 def _combine(x: Variable, y: Variable, sign: float, name: str) -> "Linear":
@@ -175,11 +191,24 @@ def _combine(x: Variable, y: Variable, sign: float, name: str) -> "Linear":
     return r
 
 
-def _matrix(value: Any, node: Variable, field: str) -> np.ndarray:
+def _numbers(value: Any, node: Variable, field: str, convert) -> np.ndarray | None:
+    """``value`` as float64 (Fractions and other scalars entry by entry); None, with the problem recorded, when
+    it is ragged or holds something that is not a number."""
     try:
-        a = np.asarray(value, dtype=np.float64)
+        return np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
-        a = np.asarray([[float(v) for v in row] for row in np.asarray(value, dtype=object)], dtype=np.float64)
+        pass
+    try:
+        return np.asarray(convert(np.asarray(value, dtype=object)), dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        node.construction_problems.append(f"{node.label()}: {field} must hold numbers in a regular array ({e})")
+        return None
+
+
+def _matrix(value: Any, node: Variable, field: str) -> np.ndarray:
+    a = _numbers(value, node, field, lambda rows: [[float(v) for v in row] for row in rows])
+    if a is None:
+        return np.zeros((0, 0))
     if a.ndim != 2:
         node.construction_problems.append(f"{node.label()}: {field} must be a 2-D matrix, got shape {a.shape}")
         a = np.zeros((0, 0))
@@ -187,10 +216,9 @@ def _matrix(value: Any, node: Variable, field: str) -> np.ndarray:
 
 
 def _vector(value: Any, node: Variable, field: str) -> np.ndarray:
-    try:
-        a = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        a = np.asarray([float(v) for v in np.asarray(value, dtype=object).reshape(-1)], dtype=np.float64)
+    a = _numbers(value, node, field, lambda v: [float(x) for x in v.reshape(-1)])
+    if a is None:
+        return np.zeros(0)
     if a.ndim == 2 and a.shape[1] == 1:
         a = a[:, 0]
     elif a.ndim == 0:
@@ -224,6 +252,7 @@ class Linear(Variable):
     """A u + b (affine, no activation)."""
 
     def __init__(self, input: Variable, A: Any, b: Any = None, name: str = "Linear"):
+        _variable(input, name)
         super().__init__(0, name)
         self.A = _matrix(A, self, "A")
         self.dim = self.A.shape[0]
@@ -246,6 +275,7 @@ class Slice(Linear):
     """u[start:end], a Linear with a 0/1 selection matrix."""
 
     def __init__(self, input: Variable, start: int, end: int, name: str | None = None):
+        _variable(input, name or "Slice")
         self.start, self.end = int(start), int(end)
         width = max(self.end - self.start, 0)
         A = np.zeros((width, input.dim))
@@ -270,7 +300,7 @@ class Concat(Variable):
     """[v1; v2; ...]; the same variable may appear several times."""
 
     def __init__(self, inputs: Sequence[Variable], name: str = "Concat"):
-        inputs = list(inputs)
+        inputs = [_variable(i, name, f"input {k}") for k, i in enumerate(inputs)]
         super().__init__(sum(i.dim for i in inputs), name)
         self.input = inputs
         self.always_positive = bool(inputs) and all(i.always_positive for i in inputs)
@@ -288,7 +318,7 @@ class ReLU(Variable):
     """max(u, 0) elementwise."""
 
     def __init__(self, input: Variable, name: str = "ReLU"):
-        super().__init__(input.dim, name)
+        super().__init__(_variable(input, name).dim, name)
         self.input = input
         self.always_positive = True
 
@@ -305,6 +335,7 @@ class LinState(Variable):
     def __init__(
         self, input: Variable, A: Any, B: Any, init_state: Any, name: str = "LinState", bias: Any = None
     ):
+        _variable(input, name)
         super().__init__(0, name)
         self.A = _matrix(A, self, "A")
         self.dim = self.A.shape[0]
@@ -334,7 +365,7 @@ class Multiplicative(Variable):
     """u[:h] * u[h:] with h = dim(u) / 2 (the input dim must be even)."""
 
     def __init__(self, input: Variable, name: str = "Multiplicative"):
-        super().__init__(input.dim // 2, name)
+        super().__init__(_variable(input, name).dim // 2, name)
         self.input = input
 
     def problems(self) -> list[str]:

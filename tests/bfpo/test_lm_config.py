@@ -70,3 +70,17 @@ def test_rope_scaling_validation():
         RopeScaling(kind="llama3", factor=8.0)
     with pytest.raises(ModelError, match="RopeScaling.kind='ntk'"):
         RopeScaling(kind="ntk", factor=2.0)
+
+
+@pytest.mark.parametrize("extra", [{"truncate": False}, {"mscale": 0.707}, {"mscale_all_dim": 1.0}])
+def test_yarn_settings_the_model_does_not_compute_are_refused(extra):
+    """Each of these changes the frequencies or the attention scale in transformers; loaded silently, the logits
+    would differ (max abs 1.7 on a real checkpoint), so the loader names the field instead."""
+    from bfpo.model.hf_layout import config_from_hf, config_to_hf
+
+    raw = config_to_hf(LlamaConfig.tiny())
+    yarn = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}
+    assert config_from_hf({**raw, "rope_scaling": {**yarn, "truncate": True}}).rope_scaling.kind == "yarn"
+    key = next(iter(extra))
+    with pytest.raises(ModelError, match=rf"config.json: rope scaling field '{key}' .* is not modelled"):
+        config_from_hf({**raw, "rope_scaling": {**yarn, **extra}})

@@ -17,7 +17,8 @@ import tyro
 
 from experiments.tasks import mlp_regression
 from experiments.configs.mlp_regression import MLPRegressionConfig
-from experiments.run import NonFiniteMetricError, RunError, train
+from experiments.run import (EXIT_DIVERGED, EXIT_REFUSED, EXIT_STOPPED, NonFiniteMetricError, RunError, cli,
+                             config_differences, train)
 from runtime import make_mesh
 from runtime.batches import IndexedBatches
 from runtime.checkpoint import Checkpointer
@@ -100,7 +101,7 @@ def test_sigterm_checkpoints_and_stops_cleanly_then_resumes_identically(tmp_path
         out, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
-    assert proc.returncode == 0, err[-3000:]
+    assert proc.returncode == EXIT_STOPPED, err[-3000:]  # not 0: a scheduler sees the run is to be requeued
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["stopped"] == "signal" and summary["steps_done"] < 1500
     assert checkpoint_steps(tmp_path)[-1] == summary["steps_done"]
@@ -141,6 +142,35 @@ def test_existing_run_directory_needs_resume(small_run):
     out, cfg, _ = small_run
     with pytest.raises(RunError, match=r"already holds a checkpoint \(step 20\); pass --run.resume"):
         train(cfg.run, mlp_regression.make_task(cfg))
+
+
+def test_exit_status_tells_a_diverged_run_from_refused_input(tmp_path, capsys):
+    from experiments import mlp_regression as launcher
+
+    def exit_code(*extra):
+        with pytest.raises(SystemExit) as e:
+            cli(MLPRegressionConfig, launcher.main, args=[*ARGS, "--run.out-dir", str(tmp_path / str(len(extra))),
+                                                          "--run.steps", "30", *extra])
+        return e.value.code
+
+    assert exit_code("--learning-rate", "1e39") == EXIT_DIVERGED
+    assert capsys.readouterr().err.startswith("error: step")
+    (tmp_path / "taken" / "checkpoints" / "5").mkdir(parents=True)  # a run directory that is not this run's
+    with pytest.raises(SystemExit) as e:
+        cli(MLPRegressionConfig, launcher.main, args=[*ARGS, "--run.out-dir", str(tmp_path / "taken")])
+    assert e.value.code == EXIT_REFUSED
+
+
+def test_resume_message_names_the_fields_that_differ():
+    """A resume differs from its checkpoint in ``run.resume`` alone, which says nothing: only real changes are
+    named, with their old and new values."""
+    old = {"run": {"resume": False, "steps": 100}, "optimizer": {"learning_rate": 1e-3}, "gone": 1}
+    assert config_differences(old, {**old, "run": {"resume": True, "steps": 100}}) == ""
+    new = {"run": {"resume": True, "steps": 200}, "optimizer": {"learning_rate": 2e-3}, "added": "x"}
+    assert config_differences(old, new) == ("added (new) = 'x', gone (gone, was 1), optimizer.learning_rate 0.001 -> "
+                                            "0.002, run.steps 100 -> 200")
+    many = {f"f{i}": i for i in range(12)}
+    assert config_differences(many, {k: v + 1 for k, v in many.items()}).endswith(", and 4 more")
 
 
 def test_nan_guard_names_the_step_and_metric(tmp_path):

@@ -4,6 +4,8 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from recurrent import CompileError
 from recurrent.lsrl import (
@@ -151,3 +153,50 @@ def test_published_style_program_runs_unchanged():
     np.testing.assert_allclose(out.numpy()[0], counts > np.arange(1, 9) - counts, atol=1e-12)
     assert Matrix.SliceMatrix(4, 1, 3).tolist() == [[0, 1, 0, 0], [0, 0, 1, 0]]
     assert Matrix.diag(1, [[2.0]]).tolist() == [[1, 0], [0, 2]]
+
+
+def test_what_is_not_a_program_is_refused_with_compile_error():
+    """A numpy array where a variable belongs, a ragged or non-numeric matrix, a slice past either end: each is a
+    CompileError naming the node and the field, never an AttributeError or a silently clamped slice."""
+    x = Input(3)
+    for make in (lambda: ReLU(np.ones(3)), lambda: Linear([1.0], np.eye(1)), lambda: Multiplicative("x"),
+                 lambda: LinState(np.ones(1), np.eye(1), np.eye(1), [0.0]), lambda: Concat([x, np.ones(2)])):
+        with pytest.raises(CompileError, match="must be an LSRL variable, got"):
+            make()
+    ragged = _messages(lambda: LinState(x, [[1.0, 0.0], [1.0]], np.ones((2, 3)), [0.0, 0.0]))
+    assert any("A must hold numbers in a regular array" in p for p in ragged), ragged
+    strings = _messages(lambda: Linear(x, [["a", "b", "c"]]))
+    assert any("A must hold numbers in a regular array" in p for p in strings), strings
+    assert any("slice [1:5] is empty or outside" in p for p in _messages(lambda: x[1:5]))
+    assert any("slice [-2:3] is empty or outside" in p for p in _messages(lambda: x[-5:]))
+    assert any("slice [3:4] is empty or outside" in p for p in _messages(lambda: x[3]))
+    assert ForEach(Concat([x[-1], x[:2], x[1:]])).out_dim == 5  # in-range ends, negative ones included
+
+
+_JUNK = st.recursive(
+    st.one_of(st.none(), st.integers(-3, 3), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=2),
+              st.booleans()),
+    lambda inner: st.lists(inner, max_size=3), max_leaves=8)
+
+
+@settings(max_examples=150, deadline=None)
+@given(node=st.sampled_from(["Linear", "LinState", "ReLU", "Multiplicative", "Concat", "index"]),
+       args=st.lists(_JUNK, min_size=1, max_size=4), as_array=st.booleans())
+def test_fuzzed_node_arguments_end_in_compile_error_or_a_program(node, args, as_array):
+    """Whatever reaches a constructor (ragged lists, strings, NaN, None, numpy arrays where a variable belongs),
+    the outcome is a node that compiles into a ForEach or a CompileError: never another exception."""
+    x = Input(2)
+    if as_array:
+        args = [np.asarray(a, dtype=object) for a in args]
+    build = {
+        "Linear": lambda: Linear(x, *args[:2]),
+        "LinState": lambda: LinState(x, *(args + [None, None])[:3]),
+        "ReLU": lambda: ReLU(args[0]),
+        "Multiplicative": lambda: Multiplicative(args[0]),
+        "Concat": lambda: Concat([x, *args]),
+        "index": lambda: x[args[0]],
+    }[node]
+    try:
+        ForEach(build())
+    except CompileError:
+        pass
