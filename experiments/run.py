@@ -34,6 +34,7 @@ from runtime import metrics as metrics_lib
 from runtime import sharding as sharding_lib
 from runtime.checkpoint import Checkpointer
 from runtime.errors import RuntimeConfigError
+from runtime.finite import first_nonfinite
 from runtime.mesh import DistributedConfig, MeshConfig, initialize_distributed, make_mesh
 from runtime.precision import Precision, PrecisionWarning, unresolved_summary, update_resolution
 from runtime.train_state import TrainState, leaf_paths
@@ -45,6 +46,11 @@ class RunError(RuntimeConfigError):
 
 class NonFiniteMetricError(FloatingPointError):
     """A logged metric became NaN or Inf; the message names the step and the metric."""
+
+
+class NonFiniteStateError(NonFiniteMetricError):
+    """The state about to be checkpointed holds NaN or Inf (an update that overflowed while the metrics, computed
+    before it, were still finite); the message names the step and the first bad leaf."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -318,6 +324,16 @@ def train(cfg: RunConfig, task: Task) -> RunSummary:
     def meta() -> dict[str, Any]:
         return {"data": task.data.get_state(), "config": config_json, "task": task.name}
 
+    def save(step_number: int) -> None:
+        # The metrics are computed before the update, so they cannot vouch for the state the update made.
+        leaf = first_nonfinite(state) if cfg.nan_guard else None
+        if leaf is not None:
+            raise NonFiniteStateError(
+                f"step {step_number}: the state to checkpoint holds a non-finite value (first in {leaf}); training "
+                f"stopped before it was written (latest checkpoint: step {checkpointer.latest_step()})"
+            )
+        checkpointer.save(state, meta(), step=step_number)
+
     def flush(pending) -> None:
         nonlocal window_steps
         step_number, device_metrics = pending
@@ -380,7 +396,7 @@ def train(cfg: RunConfig, task: Task) -> RunSummary:
                 if done % cfg.log_every == 0:
                     log(done)
                 if save_now:
-                    checkpointer.save(state, meta(), step=done)
+                    save(done)
                 if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
                     evaluate(done)
                 if stop.signal_name:
@@ -392,7 +408,7 @@ def train(cfg: RunConfig, task: Task) -> RunSummary:
                 flush(pending)
                 pending = None
             log(done)
-            checkpointer.save(state, meta(), step=done)
+            save(done)
             checkpointer.wait()
             if stopped == "completed":
                 evaluate(done)

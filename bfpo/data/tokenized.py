@@ -80,6 +80,10 @@ class TokenizeReport:
     chosen_truncated: int
     rejected_truncated: int
 
+    @property
+    def truncated(self) -> bool:
+        return bool(self.prompts_truncated or self.chosen_truncated or self.rejected_truncated)
+
     def summary(self) -> str:
         return (f"{self.pairs} pairs; truncated: {self.prompts_truncated} prompts, {self.chosen_truncated} chosen "
                 f"and {self.rejected_truncated} rejected responses")

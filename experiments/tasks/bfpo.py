@@ -148,6 +148,10 @@ def make_task(cfg: BFPOTrainConfig) -> tuple[Task, Prepared]:
                                         tokenizer, tok_cfg)
                  for i, s in enumerate(cfg.streams)}
     eval_tok = tokenize_pairs(eval_pairs(cfg), tokenizer, tok_cfg)
+    for name, tok in {**tokenized, "evaluation data": eval_tok}.items():
+        if tok.report.truncated and jax.process_index() == 0:
+            print(f"[bfpo_train] {name}: {tok.report.summary()} to --max-prompt-length {cfg.max_prompt_length} / "
+                  f"--max-length {cfg.max_length}", flush=True)
     mismatched = get_objective(cfg.objective).needs_mismatched  # KTO's reference-point rows
     data = MixedStreams({s.name: PreferenceStream(tokenized[s.name], s.batch_size, cfg.data_seed + i,
                                                   bucket_window=cfg.bucket_window, mismatched=mismatched)

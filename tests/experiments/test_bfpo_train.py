@@ -186,3 +186,11 @@ def test_kto_trains_on_batches_with_a_mismatched_side(tmp_path):
     chex.assert_trees_all_equal(params["reference"], jax.device_get(task.frozen_params(mesh)["reference"]))
     moved = jax.tree.map(lambda a, b: bool(np.any(a != b)), params["policy"], params["reference"])
     assert any(jax.tree.leaves(moved))
+
+
+def test_truncated_pairs_are_reported_with_the_budgets(tmp_path, capsys):
+    cfg = config(tmp_path, "--max-length", "40", "--max-prompt-length", "24", "--buckets", "40")
+    bfpo_task.make_task(cfg)
+    out = capsys.readouterr().out
+    assert "[bfpo_train] safety: 128 pairs; truncated:" in out, out
+    assert "to --max-prompt-length 24 / --max-length 40" in out

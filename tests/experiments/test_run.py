@@ -18,7 +18,7 @@ import tyro
 from experiments.tasks import mlp_regression
 from experiments.configs.mlp_regression import MLPRegressionConfig
 from experiments.run import (EXIT_DIVERGED, EXIT_REFUSED, EXIT_STOPPED, NonFiniteMetricError, RunError, cli,
-                             config_differences, train)
+                             NonFiniteStateError, config_differences, train)
 from runtime import make_mesh
 from runtime.batches import IndexedBatches
 from runtime.checkpoint import Checkpointer
@@ -159,6 +159,16 @@ def test_exit_status_tells_a_diverged_run_from_refused_input(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         cli(MLPRegressionConfig, launcher.main, args=[*ARGS, "--run.out-dir", str(tmp_path / "taken")])
     assert e.value.code == EXIT_REFUSED
+
+
+def test_a_state_that_overflowed_is_never_checkpointed(tmp_path):
+    """lr 1e39: the first update overflows while the metrics, computed before it, are finite. The guard checks
+    the state it is about to save, names the first bad leaf, and writes no checkpoint."""
+    cfg = config(tmp_path, "--learning-rate", "1e39", "--run.checkpoint-every", "1", "--run.log-every", "100")
+    with pytest.raises(NonFiniteStateError, match=r"step 1: the state to checkpoint holds a non-finite value "
+                                                  r"\(first in params/.*\).*latest checkpoint: step None"):
+        train(cfg.run, mlp_regression.make_task(cfg))
+    assert checkpoint_steps(tmp_path) == []
 
 
 def test_resume_message_names_the_fields_that_differ():
