@@ -3,7 +3,8 @@ directory, or (only with ``datasets`` installed and a network) a hub dataset id.
 
 Each record comes with its location: ``"path:N"`` for JSONL (N the 1-based line) and ``"path:record N"``
 for the record-indexed formats (N the 0-based row, as ``datasets`` numbers them). A JSONL line that is not
-valid JSON is yielded as an ``Unreadable`` record so the loader can report or skip it like any bad record.
+valid JSON, or holds an object with a key twice, is yielded as an ``Unreadable`` record so the loader can report
+or skip it like any bad record; a byte that is not UTF-8 is an error naming its line.
 Saved dataset directories are read with pyarrow directly (their data files are Arrow IPC streams), so
 ``datasets`` is not needed for them.
 """
@@ -63,27 +64,55 @@ def read_records(path: str | Path, *, split: str | None = None) -> Iterator[tupl
         yield from {"jsonl": read_jsonl, "json": read_json, "parquet": read_parquet}[fmt](p)
 
 
+class DuplicateKeyError(ValueError):
+    """An object with the same key twice: ``json`` would keep the last value silently (a safety label could flip)."""
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise DuplicateKeyError(key)
+        out[key] = value
+    return out
+
+
+def loads(text: str | bytes) -> object:
+    """``json.loads`` that refuses an object holding one key twice (``DuplicateKeyError``)."""
+    return json.loads(text, object_pairs_hook=_unique_keys)
+
+
+def duplicate_key_message(e: DuplicateKeyError) -> str:
+    return f"the key {e.args[0]!r} appears twice in one object (JSON would keep the last value silently)"
+
+
 def read_jsonl(path: Path) -> Iterator[tuple[str, object]]:
-    with open(path, encoding="utf-8") as f:
-        try:
-            for number, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    yield f"{path}:{number}", json.loads(line)
-                except json.JSONDecodeError as e:
-                    problem = f"not valid JSON: {e.msg} (column {e.colno})"
-                    yield f"{path}:{number}", Unreadable("invalid_json", problem)
-        except UnicodeDecodeError as e:
-            raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start} of a line)") from e
+    # Read as bytes and decode line by line, so a bad byte is reported at its line of the file.
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{number}: not UTF-8 text ({e.reason} at byte {e.start} of the line)") from e
+            if not line.strip():
+                continue
+            try:
+                yield f"{path}:{number}", loads(line)
+            except json.JSONDecodeError as e:
+                problem = f"not valid JSON: {e.msg} (column {e.colno})"
+                yield f"{path}:{number}", Unreadable("invalid_json", problem)
+            except DuplicateKeyError as e:
+                yield f"{path}:{number}", Unreadable("duplicate_key", duplicate_key_message(e))
 
 
 def read_json(path: Path) -> Iterator[tuple[str, object]]:
     try:
         with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+            data = loads(f.read())
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: not valid JSON: {e.msg} (column {e.colno})") from e
+    except DuplicateKeyError as e:
+        raise DataError(f"{path}: {duplicate_key_message(e)}") from e
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
     if not isinstance(data, list):

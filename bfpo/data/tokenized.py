@@ -90,9 +90,13 @@ class TokenizeReport:
 
 
 def tokenizer_identity(tokenizer: Tokenizer) -> str:
-    """What of the tokenizer, besides the ids themselves, shapes the batches: vocabulary, specials, template."""
+    """What of the tokenizer, besides the ids themselves, shapes the batches: vocabulary, specials, template.
+
+    The contents, not where they were read from: the same tokenizer files in a moved directory are the same
+    tokenizer (a resume from there reuses its data and reference caches)."""
     hf = tokenizer.hf
-    described = {"class": type(hf).__name__, "name": getattr(hf, "name_or_path", ""), "vocab_size": len(hf),
+    vocabulary = hashlib.sha256(json.dumps(sorted(hf.get_vocab().items())).encode()).hexdigest()
+    described = {"class": type(hf).__name__, "vocabulary": vocabulary, "vocab_size": len(hf),
                  "pad": tokenizer.pad_id, "eos": tokenizer.eos_id, "bos": tokenizer.bos_id,
                  "chat_template": hf.chat_template or ""}
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()

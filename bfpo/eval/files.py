@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from bfpo.data.readers import DuplicateKeyError, duplicate_key_message, loads
 from bfpo.errors import DataError
 
 Record = tuple[int, dict[str, Any]]
@@ -41,9 +42,11 @@ def read_jsonl(path: str | os.PathLike) -> list[Record]:
         if not text.strip():
             continue
         try:
-            record = json.loads(text)
+            record = loads(text)
         except json.JSONDecodeError as e:
             raise DataError(f"{where(path, line)}: not valid JSON ({e.msg})") from e
+        except DuplicateKeyError as e:
+            raise DataError(f"{where(path, line)}: {duplicate_key_message(e)}") from e
         if not isinstance(record, dict):
             raise DataError(f"{where(path, line)}: expected a JSON object, got {type(record).__name__}")
         out.append((line, record))
@@ -55,9 +58,11 @@ def read_json(path: str | os.PathLike, key: str | None = None) -> list[Record]:
     numbers per element, so records are numbered by their index in the array, counting from 1."""
     path = Path(path)
     try:
-        data = json.loads(read_text(path))
+        data = loads(read_text(path))
     except json.JSONDecodeError as e:
         raise DataError(f"{where(path, e.lineno)}: not valid JSON ({e.msg})") from e
+    except DuplicateKeyError as e:
+        raise DataError(f"{path}: {duplicate_key_message(e)}") from e
     if key is not None:
         if not isinstance(data, Mapping) or key not in data:
             raise DataError(f"{path}: expected a JSON object with the field {key!r}")

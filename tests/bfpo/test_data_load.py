@@ -158,3 +158,21 @@ def test_schema_detection_override_and_unusable_inputs(tmp_path):
     listing.write_text('{"train": []}')
     with pytest.raises(DataError, match=r"obj.json: expected a JSON list of records"):
         load_pairs(listing)
+
+
+def test_a_key_twice_and_a_bad_byte_are_named_at_their_line(tmp_path):
+    """A record with ``is_response_0_safe`` twice would keep the last value silently (a flipped safety label): it is
+    a bad record naming the key. A byte that is not UTF-8 is reported at its line of the file, not at a byte of
+    the decoder's chunk."""
+    good = BAD.read_text().splitlines()[0]
+    twice = good[:-1] + ', "is_response_0_safe": true}'
+    path = tmp_path / "twice.jsonl"
+    path.write_text("\n".join([good, twice, good]) + "\n")
+    with pytest.raises(DataError, match=rf"{path}:2: .*'is_response_0_safe' appears twice in one object"):
+        load_pairs(path)
+    pairs, report = load_pairs(path, on_bad_record="skip")
+    assert len(pairs) == 2 and dict(report.reasons) == {"duplicate_key": 1}
+    binary = tmp_path / "latin1.jsonl"
+    binary.write_bytes(("\n".join([good] * 300) + "\n").encode() + b'{"prompt": "caf\xe9"}\n')
+    with pytest.raises(DataError, match=rf"{binary}:301: not UTF-8 text"):
+        load_pairs(binary)

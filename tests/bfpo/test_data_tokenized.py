@@ -158,3 +158,18 @@ def test_evaluation_batches_give_a_lone_last_example_a_mismatched_partner(tight)
     last = batches[-1]
     assert last["pair_mask"].sum() == 1 and last["example_id"][0] == len(tight) - 1
     np.testing.assert_array_equal(last["mismatched"]["tokens"][0][last["mismatched"]["score_mask"][0]], tight.chosen(0))
+
+
+def test_tokenizer_identity_is_its_contents_not_its_directory(tmp_path):
+    """The same tokenizer files moved to another directory give the same identity (a resume from there keeps its
+    data fingerprint); another vocabulary does not."""
+    import shutil
+
+    from bfpo.data.tokenized import tokenizer_identity
+
+    Tokenizer.byte_level().hf.save_pretrained(str(tmp_path / "a"))
+    shutil.copytree(tmp_path / "a", tmp_path / "moved")
+    here, moved = Tokenizer.from_directory(tmp_path / "a"), Tokenizer.from_directory(tmp_path / "moved")
+    assert tokenizer_identity(here) == tokenizer_identity(moved)
+    moved.hf.add_tokens(["<extra>"])
+    assert tokenizer_identity(here) != tokenizer_identity(moved)
