@@ -33,6 +33,7 @@ from bfpo.eval.report import summarize
 from bfpo.eval.tasks import Question, Task
 from bfpo.generate import SamplingConfig
 from bfpo.tokenize import Tokenizer
+from runtime.sharding import shards_of
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -129,6 +130,9 @@ def evaluate_model(model, tokenizer: Tokenizer, cfg: EvalConfig, pairs: Sequence
     """Every score of the module docstring for one model: {"summary" (``bfpo.eval.summarize``), "generative"
     (results with their per-prompt records), "discriminative", "margins"}; ``chunk`` is the log-probs' chunk.
     With ``mesh`` the generation and the scoring run on it (batches split over its data axes)."""
+    if mesh is not None and cfg.batch_size % shards_of("batch", mesh):
+        raise ConfigError(f"EvalConfig.batch_size={cfg.batch_size}: the evaluation batches are split "
+                          f"{shards_of('batch', mesh)} ways over the mesh's data axes; use a multiple of that")
     sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
     key = jax.random.key(cfg.seed)
     harmful, benign = prompt_sets(cfg)

@@ -214,3 +214,10 @@ def test_config_errors_name_the_field():
     cfg = CompareConfig.synthetic()
     with pytest.raises(CompareConfigError, match="must be synthetic"):
         dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, eval_path="/data/pku.jsonl"))
+
+
+def test_evaluation_batches_must_split_over_the_mesh():
+    from runtime import make_mesh
+
+    with pytest.raises(ConfigError, match=r"EvalConfig.batch_size=12: .* split 8 ways"):
+        heldout.evaluate_model(None, Tokenizer.byte_level(), EvalConfig(batch_size=12), [], mesh=make_mesh({"fsdp": 8}))
