@@ -114,10 +114,29 @@ def _refuse_unmodelled_rope(spec: dict[str, Any], fields: set[str], kind: str, w
                          f"the model computes {sorted(fields | set(_MODELLED_DEFAULTS))} only")
 
 
+_REQUIRED_SIZES = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+_OPTIONAL_SIZES = ("num_key_value_heads", "head_dim")
+
+
+def _check_sizes(raw: dict[str, Any], where: str) -> None:
+    """The architecture's sizes are positive integers (a "2" or 2.0 would build another model or fail later)."""
+    for key in _REQUIRED_SIZES + _OPTIONAL_SIZES:
+        if key not in raw or (key in _OPTIONAL_SIZES and raw[key] is None):
+            if key in _REQUIRED_SIZES:
+                raise ModelError(f"{where}: {key} is missing")
+            continue
+        value = raw[key]
+        if type(value) is not int or value < 1:
+            raise ModelError(f"{where}: {key}={value!r} must be a positive integer")
+
+
 def config_from_hf(raw: dict[str, Any], where: str = "config.json",
                    execution: ExecutionConfig | None = None) -> LlamaConfig:
     """Our config from a Hugging Face ``config.json`` dict, run with ``execution`` (None: stored and computed in
     the checkpoint's own dtype, ``torch_dtype``, as transformers' ``torch_dtype="auto"`` loads it)."""
+    if not isinstance(raw, dict):
+        raise ModelError(f"{where}: expected a JSON object, got a {type(raw).__name__}")
+    _check_sizes(raw, where)
     model_type = raw.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ModelError(f"{where}: model_type={model_type!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")

@@ -57,7 +57,7 @@ def read_config(directory: Path, execution: ExecutionConfig | None = None) -> Ll
         raise ModelError(f"{path}: missing; a Hugging Face model directory needs its config.json")
     try:
         raw = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ModelError(f"{path}: not valid JSON ({e})") from e
     return hf_layout.config_from_hf(raw, where=str(path), execution=execution)
 
@@ -68,8 +68,12 @@ class CheckpointFiles:
     def __init__(self, directory: Path):
         index = directory / INDEX_FILE
         if index.is_file():
-            weight_map = json.loads(index.read_text()).get("weight_map")
-            if not isinstance(weight_map, dict):
+            try:
+                raw = json.loads(index.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise ModelError(f"{index}: not valid JSON ({e})") from e
+            weight_map = raw.get("weight_map") if isinstance(raw, dict) else None
+            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
                 raise ModelError(f"{index}: expected a 'weight_map' object from tensor name to file")
             files = {rel: directory / rel for rel in sorted(set(weight_map.values()))}
             missing = [str(p) for p in files.values() if not p.is_file()]

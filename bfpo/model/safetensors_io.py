@@ -27,20 +27,57 @@ DTYPES: dict[str, np.dtype] = {
 CODES = {dtype: code for code, dtype in DTYPES.items()}
 
 
+def _check_layout(path: Path, header: dict, data_bytes: int) -> None:
+    """Every entry's dtype, shape and byte range: inside the data, of the shape's size, none overlapping."""
+    spans = []
+    for name, entry in header.items():
+        what = f"{path}: tensor {name!r}"
+        if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= set(entry):
+            raise ModelError(f"{what}: expected an object with dtype, shape and data_offsets, got {entry!r:.80}")
+        code, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if not isinstance(code, str) or code not in DTYPES:
+            raise ModelError(f"{what} has dtype {code!r}, expected one of {sorted(DTYPES)}")
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+            raise ModelError(f"{what}: shape {shape!r:.80} is not a list of non-negative integers")
+        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(type(o) is int for o in offsets)
+                or not 0 <= offsets[0] <= offsets[1] <= data_bytes):
+            raise ModelError(f"{what}: data_offsets {offsets!r:.80} are not [begin, end] within the file's "
+                             f"{data_bytes} data bytes")
+        need = int(np.prod(shape, dtype=np.int64)) * DTYPES[code].itemsize
+        if offsets[1] - offsets[0] != need:
+            raise ModelError(f"{what}: data_offsets {offsets} hold {offsets[1] - offsets[0]} bytes, but shape "
+                             f"{shape} of {code} needs {need}")
+        spans.append((offsets[0], offsets[1], name))
+    spans.sort()
+    for (_, end, first), (begin, _, second) in zip(spans, spans[1:]):
+        if begin < end:
+            raise ModelError(f"{path}: tensors {first!r} and {second!r} overlap in the data (bytes {begin}..{end})")
+
+
 class SafetensorsFile:
     """Tensors of one file as read-only NumPy views onto a memory map (nothing is read until sliced)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         try:
+            size = self.path.stat().st_size
             with open(self.path, "rb") as f:
                 (length,) = struct.unpack("<Q", f.read(8))
+                if length > size - 8:
+                    raise ModelError(f"{self.path}: header length {length} exceeds the file's {size} bytes "
+                                     "(truncated or not a safetensors file)")
                 header = json.loads(f.read(length))
         except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ModelError(f"{self.path}: not a readable safetensors file ({e})") from e
-        self.metadata: dict[str, str] = header.pop("__metadata__", {}) or {}
+        if not isinstance(header, dict):
+            raise ModelError(f"{self.path}: the header is a JSON {type(header).__name__}, expected an object")
+        metadata = header.pop("__metadata__", None) or {}
+        if not isinstance(metadata, dict):
+            raise ModelError(f"{self.path}: __metadata__ is a {type(metadata).__name__}, expected an object")
+        self.metadata: dict[str, str] = metadata
         self.header: dict[str, dict] = header
         self._data_start = 8 + length
+        _check_layout(self.path, header, size - self._data_start)
         self._map: np.memmap | None = None
 
     def keys(self) -> list[str]:

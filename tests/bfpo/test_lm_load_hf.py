@@ -101,6 +101,31 @@ def test_bad_config_names_file_and_field(copy):
         load_hf(copy)
 
 
+@pytest.mark.parametrize("config,match", [
+    ([1, 2], "expected a JSON object, got a list"),
+    ("drop hidden_size", "hidden_size is missing"),
+    ({"num_hidden_layers": "2"}, "num_hidden_layers='2' must be a positive integer"),
+    ({"head_dim": 2.0}, "head_dim=2.0 must be a positive integer"),
+])
+def test_malformed_config_is_a_model_error_naming_the_field(copy, config, match):
+    raw = json.loads((copy / "config.json").read_text())
+    if config == "drop hidden_size":
+        config = {k: v for k, v in raw.items() if k != "hidden_size"}
+    elif isinstance(config, dict):
+        config = {**raw, **config}
+    (copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match=rf"config.json: {match}"):
+        load_hf(copy)
+
+
+@pytest.mark.parametrize("index,match", [("{not json", "not valid JSON"), ("[]", "expected a 'weight_map' object"),
+                                         ('{"weight_map": {"x": 3}}', "expected a 'weight_map' object")])
+def test_malformed_index_is_a_model_error(copy, index, match):
+    (copy / "model.safetensors.index.json").write_text(index)
+    with pytest.raises(ModelError, match=rf"model.safetensors.index.json: {match}"):
+        load_hf(copy)
+
+
 def test_hub_id_offline_asks_for_a_local_directory(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path))
