@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from runtime.content_hash import content_hashes
 from runtime.errors import CheckpointError
 from runtime.train_state import TrainState, leaf_paths
 
@@ -50,15 +51,21 @@ def abstract_target(like: TrainState, shardings: TrainState, frozen: bool = True
     )
 
 
+def frozen_hashes(params: Any, trainable: tuple[bool, ...]) -> list[str]:
+    """The content hash of every frozen leaf, in leaf order."""
+    return content_hashes([x for x, m in zip(jax.tree.leaves(params), trainable) if not m])
+
+
 @jax.jit
-def _checksums(leaves: list[jax.Array]) -> jax.Array:
+def _abs_sums(leaves: list[jax.Array]) -> jax.Array:
     return jnp.stack([jnp.sum(jnp.abs(x.astype(jnp.float32))) for x in leaves]) if leaves else jnp.zeros((0,))
 
 
-def frozen_checksums(params: Any, trainable: tuple[bool, ...]) -> list[float]:
-    """sum |x| (float32) of every frozen leaf, in leaf order."""
+def _legacy_checksums(params: Any, trainable: tuple[bool, ...]) -> list[float]:
+    """sum |x| (float32) of every frozen leaf: what checkpoints recorded before content hashes (read, never
+    written, so such runs still resume)."""
     leaves = [x for x, m in zip(jax.tree.leaves(params), trainable) if not m]
-    return [float(v) for v in jax.device_get(_checksums(leaves))]
+    return [float(v) for v in jax.device_get(_abs_sums(leaves))]
 
 
 class Checkpointer:
@@ -89,7 +96,7 @@ class Checkpointer:
         if not frozen:
             indices = [i for i, m in enumerate(state.trainable) if not m]
             meta = {**meta, FROZEN_META: {"leaves": indices,
-                                          "checksums": frozen_checksums(state.params, state.trainable)}}
+                                          "hashes": frozen_hashes(state.params, state.trainable)}}
         self._manager.save(
             step,
             args=ocp.args.Composite(state=ocp.args.StandardSave(_arrays(state, frozen)),
@@ -108,7 +115,7 @@ class Checkpointer:
 
         A checkpoint saved without its frozen parameters takes them from ``frozen`` (a parameter tree like
         ``like.params``, on the target shardings, whose trainable leaves are ignored), after checking them against
-        the checksums recorded at save time."""
+        the content hashes recorded at save time."""
         step = self.latest_step() if step is None else step
         if step is None:
             raise CheckpointError(f"no complete checkpoint in {self.directory}")
@@ -155,10 +162,18 @@ class Checkpointer:
             raise CheckpointError(f"{where} was saved with frozen leaves {frozen_meta['leaves'][:8]}..., the train "
                                   f"state being restored freezes {indices[:8]}...")
         paths = leaf_paths(like.params)
-        for i, got, want in zip(indices, frozen_checksums(frozen, like.trainable), frozen_meta["checksums"]):
-            if not math.isclose(got, want, rel_tol=1e-5, abs_tol=1e-6):
+        if "hashes" in frozen_meta:
+            pairs = zip(frozen_hashes(frozen, like.trainable), frozen_meta["hashes"])
+            same = [got == want for got, want in pairs]
+            what = "content hash"
+        else:
+            pairs = zip(_legacy_checksums(frozen, like.trainable), frozen_meta["checksums"])
+            same = [math.isclose(got, want, rel_tol=1e-5, abs_tol=1e-6) for got, want in pairs]
+            what = "sum |x|"
+        for i, ok in zip(indices, same):
+            if not ok:
                 raise CheckpointError(f"{where}: frozen parameter {paths[i]!r} differs from the one trained with "
-                                      f"(sum |x| {got!r}, saved {want!r}); the base weights changed since")
+                                      f"(its {what} changed); the base weights changed since the run started")
 
     def read_meta(self, step: int | None = None) -> dict[str, Any]:
         step = self.latest_step() if step is None else step

@@ -149,3 +149,39 @@ def test_trainable_only_checkpoints_restore_with_checked_frozen_params(tmp_path)
     import orbax.checkpoint as ocp
 
     assert list(ocp.StandardCheckpointer().metadata(tmp_path / "4" / "state").item_metadata.tree["params"]) == ["00001"]
+
+
+def test_a_frozen_base_changed_in_ways_that_keep_each_sum_abs_is_refused(tmp_path):
+    mesh = make_mesh({"data": 2, "fsdp": 4})
+    layers = jax.random.normal(jax.random.PRNGKey(0), (4, 8, 8))  # a scanned stack of 4 layers
+    params = {"layers": layers, "head": jnp.arange(-4.0, 4.0), "train": jnp.ones(3)}
+    state = TrainState(step=jnp.asarray(2, jnp.int32), params=params, opt_state={}, rng=jax.random.PRNGKey(1),
+                       trainable=(False, False, True))
+    shardings = jax.tree.map(lambda _: jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()), state)
+    sharded = {"layers": jax.device_put(layers, jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec(None, "data", "fsdp"))), "head": params["head"], "train": params["train"]}
+    changes = {
+        "a matrix's sign flipped": {**params, "layers": layers.at[1].multiply(-1)},
+        "two layers swapped": {**params, "layers": layers.at[0].set(layers[3]).at[3].set(layers[0])},
+        "entries permuted": {**params, "head": params["head"][::-1]},
+    }
+    with Checkpointer(str(tmp_path), frozen_params=False) as ckpt:
+        ckpt.save(state, {"data": {}})
+        ckpt.wait()
+        # The same base, laid out over the mesh differently, hashes the same.
+        restored, _ = ckpt.restore(state, shardings, frozen=sharded)
+        chex.assert_trees_all_equal(jax.device_get(restored.params), jax.device_get(params))
+        for what, changed in changes.items():
+            with pytest.raises(CheckpointError, match="frozen parameter '(layers|head)' differs"):
+                ckpt.restore(state, shardings, frozen=changed)
+
+
+def test_checkpoints_recorded_with_sum_abs_checksums_still_resume(tmp_path):
+    params = {"frozen": jnp.arange(8.0), "train": jnp.ones(3)}
+    state = TrainState(step=jnp.asarray(0, jnp.int32), params=params, opt_state={}, rng=jax.random.PRNGKey(1),
+                       trainable=(False, True))
+    legacy = {"leaves": [0], "checksums": [28.0]}
+    with Checkpointer(str(tmp_path), frozen_params=False) as ckpt:
+        ckpt._check_frozen(1, state, params, legacy)
+        with pytest.raises(CheckpointError, match=r"'frozen' differs .*its sum \|x\| changed"):
+            ckpt._check_frozen(1, state, {**params, "frozen": params["frozen"] + 1}, legacy)
