@@ -14,6 +14,7 @@ state reached through a non-finite loss.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import signal
@@ -29,11 +30,12 @@ import jax
 import tyro
 from tqdm.auto import tqdm
 
+from experiments.run_dir import MetricsLog, RunDirectoryLock
 from runtime import batches as batches_lib
 from runtime import metrics as metrics_lib
 from runtime import sharding as sharding_lib
 from runtime.checkpoint import Checkpointer
-from runtime.errors import RuntimeConfigError
+from runtime.errors import RuntimeConfigError, UnreadableCheckpointError
 from runtime.finite import first_nonfinite
 from runtime.mesh import DistributedConfig, MeshConfig, initialize_distributed, make_mesh
 from runtime.precision import Precision, PrecisionWarning, unresolved_summary, update_resolution
@@ -140,17 +142,40 @@ def checkpointer_for(task: Task, directory: str, **kwargs) -> Checkpointer:
     return Checkpointer(directory, frozen_params=task.frozen_params is None, **kwargs)
 
 
-def restore_state(checkpointer: Checkpointer, task: Task, mesh, step: int | None = None, spec=None):
+def restore_state(checkpointer: Checkpointer, task: Task, mesh, step: int | None = None, spec=None,
+                  frozen: Callable[[], Any] | None = None):
     """(state, meta) of checkpoint ``step`` (default: the latest) on the task's shardings for ``mesh``; ``spec``
-    is ``task.state_spec(mesh)`` when the caller already has it."""
+    is ``task.state_spec(mesh)`` when the caller already has it, ``frozen`` a memo of ``task.frozen_params(mesh)``."""
     abstract, shardings = task.state_spec(mesh) if spec is None else spec
-    frozen = None
+    frozen_params = None
     if not checkpointer.holds_frozen_params(step):
         if task.frozen_params is None:
             raise RunError(f"{checkpointer.directory} holds only trainable parameters and task {task.name!r} "
                            "cannot rebuild the frozen ones (Task.frozen_params)")
-        frozen = task.frozen_params(mesh)
-    return checkpointer.restore(abstract, shardings, step=step, frozen=frozen)
+        frozen_params = frozen() if frozen is not None else task.frozen_params(mesh)
+    return checkpointer.restore(abstract, shardings, step=step, frozen=frozen_params)
+
+
+def restore_latest_intact(checkpointer: Checkpointer, task: Task, mesh, spec=None,
+                          report: Callable[[str], None] = print):
+    """(state, meta) of the newest checkpoint that reads back as it was written. Newer ones that cannot be read
+    (a truncated or altered file) are reported and moved aside (``Checkpointer.quarantine``); when none can be
+    read, an ``UnreadableCheckpointError`` says why for each and nothing is moved."""
+    frozen = functools.cache(lambda: task.frozen_params(mesh))
+    failures: list[tuple[int, UnreadableCheckpointError]] = []
+    for step in reversed(checkpointer.all_steps()):
+        try:
+            state, meta = restore_state(checkpointer, task, mesh, step=step, spec=spec, frozen=frozen)
+        except UnreadableCheckpointError as e:
+            failures.append((step, e))
+            continue
+        for bad, error in failures:
+            aside = checkpointer.quarantine(bad)
+            report(f"[{task.name}] {error}; moved it to {aside} and resumed from step {step}")
+        return state, meta
+    reasons = "; ".join(str(e) for _, e in failures)
+    raise UnreadableCheckpointError(f"no checkpoint in {checkpointer.directory} can be restored ({reasons}); start "
+                                    "afresh with another --run.out-dir, or move the checkpoints aside")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,40 +227,6 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
-class _Writers:
-    """JSONL + TensorBoard on process 0; nothing elsewhere."""
-
-    def __init__(self, out_dir: Path, enabled: bool, tensorboard: bool):
-        self.enabled = enabled
-        self.jsonl = None
-        self.tb = None
-        if not enabled:
-            return
-        out_dir.mkdir(parents=True, exist_ok=True)
-        self.jsonl = open(out_dir / "metrics.jsonl", "a")
-        if tensorboard:
-            from tensorboardX import SummaryWriter
-
-            self.tb = SummaryWriter(str(out_dir / "tensorboard"))
-
-    def write(self, step: int, split: str, values: Mapping[str, float]) -> None:
-        if not self.enabled:
-            return
-        record = {"step": step, "split": split, "time": time.time(), **values}
-        self.jsonl.write(json.dumps(record) + "\n")
-        self.jsonl.flush()
-        if self.tb is not None:
-            for key, value in values.items():
-                self.tb.add_scalar(f"{split}/{key}", value, step)
-            self.tb.flush()
-
-    def close(self) -> None:
-        if self.jsonl is not None:
-            self.jsonl.close()
-        if self.tb is not None:
-            self.tb.close()
-
-
 def _check_finite(step: int, values: Mapping[str, metrics_lib.Metric], checkpointer: Checkpointer) -> None:
     # A metric with count 0 (e.g. a pair type absent from this batch) has no value rather than a bad one: only its
     # total is checked, and a non-finite total is caught whatever the count.
@@ -280,11 +271,17 @@ def config_differences(old: Any, new: Any, most: int = 8) -> str:
 
 
 def train(cfg: RunConfig, task: Task) -> RunSummary:
-    """Runs ``task`` for ``cfg.steps`` steps (or resumes it) and returns the summary."""
+    """Runs ``task`` for ``cfg.steps`` steps (or resumes it) and returns the summary. The run directory is locked
+    for the whole run (``RunDirectoryBusy`` when another run holds it)."""
     initialize_distributed(cfg.distributed)
     mesh = make_mesh(cfg.mesh)
     out_dir = Path(cfg.out_dir).absolute()
     is_main = jax.process_index() == 0
+    with RunDirectoryLock(out_dir, enabled=is_main):
+        return _train_locked(cfg, task, mesh, out_dir, is_main)
+
+
+def _train_locked(cfg: RunConfig, task: Task, mesh, out_dir: Path, is_main: bool) -> RunSummary:
     checkpointer = checkpointer_for(task, str(out_dir / "checkpoints"), keep=cfg.keep_checkpoints,
                                     async_save=cfg.async_checkpoint)
     config_json = to_jsonable(task.config)
@@ -299,7 +296,8 @@ def train(cfg: RunConfig, task: Task) -> RunSummary:
         if latest is not None:
             spec = task.state_spec(mesh)
             shardings = spec[1]
-            state, meta = restore_state(checkpointer, task, mesh, spec=spec)
+            state, meta = restore_latest_intact(checkpointer, task, mesh, spec=spec,
+                                                report=tqdm.write if is_main else lambda _: None)
             task.data.set_state(meta["data"])
             changed = config_differences(meta.get("config"), config_json)
             if changed and is_main:
@@ -311,7 +309,7 @@ def train(cfg: RunConfig, task: Task) -> RunSummary:
         _warn_on_unresolved_updates(task, state, is_main)
 
     start = int(jax.device_get(state.step))
-    writers = _Writers(out_dir, is_main, cfg.tensorboard)
+    writers = MetricsLog(out_dir, is_main, cfg.tensorboard, resumed_from=None if latest is None else start)
     window = metrics_lib.HostAccumulator()
     last_train: dict[str, float] = {}
     eval_values: dict[str, float] = {}

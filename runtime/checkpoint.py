@@ -8,6 +8,11 @@ and rng): a model fine-tuned in a few of its weights, or through LoRA adapters, 
 its whole base. The frozen leaves are restored from their source (``restore(..., frozen=params)``) and checked
 against a per-leaf checksum (sum of |x| in float32) that the checkpoint's metadata records.
 
+Every checkpoint's metadata records the content hash of each array it holds (``runtime.content_hash``); a
+restore compares them, so a data file truncated or altered on disk is an ``UnreadableCheckpointError`` naming the
+first leaf that differs, never a silently different state. ``quarantine(step)`` moves such a checkpoint aside
+(``<directory>.unreadable/<step>``, nothing deleted), so the run can resume from the one before it.
+
 Atomicity comes from orbax: a step is written into a temporary directory and renamed into place only once
 every array and the metadata are complete (and, with several processes, once all of them finished), so a
 crash mid-save leaves a temporary directory that is never listed as a step. Restoring takes an abstract
@@ -26,11 +31,22 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from runtime.content_hash import content_hashes
-from runtime.errors import CheckpointError
+from runtime.errors import CheckpointError, UnreadableCheckpointError
 from runtime.train_state import TrainState, leaf_paths
+from runtime.tree_paths import path_str
+
+
+def _first_line(error: BaseException, most: int = 300) -> str:
+    """The first line of the innermost cause (tensorstore's own message, not orbax's wrapper around it)."""
+    while (error.__cause__ or error.__context__) is not None:
+        error = error.__cause__ or error.__context__
+    text = str(error).strip().splitlines()
+    line = text[0] if text else ""
+    return f"{type(error).__name__}: {line[:most]}{'...' if len(line) > most else ''}"
 
 
 FROZEN_META = "frozen_params"
+STATE_HASHES = "state_hashes"
 
 
 def _trainable_only(params: Any, trainable: tuple[bool, ...]) -> dict[str, Any]:
@@ -97,10 +113,11 @@ class Checkpointer:
             indices = [i for i, m in enumerate(state.trainable) if not m]
             meta = {**meta, FROZEN_META: {"leaves": indices,
                                           "hashes": frozen_hashes(state.params, state.trainable)}}
+        arrays = _arrays(state, frozen)
+        meta = {**meta, STATE_HASHES: content_hashes(jax.tree.leaves(arrays))}
         self._manager.save(
             step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(_arrays(state, frozen)),
-                                    meta=ocp.args.JsonSave(meta)),
+            args=ocp.args.Composite(state=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(meta)),
             force=True,
         )
 
@@ -130,11 +147,13 @@ class Checkpointer:
                 step,
                 args=ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()),
             )
-        except (ValueError, KeyError, TypeError) as e:
-            raise CheckpointError(
-                f"checkpoint {self.directory}/{step} does not match the train state being restored: {e}"
+        except Exception as e:  # noqa: BLE001 - orbax and tensorstore raise assorted types for one cause
+            raise UnreadableCheckpointError(
+                f"checkpoint {self.directory}/{step} cannot be restored into the train state: {_first_line(e)}"
             ) from e
         arrays = restored["state"]
+        meta = dict(restored["meta"])
+        self._check_hashes(step, arrays, meta.pop(STATE_HASHES, None))
         params = arrays["params"]
         if frozen_meta is not None:
             leaves, treedef = jax.tree.flatten(frozen)
@@ -148,7 +167,7 @@ class Checkpointer:
             trainable=like.trainable,
             forward_dtypes=like.forward_dtypes,
         )
-        return state, dict(restored["meta"])
+        return state, meta
 
     def _check_frozen(self, step: int, like: TrainState, frozen: Any, frozen_meta: dict[str, Any]) -> None:
         where = f"checkpoint {self.directory}/{step}"
@@ -175,12 +194,49 @@ class Checkpointer:
                 raise CheckpointError(f"{where}: frozen parameter {paths[i]!r} differs from the one trained with "
                                       f"(its {what} changed); the base weights changed since the run started")
 
+    def _check_hashes(self, step: int, arrays: dict[str, Any], saved: list[str] | None) -> None:
+        if saved is None:  # written before checkpoints recorded their hashes
+            return
+        flat = jax.tree_util.tree_flatten_with_path(arrays)[0]
+        got = content_hashes([x for _, x in flat])
+        if len(saved) != len(got):
+            raise UnreadableCheckpointError(f"checkpoint {self.directory}/{step} recorded {len(saved)} arrays and "
+                                            f"{len(got)} were read")
+        for (path, _), a, b in zip(flat, got, saved):
+            if a != b:
+                raise UnreadableCheckpointError(
+                    f"checkpoint {self.directory}/{step}: array {path_str(path)!r} read back differs from the one "
+                    "saved (its content hash changed): a file of the checkpoint was altered or truncated")
+
     def read_meta(self, step: int | None = None) -> dict[str, Any]:
         step = self.latest_step() if step is None else step
         if step is None:
             raise CheckpointError(f"no complete checkpoint in {self.directory}")
-        restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        except Exception as e:  # noqa: BLE001 - as in restore()
+            raise UnreadableCheckpointError(
+                f"checkpoint {self.directory}/{step}: its metadata cannot be read: {_first_line(e)}") from e
+        if not isinstance(restored["meta"], dict):
+            raise UnreadableCheckpointError(f"checkpoint {self.directory}/{step}: its metadata is not a JSON object")
         return dict(restored["meta"])
+
+    def quarantine(self, step: int) -> str:
+        """Moves checkpoint ``step`` out of the run (to ``<directory>.unreadable/<step>``) and returns where it
+        went; the steps before it stay, and a later save of the same step writes afresh."""
+        self._manager.wait_until_finished()
+        aside = os.path.join(f"{self.directory}.unreadable", str(step))
+        if jax.process_index() == 0:
+            os.makedirs(os.path.dirname(aside), exist_ok=True)
+            if os.path.exists(aside):
+                aside = f"{aside}.{len(os.listdir(os.path.dirname(aside)))}"
+            os.replace(os.path.join(self.directory, str(step)), aside)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"quarantine checkpoint {step}")
+        self._manager.reload()
+        return aside
 
     def wait(self) -> None:
         self._manager.wait_until_finished()

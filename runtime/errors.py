@@ -15,3 +15,9 @@ class ShardingError(RuntimeConfigError):
 
 class CheckpointError(RuntimeConfigError):
     """A checkpoint directory is missing, incomplete, or does not match the state it restores into."""
+
+
+class UnreadableCheckpointError(CheckpointError):
+    """A checkpoint's files cannot be read back as written: a data file truncated or altered (its arrays do not
+    match the content hashes recorded when it was saved), its metadata unreadable, or its arrays not the shape of
+    the state being restored."""

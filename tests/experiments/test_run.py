@@ -91,6 +91,9 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, uninterrupted):
     assert killed_after >= 100 and int(state.step) == 1500
     chex.assert_trees_all_equal(state, ref_state)
     assert meta["data"] == ref_meta["data"] == {"index": 1500}
+    # The steps the killed run logged after its last checkpoint were run again: each is logged once.
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["split"] == "train"] == list(range(25, 1501, 25))
 
 
 def test_sigterm_checkpoints_and_stops_cleanly_then_resumes_identically(tmp_path, uninterrupted):
