@@ -5,6 +5,7 @@ tokenizer for tests that needs no files at all.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,6 +39,30 @@ def byte_alphabet() -> list[str]:
     return out
 
 
+GENERATION_CONFIG = "generation_config.json"
+
+
+def generation_stop_tokens(path: Path, hf_tokenizer) -> list[str]:
+    """The tokens ``generation_config.json``'s ``eos_token_id`` names (an id or a list of ids), if the file
+    exists."""
+    if not path.is_file():
+        return []
+    try:
+        config = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not a JSON file ({e})") from e
+    ids = config.get("eos_token_id") if isinstance(config, dict) else None
+    ids = [ids] if isinstance(ids, int) and not isinstance(ids, bool) else ids
+    if ids is None:
+        return []
+    size = len(hf_tokenizer)
+    if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < size
+                                            for i in ids):
+        raise DataError(f"{path}: eos_token_id must be a token id or a list of token ids below the vocabulary "
+                        f"size {size}, not {ids!r}")
+    return hf_tokenizer.convert_ids_to_tokens(ids)
+
+
 class Tokenizer:
     """A transformers fast tokenizer plus the ids generation and batching need."""
 
@@ -65,7 +90,19 @@ class Tokenizer:
             hf = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         except (OSError, ValueError) as e:
             raise DataError(f"{path}: could not load a tokenizer ({e})") from e
-        return cls(hf, stop_tokens=stop_tokens)
+        stops = [*stop_tokens, *generation_stop_tokens(path / GENERATION_CONFIG, hf)]
+        return cls(hf, stop_tokens=stops)
+
+    def save(self, directory: str | os.PathLike) -> None:
+        """The tokenizer files, plus ``generation_config.json`` listing every stop id as ``eos_token_id`` (the
+        Hugging Face convention for more than one), so ``from_directory`` and other tools stop where this one
+        does."""
+        self.hf.save_pretrained(str(directory))
+        config = {"eos_token_id": list(self.stop_ids) if len(self.stop_ids) > 1 else self.stop_ids[0]}
+        for name in ("bos_token_id", "pad_token_id"):
+            if getattr(self.hf, name) is not None:
+                config[name] = getattr(self.hf, name)
+        (Path(directory) / GENERATION_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
 
     @classmethod
     def byte_level(cls) -> "Tokenizer":

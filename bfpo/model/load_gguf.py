@@ -9,7 +9,6 @@ Loading undoes that so the rotate-half rotary embedding applies; ``qwen2`` files
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
 import re
@@ -192,9 +191,7 @@ def load_gguf(path: str | os.PathLike, mesh: jax.sharding.Mesh | None = None, *,
     by_hf = check_gguf_tensors(cfg, f)
     permuted = f.require("general.architecture") == "llama"
 
-    # Device slices of a stacked parameter read every layer once per slice: keep the last few tensors.
-    @functools.lru_cache(maxsize=4)
-    def read(hf_name: str) -> np.ndarray:
+    def read(hf_name: str) -> np.ndarray:  # called once per tensor (place_params)
         w = f.dequantized(by_hf[hf_name])
         if permuted and hf_name.endswith("self_attn.q_proj.weight"):
             w = unpermute_rotary_rows(w, cfg.num_heads)

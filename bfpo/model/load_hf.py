@@ -124,17 +124,32 @@ def check_tensors(cfg: LlamaConfig, files: CheckpointFiles) -> list[hf_layout.Te
     return layouts
 
 
-def _leaf_callback(layout: hf_layout.TensorLayout, read, num_layers: int, dtype):
-    """index -> this device's slice of the stacked parameter, read layer by layer."""
+def _index_key(index: tuple[slice, ...], shape: tuple[int, ...]) -> tuple[tuple[int, int, int], ...]:
+    return tuple(part.indices(size) for part, size in zip(index, shape))
 
-    def one(index):
-        if not layout.stacked:
-            return np.asarray(layout.to_ours(read(layout.hf_name))[index], dtype=dtype)
-        layers = range(num_layers)[index[0]]
-        return np.stack([np.asarray(layout.to_ours(read(layout.hf_name.format(layer=i)))[index[1:]], dtype=dtype)
-                         for i in layers])
 
-    return one
+def _host_shards(layout: hf_layout.TensorLayout, read, num_layers: int, dtype, shape: tuple[int, ...],
+                 indices: list[tuple[slice, ...]]) -> dict[tuple, np.ndarray]:
+    """Every distinct device slice of one parameter (keyed by ``_index_key``), each source tensor read once: a
+    stacked parameter is read layer by layer, and each layer is copied into every slice that holds it. (Reading
+    per device instead would dequantise a GGUF tensor once per device holding it.)"""
+    distinct = {_index_key(index, shape): index for index in indices}
+    if not layout.stacked:
+        full = layout.to_ours(read(layout.hf_name))
+        return {key: np.asarray(full[index], dtype=dtype) for key, index in distinct.items()}
+    shards = {}
+    for key, index in distinct.items():
+        rows = range(num_layers)[index[0]]
+        inner = tuple(len(range(size)[part]) for part, size in zip(index[1:], shape[1:]))
+        shards[key] = (rows, np.empty((len(rows), *inner), dtype))
+    for layer in range(num_layers):
+        holders = [(rows, out, distinct[key]) for key, (rows, out) in shards.items() if layer in rows]
+        if not holders:
+            continue
+        tensor = layout.to_ours(read(layout.hf_name.format(layer=layer)))
+        for rows, out, index in holders:
+            out[rows.index(layer)] = tensor[index[1:]]
+    return {key: out for key, (_, out) in shards.items()}
 
 
 def place_params(cfg: LlamaConfig, read, mesh: jax.sharding.Mesh | None = None, rules=None) -> LlamaForCausalLM:
@@ -152,9 +167,12 @@ def place_params(cfg: LlamaConfig, read, mesh: jax.sharding.Mesh | None = None, 
         layout = by_path[path]
         sharding = sharding.get_value() if isinstance(sharding, nnx.Variable) else sharding
         dtype = np.dtype(cfg.execution.weight_dtype)
-        array = jax.make_array_from_callback(variable.shape, sharding,
-                                             _leaf_callback(layout, read, cfg.num_layers, dtype))
+        shape = tuple(variable.shape)
+        shards = _host_shards(layout, read, cfg.num_layers, dtype, shape,
+                              list(sharding.addressable_devices_indices_map(shape).values()))
+        array = jax.make_array_from_callback(shape, sharding, lambda index: shards[_index_key(index, shape)])
         placed.append(variable.replace(array))
+        del shards
     return nnx.merge(graphdef, treedef.unflatten(placed))
 
 
@@ -185,7 +203,8 @@ def save_hf(model: LlamaForCausalLM, directory: str | os.PathLike, *, dtype: str
             max_shard_bytes: int = 5 * 2**30, tokenizer=None) -> Path:
     """Writes ``config.json`` and safetensors (sharded with an index above ``max_shard_bytes``) in the Hugging
     Face layout, one layer's tensor in host memory at a time, plus the tokenizer files when a
-    ``bfpo.tokenize.Tokenizer`` is given, so that other tools open the directory as a complete model.
+    ``bfpo.tokenize.Tokenizer`` is given (its stop ids in ``generation_config.json``), so that other tools open
+    the directory as a complete model.
     ``dtype`` ("bfloat16", "float32", ...) converts on the way out; by default the parameters keep their dtype.
     Every process takes part; process 0 writes."""
     cfg: LlamaConfig = model.config
@@ -236,5 +255,5 @@ def save_hf(model: LlamaForCausalLM, directory: str | os.PathLike, *, dtype: str
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         (directory / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
     if writer and tokenizer is not None:
-        tokenizer.hf.save_pretrained(str(directory))
+        tokenizer.save(directory)
     return directory

@@ -7,12 +7,12 @@ import numpy as np
 ARCHS = ("llama", "qwen2", "mistral")
 
 
-def random_hf_model(arch: str, seed: int = 0):
+def random_hf_model(arch: str, seed: int = 0, num_layers: int = 2):
     """A tiny transformers model whose every weight (norm scales and biases included) is random."""
     import torch
     import transformers
 
-    common = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=8,
+    common = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=num_layers, num_attention_heads=8,
                   num_key_value_heads=4, vocab_size=264, rms_norm_eps=1e-6, attn_implementation="eager")
     if arch == "llama":
         cfg = transformers.LlamaConfig(

@@ -5,6 +5,7 @@ file; errors name the tensor and the file."""
 import sys
 from pathlib import Path
 
+import chex
 import numpy as np
 import pytest
 
@@ -111,3 +112,54 @@ def test_unsupported_type_and_missing_tensor_name_tensor_and_file(tmp_path):
     write_tiny_gguf(ref, missing, {}, skip=("blk.0.attn_v.weight",))
     with pytest.raises(ModelError, match=r"missing.gguf: tensor for 'model.layers.0.self_attn.v_proj.weight'"):
         load_gguf(missing)
+
+
+@pytest.fixture(scope="module")
+def deep_gguf(tmp_path_factory):
+    """Eight layers: more than any small cache of recent tensors holds."""
+    ref = random_hf_model("llama", seed=8, num_layers=8)
+    ref.config.rope_parameters = {"rope_type": "default", "rope_theta": 10000.0}
+    path = tmp_path_factory.mktemp("gguf") / "deep.gguf"
+    write_tiny_gguf(ref, path, QTYPES)
+    return path
+
+
+@pytest.mark.parametrize("axes", [{"fsdp": 4, "tensor": 2}, {"data": 8}, {"data": 2, "tensor": 4}])
+def test_a_mesh_load_dequantises_each_tensor_once(deep_gguf, axes, monkeypatch):
+    import jax
+    from collections import Counter
+
+    from bfpo.model.load_gguf import GGUFFile
+    from runtime import make_mesh
+
+    one_device = jax.device_get(nnx_params(load_gguf(deep_gguf)))
+    calls = Counter()
+    real = GGUFFile.dequantized
+
+    def counted(self, name):
+        calls[name] += 1
+        return real(self, name)
+
+    monkeypatch.setattr(GGUFFile, "dequantized", counted)
+    mesh = make_mesh(axes)
+    params = nnx_params(load_gguf(deep_gguf, mesh))
+    assert calls and set(calls.values()) == {1}, calls
+    assert len(calls) == len(GGUFFile(deep_gguf).tensors)
+    assert all(leaf.sharding.mesh.shape == mesh.shape for leaf in jax.tree.leaves(params))
+    chex.assert_trees_all_equal(jax.device_get(params), one_device)
+
+
+def nnx_params(model):
+    from flax import nnx
+
+    return nnx.state(model, nnx.Param)
+
+
+def test_the_exported_directory_keeps_every_stop_token(tiny_gguf, tmp_path):
+    from bfpo.model.load_hf import save_hf
+    from bfpo.tokenize import Tokenizer
+
+    tok = tokenizer_from_gguf(tiny_gguf)
+    assert len(tok.stop_ids) == 2  # the GGUF's eos and its second stop token
+    out = save_hf(load_gguf(tiny_gguf), tmp_path / "hf", tokenizer=tok)
+    assert Tokenizer.from_directory(out).stop_ids == tok.stop_ids

@@ -1,6 +1,8 @@
 """Tokenizers: the byte-level tokenizer and its ChatML template, a local directory round trip, prompt/response
 encoding through the chat template, the official truncation rule, and the packed layout log-probs score."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -34,6 +36,20 @@ def test_tokenizer_from_a_local_directory(tmp_path):
     assert (again.pad_id, again.stop_ids) == (tok.pad_id, tok.stop_ids)
     with pytest.raises(DataError, match="not a local tokenizer directory"):
         Tokenizer.from_directory(tmp_path / "absent")
+
+
+def test_saved_stop_ids_come_back_and_a_bad_generation_config_is_named(tmp_path):
+    tok = Tokenizer.byte_level()  # eos and <|im_end|>
+    tok.save(tmp_path)
+    assert json.loads((tmp_path / "generation_config.json").read_text())["eos_token_id"] == list(tok.stop_ids)
+    assert Tokenizer.from_directory(tmp_path).stop_ids == tok.stop_ids
+    for bad in ('"2"', "[1, 99999]", "true"):
+        (tmp_path / "generation_config.json").write_text(f'{{"eos_token_id": {bad}}}')
+        with pytest.raises(DataError, match=r"generation_config.json: eos_token_id must be a token id"):
+            Tokenizer.from_directory(tmp_path)
+    (tmp_path / "generation_config.json").write_text("{")
+    with pytest.raises(DataError, match=r"generation_config.json: not a JSON file"):
+        Tokenizer.from_directory(tmp_path)
 
 
 def test_prompt_response_encoding_follows_the_chat_template():
