@@ -85,6 +85,10 @@ SUPPORTED = ("F32", "F16", "BF16") + tuple(_DEQUANT)
 
 def dequantize(raw: np.ndarray, type_name: str, shape: tuple[int, ...], what: str = "tensor") -> np.ndarray:
     """float32 array of ``shape`` (rows last-axis-contiguous, as GGML stores them) from the tensor's raw data."""
+    width = {"F32": 4, "F16": 2, "BF16": 2}.get(type_name)
+    if width is not None and np.asarray(raw).nbytes != int(np.prod(shape)) * width:
+        raise ModelError(f"{what}: {np.asarray(raw).nbytes} bytes of {type_name} do not hold a tensor of shape "
+                         f"{tuple(shape)}")
     if type_name == "F32":
         return np.asarray(raw).view(np.float32).reshape(shape)
     if type_name == "F16":

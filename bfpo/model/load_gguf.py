@@ -19,6 +19,7 @@ import numpy as np
 
 from bfpo.errors import ModelError
 from bfpo.model import gguf_quants, hf_layout
+from bfpo.model.gguf_file import GGUFFile
 from bfpo.model.config import LlamaConfig, RopeScaling
 from bfpo.model.execution import ExecutionConfig
 from bfpo.model.llama import LlamaForCausalLM
@@ -73,79 +74,47 @@ def smollm2_gguf_path() -> Path:
     return path
 
 
-class GGUFFile:
-    """Metadata and tensors of one GGUF file (memory-mapped by the ``gguf`` package's reader)."""
-
-    def __init__(self, path: str | os.PathLike):
-        try:
-            import gguf
-        except ImportError as e:
-            raise ModelError("reading GGUF needs the gguf package (`pip install gguf`)") from e
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise ModelError(f"{self.path}: no such GGUF file (models are loaded from local files only)")
-        try:
-            self.reader = gguf.GGUFReader(str(self.path))
-        except Exception as e:  # noqa: BLE001 - the reader raises assorted errors on a corrupt file
-            raise ModelError(f"{self.path}: not a readable GGUF file ({e})") from e
-        self.tensors = {t.name: t for t in self.reader.tensors}
-
-    def get(self, key: str, default=None):
-        field = self.reader.fields.get(key)
-        return default if field is None else field.contents()
-
-    def require(self, key: str):
-        value = self.get(key)
-        if value is None:
-            raise ModelError(f"{self.path}: metadata key {key!r} is missing")
-        return value
-
-    def dequantized(self, name: str) -> np.ndarray:
-        """float32 [rows, cols] (GGML stores dimension 0 innermost, so the NumPy shape is the reverse)."""
-        t = self.tensors[name]
-        shape = tuple(int(s) for s in reversed(t.shape.tolist()))
-        return gguf_quants.dequantize(t.data, t.tensor_type.name, shape, what=f"{self.path}: tensor {name!r}")
-
-
 def config_from_gguf(f: GGUFFile, execution: ExecutionConfig | None = None) -> LlamaConfig:
     """Our config from a GGUF header, run with ``execution`` (None: float32, the dtype the weights are
     dequantised to)."""
-    arch = f.require("general.architecture")
+    arch = f.require("general.architecture", f.get_str)
     if arch not in SUPPORTED_ARCHS:
         raise ModelError(f"{f.path}: general.architecture={arch!r}; supported: {', '.join(SUPPORTED_ARCHS)}")
     if "rope_freqs.weight" in f.tensors:
         raise ModelError(f"{f.path}: tensor 'rope_freqs.weight' (per-frequency rope factors, Llama 3.1 style) "
                          "is not supported")
     key = lambda name: f"{arch}.{name}"  # noqa: E731
-    heads = int(f.require(key("attention.head_count")))
-    d = int(f.require(key("embedding_length")))
-    tokens = f.get("tokenizer.ggml.tokens")
-    vocab = f.get(key("vocab_size")) or (len(tokens) if tokens is not None else None)
+    positive = lambda name: f.require(key(name), lambda k: f.get_int(k, minimum=1))  # noqa: E731
+    heads = positive("attention.head_count")
+    d = positive("embedding_length")
+    tokens = f.get_strings("tokenizer.ggml.tokens")
+    vocab = f.get_int(key("vocab_size"), minimum=1) or (len(tokens) if tokens else None)
     if vocab is None:
         raise ModelError(f"{f.path}: neither {key('vocab_size')!r} nor a tokenizer vocabulary gives the vocab size")
     scaling = None
-    kind = f.get(key("rope.scaling.type"))
+    kind = f.get_str(key("rope.scaling.type"))
     if kind not in (None, "none"):
         if kind not in ("linear", "yarn"):
             raise ModelError(f"{f.path}: {key('rope.scaling.type')}={kind!r} is not supported")
-        original = f.get(key("rope.scaling.original_context_length"))
-        scaling = RopeScaling(kind=kind, factor=float(f.require(key("rope.scaling.factor"))),
-                              original_max_position_embeddings=None if original is None else int(original))
+        scaling = RopeScaling(kind=kind, factor=f.require(key("rope.scaling.factor"), f.get_float),
+                              original_max_position_embeddings=f.get_int(
+                                  key("rope.scaling.original_context_length"), minimum=1))
     fields = dict(
-        vocab_size=int(vocab),
+        vocab_size=vocab,
         hidden_size=d,
-        intermediate_size=int(f.require(key("feed_forward_length"))),
-        num_layers=int(f.require(key("block_count"))),
+        intermediate_size=positive("feed_forward_length"),
+        num_layers=positive("block_count"),
         num_heads=heads,
-        num_kv_heads=int(f.get(key("attention.head_count_kv"), heads)),
-        head_dim=int(f.get(key("attention.key_length")) or f.get(key("rope.dimension_count")) or d // heads),
-        rope_theta=float(f.get(key("rope.freq_base"), 10_000.0)),
+        num_kv_heads=f.get_int(key("attention.head_count_kv"), heads, minimum=1),
+        head_dim=(f.get_int(key("attention.key_length"), minimum=1)
+                  or f.get_int(key("rope.dimension_count"), minimum=1) or d // heads),
+        rope_theta=f.get_float(key("rope.freq_base"), 10_000.0),
         rope_scaling=scaling,
-        rms_norm_eps=float(f.get(key("attention.layer_norm_rms_epsilon"), 1e-5)),
-        max_position_embeddings=int(f.get(key("context_length"), 4096)),
+        rms_norm_eps=f.get_float(key("attention.layer_norm_rms_epsilon"), 1e-5),
+        max_position_embeddings=f.get_int(key("context_length"), 4096, minimum=1),
         tie_word_embeddings="output.weight" not in f.tensors,
         attention_bias=arch == "qwen2",
-        sliding_window=f.get(key("attention.sliding_window")),
+        sliding_window=f.get_int(key("attention.sliding_window"), minimum=1),
         execution=execution or ExecutionConfig(),
     )
     try:
@@ -162,6 +131,10 @@ def check_gguf_tensors(cfg: LlamaConfig, f: GGUFFile) -> dict[str, str]:
         if hf is None:
             raise ModelError(f"{f.path}: unexpected tensor {name!r}")
         by_hf[hf] = name
+    layers = {m.group(1) for m in map(re.compile(r"blk\.(\d+)\.").match, f.tensors) if m}
+    if len(layers) != cfg.num_layers:
+        raise ModelError(f"{f.path}: the header says {cfg.num_layers} layers (block_count), the tensor table holds "
+                         f"{len(layers)}")
     expected = {}
     for layout in hf_layout.tensor_layouts(cfg):
         for hf in layout.names(cfg.num_layers):
@@ -170,7 +143,7 @@ def check_gguf_tensors(cfg: LlamaConfig, f: GGUFFile) -> dict[str, str]:
         if hf not in by_hf:
             raise ModelError(f"{f.path}: tensor for {hf!r} ({layout.path}) is missing")
         t = f.tensors[by_hf[hf]]
-        shape = tuple(int(s) for s in reversed(t.shape.tolist()))
+        shape = f.tensor_shape(by_hf[hf])
         if shape != layout.hf_shape:
             raise ModelError(f"{f.path}: tensor {by_hf[hf]!r} has shape {shape}, the config expects {layout.hf_shape}")
         if t.tensor_type.name not in gguf_quants.SUPPORTED:
@@ -189,7 +162,7 @@ def load_gguf(path: str | os.PathLike, mesh: jax.sharding.Mesh | None = None, *,
     f = GGUFFile(path)
     cfg = config_from_gguf(f, execution)
     by_hf = check_gguf_tensors(cfg, f)
-    permuted = f.require("general.architecture") == "llama"
+    permuted = f.get_str("general.architecture") == "llama"
 
     def read(hf_name: str) -> np.ndarray:  # called once per tensor (place_params)
         w = f.dequantized(by_hf[hf_name])
@@ -204,35 +177,60 @@ def load_gguf(path: str | os.PathLike, mesh: jax.sharding.Mesh | None = None, *,
 
 def tokenizer_from_gguf(path: str | os.PathLike) -> Tokenizer:
     """The byte-level BPE tokenizer (``tokenizer.ggml.model == "gpt2"``) and chat template stored in the file."""
+    f = GGUFFile(path)
+    kind = f.require("tokenizer.ggml.model", f.get_str)
+    if kind != "gpt2":
+        raise ModelError(f"{f.path}: tokenizer.ggml.model={kind!r}; only byte-level BPE ('gpt2') is supported")
+    tokens = f.require("tokenizer.ggml.tokens", f.get_strings)
+    vocab = {}
+    for i, token in enumerate(tokens):
+        if vocab.setdefault(token, i) != i:
+            raise ModelError(f"{f.path}: tokenizer.ggml.tokens holds {token!r} twice (ids {vocab[token]} and {i})")
+    types = f.get_ints("tokenizer.ggml.token_type")
+    if types is not None and len(types) != len(tokens):
+        raise ModelError(f"{f.path}: tokenizer.ggml.token_type has {len(types)} entries for {len(tokens)} tokens")
+    merges = []
+    for i, merge in enumerate(f.require("tokenizer.ggml.merges", f.get_strings)):
+        pair = tuple(merge.split(" "))
+        if len(pair) != 2 or not all(part in vocab for part in pair):
+            raise ModelError(f"{f.path}: tokenizer.ggml.merges[{i}] = {merge!r} is not two vocabulary tokens "
+                             "joined by a space")
+        merges.append(pair)
+
+    def token(key: str) -> str | None:
+        index = f.get_int(key)
+        if index is not None and index >= len(tokens):
+            raise ModelError(f"{f.path}: metadata key {key!r} = {index} is not a token id (the vocabulary has "
+                             f"{len(tokens)})")
+        return None if index is None else tokens[index]
+
+    special = [t for t, kind in zip(tokens, types or [1] * len(tokens)) if kind in _SPECIAL_TOKEN_TYPES]
+    eos = token("tokenizer.ggml.eos_token_id")
+    if eos is None:
+        raise ModelError(f"{f.path}: metadata key 'tokenizer.ggml.eos_token_id' is missing (generation needs a stop)")
+    hf = _byte_level_bpe(vocab, merges, special, digits=f.get_str("tokenizer.ggml.pre") == "smollm",
+                         bos=token("tokenizer.ggml.bos_token_id"), eos=eos,
+                         unk=token("tokenizer.ggml.unknown_token_id"), pad=token("tokenizer.ggml.padding_token_id"))
+    hf.chat_template = f.get_str("tokenizer.chat_template")
+    stops = [t for t in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>") if t in vocab]
+    return Tokenizer(hf, stop_tokens=stops)
+
+
+def _byte_level_bpe(vocab: dict[str, int], merges: list[tuple[str, str]], special: list[str], *, digits: bool,
+                    **named: str | None):
+    """A transformers fast tokenizer: byte-level BPE (digits split one by one first where ``digits``)."""
     from tokenizers import AddedToken, decoders, models, pre_tokenizers
     from tokenizers import Tokenizer as RawTokenizer
     from transformers import PreTrainedTokenizerFast
 
-    f = GGUFFile(path)
-    kind = f.require("tokenizer.ggml.model")
-    if kind != "gpt2":
-        raise ModelError(f"{f.path}: tokenizer.ggml.model={kind!r}; only byte-level BPE ('gpt2') is supported")
-    tokens = list(f.require("tokenizer.ggml.tokens"))
-    types = list(f.get("tokenizer.ggml.token_type") or [1] * len(tokens))
-    merges = [tuple(m.split(" ", 1)) for m in f.require("tokenizer.ggml.merges")]
-    raw = RawTokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges))
+    raw = RawTokenizer(models.BPE(vocab=vocab, merges=merges))
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    if f.get("tokenizer.ggml.pre") == "smollm":
-        # SmolLM's tokenizer splits digits one by one before the GPT-2 pattern.
-        raw.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
-    else:
-        raw.pre_tokenizer = byte_level
+    # SmolLM's tokenizer splits digits one by one before the GPT-2 pattern.
+    raw.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+                         if digits else byte_level)
     raw.decoder = decoders.ByteLevel()
-    raw.add_special_tokens([AddedToken(t, special=True, normalized=False)
-                            for t, kind in zip(tokens, types) if kind in _SPECIAL_TOKEN_TYPES])
-    name = lambda key: None if f.get(key) is None else tokens[int(f.get(key))]  # noqa: E731
-    hf = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token=name("tokenizer.ggml.bos_token_id"),
-                                 eos_token=name("tokenizer.ggml.eos_token_id"),
-                                 unk_token=name("tokenizer.ggml.unknown_token_id"),
-                                 pad_token=name("tokenizer.ggml.padding_token_id"))
-    hf.chat_template = f.get("tokenizer.chat_template")
-    stops = [t for t in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>") if t in tokens]
-    return Tokenizer(hf, stop_tokens=stops)
+    raw.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special])
+    return PreTrainedTokenizerFast(tokenizer_object=raw, **{f"{k}_token": v for k, v in named.items()})
 
 
 def load_smollm2(mesh: jax.sharding.Mesh | None = None, *,

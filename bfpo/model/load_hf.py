@@ -100,6 +100,9 @@ class CheckpointFiles:
 
 def check_tensors(cfg: LlamaConfig, files: CheckpointFiles) -> list[hf_layout.TensorLayout]:
     """Raises on a missing, unexpected or wrongly shaped tensor, naming it and its file."""
+    if cfg.num_layers > len(files.where):  # before naming every layer's tensors, however many it claims
+        raise ModelError(f"{files.directory / CONFIG_FILE}: num_hidden_layers={cfg.num_layers}, but "
+                         f"{files.describe()} hold only {len(files.where)} tensors")
     layouts = hf_layout.tensor_layouts(cfg)
     expected = {}
     for layout in layouts:

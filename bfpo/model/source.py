@@ -14,7 +14,8 @@ from bfpo.errors import ModelError
 from bfpo.model.config import PRESETS, LlamaConfig
 from bfpo.model.execution import ExecutionConfig
 from bfpo.model.llama import init_params
-from bfpo.model.load_gguf import GGUFFile, config_from_gguf, load_gguf, smollm2_gguf_path, tokenizer_from_gguf
+from bfpo.model.gguf_file import GGUFFile
+from bfpo.model.load_gguf import config_from_gguf, load_gguf, smollm2_gguf_path, tokenizer_from_gguf
 from bfpo.model.load_hf import CONFIG_FILE, load_hf, read_config
 from bfpo.tokenize import Tokenizer
 from runtime import sharding as sharding_lib

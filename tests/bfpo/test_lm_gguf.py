@@ -129,7 +129,7 @@ def test_a_mesh_load_dequantises_each_tensor_once(deep_gguf, axes, monkeypatch):
     import jax
     from collections import Counter
 
-    from bfpo.model.load_gguf import GGUFFile
+    from bfpo.model.gguf_file import GGUFFile
     from runtime import make_mesh
 
     one_device = jax.device_get(nnx_params(load_gguf(deep_gguf)))

@@ -142,3 +142,10 @@ def test_bfloat16_model_tracks_float32(saved):
     assert half.dtype == np.float32  # logits are always float32
     assert np.abs(half - full).max() < 0.02 * np.abs(full).max()
     assert np.abs(half - full).max() > 0  # it really ran in bfloat16
+
+
+def test_a_layer_count_beyond_the_files_is_refused_before_naming_every_layer(copy):
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 10**12}))
+    with pytest.raises(ModelError, match=r"config.json: num_hidden_layers=1000000000000, but .* hold only \d+ tensors"):
+        load_hf(copy)
