@@ -93,7 +93,9 @@ def read_jsonl(path: Path) -> Iterator[tuple[str, object]]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise DataError(f"{path}:{number}: not UTF-8 text ({e.reason} at byte {e.start} of the line)") from e
+                problem = f"not UTF-8 text ({e.reason} at byte {e.start} of the line)"
+                yield f"{path}:{number}", Unreadable("not_utf8", problem)
+                continue
             if not line.strip():
                 continue
             try:

@@ -174,5 +174,7 @@ def test_a_key_twice_and_a_bad_byte_are_named_at_their_line(tmp_path):
     assert len(pairs) == 2 and dict(report.reasons) == {"duplicate_key": 1}
     binary = tmp_path / "latin1.jsonl"
     binary.write_bytes(("\n".join([good] * 300) + "\n").encode() + b'{"prompt": "caf\xe9"}\n')
-    with pytest.raises(DataError, match=rf"{binary}:301: not UTF-8 text"):
+    with pytest.raises(DataError, match=rf"{binary}:301: .*not UTF-8 text \(invalid continuation byte at byte 15"):
         load_pairs(binary)
+    pairs, report = load_pairs(binary, on_bad_record="skip")  # dropped and counted like any bad record
+    assert len(pairs) == 300 and dict(report.reasons) == {"not_utf8": 1}
