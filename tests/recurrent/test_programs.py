@@ -167,7 +167,10 @@ def test_exact_mode_confirms_the_constructions():
 
 
 def test_compare_locates_where_float32_breaks():
-    """With cancelling rows folded into a scale of 1000, the query registers are the first values to fail."""
+    """With cancelling rows folded into a scale of 1000, the query registers fail in float32 where the flags they
+    are built from do not. Each side is compiled so that its failure or exactness holds on any CPU: a program that
+    also outputs g and m1 keeps them as lanes and folds differently, and whether float32 then rounds exactly
+    depends on the order XLA's vectorised products sum in (exact on some x86 CPUs, not on others)."""
     from recurrent.compare import compare
     from recurrent.compile import CompileConfig
 
@@ -177,8 +180,10 @@ def test_compare_locates_where_float32_breaks():
     keys, values = random_dictionary(rng, 3, 60, 10)
     toks = tok2tok_prompts(keys[:2], keys, values)
     names = ["g", "m1", "is_prompt", "query0", "out"]
-    folded = {d.name: d for d in compare({n: nodes[n] for n in names}, toks, cfg=CompileConfig(exact_scaling=False))}
-    assert folded["g"].first_token is None and folded["m1"].first_token is None
-    assert folded["query0"].first_token is not None
+    folded = {d.name: d for d in compare({n: nodes[n] for n in ("query0", "out")}, toks,
+                                         cfg=CompileConfig(exact_scaling=False))}
+    assert folded["query0"].first_token is not None and folded["query0"].max_abs > 1.0
+    for flag in ("g", "m1"):
+        assert compare({flag: nodes[flag]}, toks, cfg=CompileConfig(exact_scaling=False))[0].first_token is None
     safe = compare({n: nodes[n] for n in names}, toks)
     assert all(d.first_token is None for d in safe), safe
