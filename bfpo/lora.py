@@ -40,10 +40,12 @@ _KERNEL_NAMES = ("kernel", "lm_head")
 @dataclass(frozen=True, kw_only=True)
 class LoRAConfig:
     """``targets``: regex (``re.search``) over parameter paths selecting the adapted kernels (the paper's
-    selective fine-tuning trains ``down_proj``); ``rank`` r; ``alpha`` with scale alpha / r."""
+    selective fine-tuning trains ``down_proj``); ``rank`` r (0: no adapters, the weights train themselves);
+    ``alpha`` with scale alpha / r."""
 
     targets: str = "down_proj"
-    rank: int = 8
+    rank: int = 0
+    """Adapter rank (0: LoRA off)."""
     alpha: float = 16.0
 
     def __post_init__(self):
@@ -51,10 +53,14 @@ class LoRAConfig:
             re.compile(self.targets)
         except re.error as e:
             raise ModelError(f"LoRAConfig.targets={self.targets!r}: not a regular expression ({e})") from e
-        if not (isinstance(self.rank, int) and self.rank >= 1):
-            raise ModelError(f"LoRAConfig.rank={self.rank!r}: expected an integer at least 1")
+        if not (isinstance(self.rank, int) and not isinstance(self.rank, bool) and self.rank >= 0):
+            raise ModelError(f"LoRAConfig.rank={self.rank!r}: expected an integer, at least 1 (0: no adapters)")
         if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and self.alpha > 0):
             raise ModelError(f"LoRAConfig.alpha={self.alpha!r}: expected a finite number greater than 0")
+
+    @property
+    def enabled(self) -> bool:
+        return self.rank > 0
 
     @property
     def scale(self) -> float:
@@ -76,6 +82,8 @@ def _variables(params: Any) -> list[Any]:
 
 def lora_targets(params: Any, cfg: LoRAConfig) -> list[_Target]:
     """The kernels of ``params`` (an ``nnx.State`` of ``nnx.Param``, abstract or concrete) that ``cfg`` adapts."""
+    if not cfg.enabled:
+        raise ModelError("LoRAConfig.rank=0: adapters are off; give a rank of at least 1")
     pattern = re.compile(cfg.targets)
     paths = leaf_paths(params)
     out = []

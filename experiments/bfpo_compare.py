@@ -229,7 +229,7 @@ def write_table(rows: list[dict], path: Path, cfg: CompareConfig) -> None:
     streams = ", ".join(f"{s.name} ({s.synthetic_pairs} pairs, batch {s.batch_size}, weight {s.weight:g})"
                         for s in t.streams)
     lines = [f"Base model: {t.model.kind}; base stage: {sft}. Preference runs: {t.run.steps} steps, "
-             f"trainable {t.trainable or 'every weight'}, lr {t.optimizer.learning_rate:g} ({t.optimizer.schedule}),"
+             f"trainable {t.layout.trainable or 'every weight'}, lr {t.optimizer.learning_rate:g} ({t.optimizer.schedule}),"
              f" streams {streams}, reference log-probs precomputed from the base.", "",
              "| model | harmless rate ↑ | harmful requests: refused / complied / other | safe-response preference ↑ | "
              "LL(safe) − LL(unsafe) on harmful requests (nats) ↑ | helpful rate ↑ | helpful-response preference ↑ | "

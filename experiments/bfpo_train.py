@@ -49,7 +49,7 @@ def plan_program(cfg: BFPOTrainConfig, mesh) -> Program:
     parts = step_parts(cfg, model_cfg)
     length = max(cfg.buckets)
     mismatched = get_objective(cfg.objective).needs_mismatched
-    batch = {s.name: batch_spec(s.batch_size, length, mismatched=mismatched, reference=cfg.reference == "batch")
+    batch = {s.name: batch_spec(s.batch_size, length, mismatched=mismatched, reference=cfg.layout.reference == "batch")
              for s in cfg.streams}
     pairs = sum(s.batch_size for s in cfg.streams)
     rows_per_pair = 3 if mismatched else 2

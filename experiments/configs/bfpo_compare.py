@@ -21,6 +21,7 @@ from bfpo.objectives import OBJECTIVES
 from bfpo.objectives.table import with_labeling
 from bfpo.optim import OptimizerConfig
 from bfpo.sft import SFTConfig
+from bfpo.train_params import ParamLayout
 from experiments.configs.bfpo_train import BFPOTrainConfig, StreamData
 from experiments.run import RunConfig
 from runtime.mesh import MeshConfig
@@ -60,9 +61,9 @@ class CompareConfig:
         if any(s.path for s in self.train.streams) or self.train.eval_path:
             raise CompareConfigError("CompareConfig.train: the comparison is scored by the synthetic task's ground "
                                      "truth, so every stream and the evaluation must be synthetic (empty path)")
-        if self.train.lora_rank:
-            raise CompareConfigError("CompareConfig.train.lora_rank: the comparison trains weights selected by "
-                                     "train.trainable (the paper's selective fine-tuning); LoRA is not supported")
+        if self.train.layout.uses_lora:
+            raise CompareConfigError("CompareConfig.train.layout.lora.rank: the comparison trains weights selected "
+                                     "by train.trainable (the paper's selective fine-tuning); LoRA is not supported")
         if self.sft.steps and self.train.model.kind in ("hf", "gguf") and not self.train.model.path:
             raise CompareConfigError("CompareConfig.train.model.path is required for the SFT stage")
 
@@ -75,7 +76,7 @@ class CompareConfig:
         run = RunConfig(out_dir=out_dir, steps=100, log_every=25, eval_every=0, checkpoint_every=0,
                         progress=False, tensorboard=False)
         train = BFPOTrainConfig.tiny(
-            out_dir, run=run, objectives=with_labeling(tau=0.1), trainable="", eval_pairs=256, export=False,
+            out_dir, run=run, objectives=with_labeling(tau=0.1), layout=ParamLayout(trainable=""), eval_pairs=256, export=False,
             streams=(StreamData(name="safety", batch_size=16, synthetic_pairs=1024),
                      StreamData(name="buffer", batch_size=8, synthetic_pairs=256,
                                 synthetic_fractions=(1.0, 0.0, 0.0, 0.0))),
@@ -100,7 +101,7 @@ class CompareConfig:
         run = RunConfig(out_dir=out_dir, steps=60, log_every=10, eval_every=0, checkpoint_every=0,
                         progress=False, tensorboard=False, mesh=MeshConfig(data=1, fsdp=-1))
         train = BFPOTrainConfig.smollm2(
-            out_dir, run=run, objectives=with_labeling(tau=0.1), trainable="down_proj", eval_pairs=96, export=False,
+            out_dir, run=run, objectives=with_labeling(tau=0.1), layout=ParamLayout(trainable="down_proj"), eval_pairs=96, export=False,
             eval_batch_size=16, max_length=48, max_prompt_length=37, buckets=(48,), logprob_chunk=48,
             streams=(StreamData(name="safety", batch_size=4, synthetic_pairs=240),),
             optimizer=OptimizerConfig(learning_rate=1e-4, warmup_ratio=0.1))

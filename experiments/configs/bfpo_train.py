@@ -29,7 +29,7 @@ from bfpo.model.source import MODEL_KINDS
 from bfpo.objectives.registry import OBJECTIVES, get_objective
 from bfpo.objectives.table import ObjectiveConfigs, with_labeling
 from bfpo.optim import OptimizerConfig
-from bfpo.train_params import REFERENCE_SOURCES
+from bfpo.train_params import ParamLayout
 from experiments.run import RunConfig
 from runtime.mesh import MeshConfig
 
@@ -124,16 +124,10 @@ class BFPOTrainConfig:
     objectives: ObjectiveConfigs = ObjectiveConfigs()
     """Every registered objective's own config (``--objectives.bfpo.labeling.tau``, ``--objectives.dpo.beta``,
     ...); only the entry of ``objective`` is read."""
-    reference: Literal["batch", "frozen", "base", "none"] = "batch"
-    """Reference log-probs from a precomputed cache (batch), a frozen copy, the LoRA base weights, or none."""
+    layout: Annotated[ParamLayout, tyro.conf.arg(name="")] = ParamLayout()
+    """Where the reference comes from and what trains (``--reference``, ``--trainable``, ``--lora.rank``, ...)."""
     reference_cache_dir: str = ""
     """Directory of the reference log-prob cache (empty: <out_dir>/reference_cache)."""
-    trainable: str = "down_proj"
-    """Regex over parameter paths of what trains (the paper: down_proj only); empty: everything."""
-    lora_rank: int = 0
-    """LoRA rank (0: train the weights selected by ``trainable``)."""
-    lora_alpha: float = 16.0
-    lora_targets: str = "down_proj"
     optimizer: OptimizerConfig = OptimizerConfig(learning_rate=1e-3, warmup_ratio=0.1)
     logprob_chunk: int = 128
     export: bool = True
@@ -151,24 +145,14 @@ class BFPOTrainConfig:
             if s.batch_size % self.run.grad_accum:
                 raise TrainConfigError(f"StreamData.batch_size={s.batch_size} of stream {s.name!r} is not divisible "
                                        f"by run.grad_accum={self.run.grad_accum}")
-        if self.reference not in REFERENCE_SOURCES:
-            raise TrainConfigError(f"BFPOTrainConfig.reference={self.reference!r}: expected one of "
-                                   f"{REFERENCE_SOURCES}")
         for field in ("eval_pairs", "eval_batch_size", "bucket_window", "logprob_chunk"):
             if getattr(self, field) < 1:
                 raise TrainConfigError(f"BFPOTrainConfig.{field}={getattr(self, field)}: must be at least 1")
-        if get_objective(self.objective).needs_mismatched and self.reference == "batch":
+        if get_objective(self.objective).needs_mismatched and self.layout.reference == "batch":
             raise TrainConfigError(f"BFPOTrainConfig.objective={self.objective!r} with reference='batch': its "
                                    "mismatched rows pair each prompt with another example of the same (reshuffled) "
                                    "batch, so their reference log-probs cannot come from the per-example cache; use "
                                    "reference='frozen', or 'base' with LoRA")
-        if self.lora_rank < 0:
-            raise TrainConfigError(f"BFPOTrainConfig.lora_rank={self.lora_rank}: must be >= 0 (0: no LoRA)")
-        if self.trainable:
-            try:
-                re.compile(self.trainable)
-            except re.error as e:
-                raise TrainConfigError(f"BFPOTrainConfig.trainable={self.trainable!r}: not a regex ({e})") from e
 
     # --- presets -----------------------------------------------------------------------------------------------
 
@@ -211,7 +195,7 @@ class BFPOTrainConfig:
                         dtype="bfloat16", param_dtype="bfloat16", remat="full", attention_query_chunk=512)),
                     streams=streams, eval_path=safety_path, eval_split="test", eval_pairs=2048, eval_batch_size=32,
                     max_length=1024, max_prompt_length=512, buckets=(256, 512, 768, 1024), bucket_window=8,
-                    objectives=with_labeling(tau=0.01, b1=3.0, alpha=0.5), trainable="down_proj", logprob_chunk=256,
+                    objectives=with_labeling(tau=0.01, b1=3.0, alpha=0.5), logprob_chunk=256,
                     optimizer=OptimizerConfig(learning_rate=5e-7, warmup_ratio=0.1, schedule="cosine"))
         return cls(**{**base, **overrides})
 
@@ -279,9 +263,29 @@ def upgrade_objective_flags(args: list[str]) -> tuple[list[str], list[str]]:
     return out, notes
 
 
+_OLD_LORA_FLAG = re.compile(r"^--((?:[\w-]+\.)*?)lora[-_](rank|alpha|targets)(=.*)?$")
+
+
+def upgrade_layout_flags(args: list[str]) -> tuple[list[str], list[str]]:
+    """``--lora-rank`` / ``--lora-alpha`` / ``--lora-targets`` of earlier versions (also under ``train.``) as the
+    embedded ``ParamLayout``'s ``--lora.rank`` / ``--lora.alpha`` / ``--lora.targets``, with a deprecation line each."""
+    out, notes = [], []
+    for arg in args:
+        m = _OLD_LORA_FLAG.match(arg)
+        if m is None:
+            out.append(arg)
+            continue
+        new = f"--{m.group(1)}lora.{m.group(2)}"
+        out.append(new + (m.group(3) or ""))
+        notes.append(f"warning: {arg.split('=')[0]} is deprecated: use {new}")
+    return out, notes
+
+
 def upgraded_args(args) -> list[str]:
-    """``upgrade_objective_flags`` with its deprecation lines printed to stderr."""
+    """``upgrade_objective_flags`` and ``upgrade_layout_flags``, with their deprecation lines printed to stderr."""
     new, notes = upgrade_objective_flags(list(args))
+    new, layout_notes = upgrade_layout_flags(new)
+    notes += layout_notes
     for note in notes:
         print(note, file=sys.stderr, flush=True)
     return new

@@ -17,7 +17,6 @@ import jax
 
 from bfpo.data import MixedStreams, PreferenceStream, TokenizeConfig, evaluation_batches, load_pairs, tokenize_pairs
 from bfpo.data import synthetic
-from bfpo.lora import LoRAConfig
 from bfpo.model.config import LlamaConfig
 from bfpo.model.llama import init_params, model_from_params
 from bfpo.model import source as model_source
@@ -43,17 +42,11 @@ def objective_config(cfg: BFPOTrainConfig) -> Any:
     return cfg.objectives.of(cfg.objective)
 
 
-def param_layout(cfg: BFPOTrainConfig) -> ParamLayout:
-    lora = None if cfg.lora_rank == 0 else LoRAConfig(targets=cfg.lora_targets, rank=cfg.lora_rank,
-                                                      alpha=cfg.lora_alpha)
-    return ParamLayout(reference=cfg.reference, trainable=cfg.trainable or None, lora=lora)
-
-
 def preference_config(cfg: BFPOTrainConfig, streams: tuple[StreamData, ...] | None = None) -> PreferenceConfig:
     streams = cfg.streams if streams is None else streams
     return PreferenceConfig(objective=cfg.objective, objective_config=objective_config(cfg),
                             streams=tuple(StreamSpec(name=s.name, weight=s.weight) for s in streams),
-                            layout=param_layout(cfg), logprob_chunk=cfg.logprob_chunk)
+                            layout=cfg.layout, logprob_chunk=cfg.logprob_chunk)
 
 
 def model_config(cfg: BFPOTrainConfig) -> LlamaConfig:
@@ -96,7 +89,7 @@ def layout_init_state(layout: ParamLayout, loaded: Any, tx, seed: int, precision
 
 
 def step_parts(cfg: BFPOTrainConfig, model_cfg: LlamaConfig) -> StepParts:
-    layout = param_layout(cfg)
+    layout = cfg.layout
     tx = make_optimizer(cfg.optimizer, cfg.run.steps)
     pref = preference_config(cfg)
     return StepParts(tx=tx, layout=layout, pref=pref,

@@ -113,6 +113,8 @@ def test_adapters_shard_along_their_kernels_axes():
 
 def test_targets_matching_nothing_name_the_kernels():
     with pytest.raises(ModelError, match="matches no projection kernel"):
-        init_lora(jax.eval_shape(lambda: init_params(CFG, 0)), LoRAConfig(targets="norm"))
+        init_lora(jax.eval_shape(lambda: init_params(CFG, 0)), LoRAConfig(targets="norm", rank=4))
     with pytest.raises(ModelError, match="LoRAConfig.rank"):
-        LoRAConfig(rank=0)
+        LoRAConfig(rank=-1)
+    with pytest.raises(ModelError, match="LoRAConfig.rank=0: adapters are off"):
+        init_lora(jax.eval_shape(lambda: init_params(CFG, 0)), LoRAConfig(rank=0))

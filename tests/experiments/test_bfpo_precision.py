@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import tyro
 
-from bfpo.train_params import build_params
+from bfpo.lora import LoRAConfig
+from bfpo.train_params import ParamLayout, build_params
 from bfpo.model.llama import init_params
 from experiments import bfpo_train
 from experiments.tasks import bfpo as bfpo_task
@@ -69,7 +70,7 @@ def _safetensors_header(directory: Path) -> bytes:
 @pytest.mark.parametrize("lora_rank", [0, 8])
 def test_the_7b_preset_keeps_float32_masters_of_what_it_trains_and_bfloat16_frozen_weights(lora_rank):
     """Abstract only (no 7B allocation): the state the zephyr-7b preset would train on an 8-device mesh."""
-    cfg = bfpo_train.BFPOTrainConfig.zephyr_7b(lora_rank=lora_rank)
+    cfg = bfpo_train.BFPOTrainConfig.zephyr_7b(layout=ParamLayout(lora=LoRAConfig(rank=lora_rank)))
     model_cfg = bfpo_task.model_config(cfg)
     abstract, _ = bfpo_task.step_parts(cfg, model_cfg).state_spec(make_mesh({"fsdp": 8}))
     dtypes = {}

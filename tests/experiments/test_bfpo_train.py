@@ -19,7 +19,10 @@ import pytest
 import tyro
 from flax import nnx
 
+from bfpo.errors import BFPOError
 from bfpo.labeling import LabelingConfig
+from bfpo.lora import LoRAConfig
+from bfpo.train_params import ParamLayout
 from bfpo.model.load_hf import load_hf
 from bfpo.objectives import OBJECTIVES, BFPOConfig, DPOConfig, IPOConfig, ORPOConfig, ObjectiveConfigs
 from experiments import bfpo_train
@@ -157,6 +160,30 @@ def test_every_objectives_every_parameter_is_a_flag_and_the_old_flat_flags_still
     assert bfpo_task.objective_config(cfg) == IPOConfig(tau=0.2, average_log_probs=True)
 
 
+def test_the_parameter_layout_is_embedded_as_is_and_the_old_lora_flags_still_work(capsys):
+    """``ParamLayout`` is the launcher's own field (``--reference``, ``--trainable``, ``--lora.rank``, ...); the
+    flat ``--lora-rank/--lora-alpha/--lora-targets`` of earlier versions set the same fields, with a deprecation
+    line naming the new flag."""
+    with pytest.raises(SystemExit):
+        tyro.cli(bfpo_train.config_type(), args=["tiny", "--help"])
+    help_text = capsys.readouterr().out
+    for flag in ("--reference", "--trainable", "--lora.rank", "--lora.alpha", "--lora.targets"):
+        assert flag in help_text, flag
+    new = tyro.cli(bfpo_train.config_type(), args=["tiny", "--reference", "base", "--lora.rank", "4",
+                                                   "--lora.alpha", "8", "--lora.targets", "o_proj"])
+    old = tyro.cli(bfpo_train.config_type(), args=bfpo_train.upgraded_args(
+        ["tiny", "--reference", "base", "--lora-rank", "4", "--lora-alpha=8", "--lora-targets", "o_proj"]))
+    notes = capsys.readouterr().err.strip().splitlines()
+    assert notes == ["warning: --lora-rank is deprecated: use --lora.rank",
+                     "warning: --lora-alpha is deprecated: use --lora.alpha",
+                     "warning: --lora-targets is deprecated: use --lora.targets"]
+    assert new == old and new.layout == ParamLayout(reference="base", lora=LoRAConfig(targets="o_proj", rank=4,
+                                                                                      alpha=8.0))
+    assert tyro.cli(bfpo_train.config_type(), args=["tiny", "--trainable="]).layout.trainable == ""
+    with pytest.raises(BFPOError, match="reference='base' takes the base weights under LoRA"):
+        tyro.cli(bfpo_train.config_type(), args=["tiny", "--reference", "base"])
+
+
 def test_config_errors_name_the_field():
     with pytest.raises(TrainConfigError, match="batch_size=6 of stream 'safety' is not divisible by run.grad_accum=4"):
         BFPOTrainConfig(run=RunConfig(grad_accum=4), streams=(StreamData(batch_size=6),))
@@ -170,7 +197,7 @@ def test_config_errors_name_the_field():
 
 def test_kto_trains_on_batches_with_a_mismatched_side(tmp_path):
     with pytest.raises(TrainConfigError, match="objective='kto' with reference='batch'"):
-        BFPOTrainConfig(objective="kto", reference="batch")
+        BFPOTrainConfig(objective="kto", layout=ParamLayout(reference="batch"))
     cfg = config(tmp_path, "--objective", "kto", "--reference", "frozen", "--run.steps", "3", "--no-export")
     task, prepared = bfpo_task.make_task(cfg)
     batch = next(iter(task.data))
