@@ -42,8 +42,8 @@ import tyro
 
 from experiments.configs.lsrl_stability import LSRLStabilityConfig
 from experiments.run import cli
-from experiments.tasks.lsrl_stability import Prompts, answer_errors, make_prompts, own_large_constant, program_for
-from experiments.tasks.lsrl_stability import error_stats, sizes_of, x64
+from recurrent.stability import Prompts, answer_errors, make_prompts, own_large_constant, program_for
+from recurrent.stability import error_stats, sizes_of, x64
 from recurrent import CompileError
 from recurrent.lsrl.interpreter import run as interpret
 from recurrent.targets.registry import GATED_MODES, TARGETS, Target, get_target, perturb

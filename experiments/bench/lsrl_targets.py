@@ -30,7 +30,7 @@ import numpy as np
 import tyro
 
 from experiments.configs.lsrl_stability import DTYPES, PROGRAMS, LSRLStabilityConfig
-from experiments.tasks.lsrl_stability import answer_errors, make_prompts, program_for, x64
+from recurrent.stability import answer_errors, make_prompts, program_for, x64
 from recurrent.lsrl.interpreter import run as interpret
 from recurrent.errors import ConfigError
 from recurrent.programs import MODES

@@ -12,7 +12,7 @@ import pytest
 
 from experiments.configs.lsrl_stability import LSRLStabilityConfig
 from experiments.lsrl_stability import COLUMNS, main, read_csv
-from experiments.tasks.lsrl_stability import answer_errors, make_prompts
+from recurrent.stability import answer_errors, make_prompts
 from recurrent.errors import ConfigError
 from recurrent.targets.registry import TARGETS, perturb
 from recurrent.chain import Chain, Layer, evaluate

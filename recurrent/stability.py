@@ -1,6 +1,7 @@
-"""The LSRL stability study's task: the paper's two programs in a conditional mode, their random prompts, and the
-answer error of a model against the interpreter. Shared by the study (``experiments.lsrl_stability``) and the target
-throughput benchmark (``experiments.bench.lsrl_targets``).
+"""The stability study's programs, prompts and answer errors: the paper's two approximation programs in a
+conditional mode, random prompts of several sizes, and the error of a model against the interpreter. Used by the
+study (``experiments.lsrl_stability``) and the target throughput benchmark (``experiments.bench.lsrl_targets``),
+each passing its own config (anything with the fields of ``StudyShape``).
 
 For a prompt x with answer positions P (the last token for vec2vec, the last L for tok2tok) the error is
     e(x) = max_{t in P, o} |model(x)_{t,o} - interpreter(x)_{t,o}|   (NaN counts as infinite).
@@ -10,16 +11,29 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from typing import Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.configs.lsrl_stability import LSRLStabilityConfig
 from recurrent.lsrl import ForEach
 from recurrent.programs.tok2tok import Tok2TokSpec, random_dictionary, tok2tok_program, tok2tok_prompts
 from recurrent.programs.vec2vec import Vec2VecSpec, random_target, vec2vec_program, vec2vec_prompts
 from recurrent.programs.vec2vec import vec2vec_queries
+
+
+class StudyShape(Protocol):
+    """The sizes the study's programs and prompts are built from."""
+
+    vec2vec_in_dim: int
+    vec2vec_out_dim: int
+    vec2vec_grid_sizes: tuple[int, ...]
+    tok2tok_key_length: int
+    tok2tok_pairs: tuple[int, ...]
+    tok2tok_vocab: int
+    queries: int
+    seed: int
 
 
 def x64(dtype) -> contextlib.AbstractContextManager:
@@ -42,7 +56,7 @@ class Prompts:
         return Prompts(self.tokens_BxTxD[keep, :length], self.lengths_B[keep], self.sizes_B[keep], self.read_last)
 
 
-def program_for(name: str, cfg: LSRLStabilityConfig, mode: str, large_constant: float | None) -> ForEach:
+def program_for(name: str, cfg: StudyShape, mode: str, large_constant: float | None) -> ForEach:
     if name == "vec2vec":
         kw = {} if large_constant is None else {"large_constant": large_constant}
         return vec2vec_program(Vec2VecSpec(in_dim=cfg.vec2vec_in_dim, out_dim=cfg.vec2vec_out_dim, mode=mode, **kw))
@@ -55,11 +69,11 @@ def own_large_constant(name: str) -> float:
     return Vec2VecSpec().large_constant if name == "vec2vec" else Tok2TokSpec().large_constant
 
 
-def sizes_of(name: str, cfg: LSRLStabilityConfig) -> tuple[int, ...]:
+def sizes_of(name: str, cfg: StudyShape) -> tuple[int, ...]:
     return cfg.vec2vec_grid_sizes if name == "vec2vec" else cfg.tok2tok_pairs
 
 
-def make_prompts(name: str, cfg: LSRLStabilityConfig) -> Prompts:
+def make_prompts(name: str, cfg: StudyShape) -> Prompts:
     """``cfg.queries`` random prompts per size; one random target (vec2vec) or table (tok2tok) per size."""
     parts, sizes = [], []
     for size in sizes_of(name, cfg):
