@@ -6,7 +6,8 @@ Layout: ``<directory>/<step>/state`` (the arrays, written by every process for i
 With ``frozen_params=False`` a checkpoint holds only the trainable parameters (with the optimizer state, step
 and rng): a model fine-tuned in a few of its weights, or through LoRA adapters, then checkpoints megabytes, not
 its whole base. The frozen leaves are restored from their source (``restore(..., frozen=params)``) and checked
-against a per-leaf checksum (sum of |x| in float32) that the checkpoint's metadata records.
+against the content hash of each leaf's bits (``runtime.content_hash``, computed on the devices) that the
+checkpoint's metadata records, so any change to a frozen weight since the run started is refused.
 
 Every checkpoint's metadata records the content hash of each array it holds (``runtime.content_hash``); a
 restore compares them, so a data file truncated or altered on disk is an ``UnreadableCheckpointError`` naming the

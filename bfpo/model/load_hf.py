@@ -175,7 +175,6 @@ def place_params(cfg: LlamaConfig, read, mesh: jax.sharding.Mesh | None = None, 
                               list(sharding.addressable_devices_indices_map(shape).values()))
         array = jax.make_array_from_callback(shape, sharding, lambda index: shards[_index_key(index, shape)])
         placed.append(variable.replace(array))
-        del shards
     return nnx.merge(graphdef, treedef.unflatten(placed))
 
 
