@@ -48,9 +48,6 @@ class GGUFFile:
             except Exception as e:  # noqa: BLE001 - contents() decodes bytes the reader did not check
                 raise ModelError(f"{self.path}: metadata key {key!r} cannot be decoded ({type(e).__name__}: {e})")
 
-    def has(self, key: str) -> bool:
-        return key in self._values
-
     def _typed(self, key: str, kinds: tuple[str, ...], what: str, element: tuple[str, ...] | None = None):
         types, value = self._values[key]
         if element is None:
