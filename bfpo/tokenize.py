@@ -51,7 +51,9 @@ def generation_stop_tokens(path: Path, hf_tokenizer) -> list[str]:
         config = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: not a JSON file ({e})") from e
-    ids = config.get("eos_token_id") if isinstance(config, dict) else None
+    if not isinstance(config, dict):
+        raise DataError(f"{path}: expected a JSON object, got {type(config).__name__}")
+    ids = config.get("eos_token_id")
     ids = [ids] if isinstance(ids, int) and not isinstance(ids, bool) else ids
     if ids is None:
         return []

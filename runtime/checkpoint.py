@@ -93,6 +93,7 @@ class Checkpointer:
             raise CheckpointError(f"keep={keep}: at least one checkpoint must be kept")
         self.directory = os.path.abspath(directory)
         self.frozen_params = frozen_params
+        self._frozen_meta: dict[str, Any] | None = None
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=async_save
         )
@@ -111,9 +112,11 @@ class Checkpointer:
             return
         frozen = self.frozen_params or all(state.trainable)
         if not frozen:
+            # Frozen leaves never change within a run: hash them at the first save only.
             indices = [i for i, m in enumerate(state.trainable) if not m]
-            meta = {**meta, FROZEN_META: {"leaves": indices,
-                                          "hashes": frozen_hashes(state.params, state.trainable)}}
+            if self._frozen_meta is None or self._frozen_meta["leaves"] != indices:
+                self._frozen_meta = {"leaves": indices, "hashes": frozen_hashes(state.params, state.trainable)}
+            meta = {**meta, FROZEN_META: self._frozen_meta}
         arrays = _arrays(state, frozen)
         meta = {**meta, STATE_HASHES: content_hashes(jax.tree.leaves(arrays))}
         self._manager.save(

@@ -47,6 +47,9 @@ def test_saved_stop_ids_come_back_and_a_bad_generation_config_is_named(tmp_path)
         (tmp_path / "generation_config.json").write_text(f'{{"eos_token_id": {bad}}}')
         with pytest.raises(DataError, match=r"generation_config.json: eos_token_id must be a token id"):
             Tokenizer.from_directory(tmp_path)
+    (tmp_path / "generation_config.json").write_text("[2]")
+    with pytest.raises(DataError, match=r"generation_config.json: expected a JSON object, got list"):
+        Tokenizer.from_directory(tmp_path)
     (tmp_path / "generation_config.json").write_text("{")
     with pytest.raises(DataError, match=r"generation_config.json: not a JSON file"):
         Tokenizer.from_directory(tmp_path)

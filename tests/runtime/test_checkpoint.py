@@ -186,3 +186,19 @@ def test_checkpoints_recorded_with_sum_abs_checksums_still_resume(tmp_path):
         ckpt._check_frozen(1, state, params, legacy)
         with pytest.raises(CheckpointError, match=r"'frozen' differs .*its sum \|x\| changed"):
             ckpt._check_frozen(1, state, {**params, "frozen": params["frozen"] + 1}, legacy)
+
+
+def test_the_frozen_base_is_hashed_once_per_run_not_per_save(tmp_path, monkeypatch):
+    import runtime.checkpoint as checkpoint_lib
+
+    calls = []
+    real = checkpoint_lib.frozen_hashes
+    monkeypatch.setattr(checkpoint_lib, "frozen_hashes", lambda *a: calls.append(1) or real(*a))
+    params = {"frozen": jnp.arange(8.0), "train": jnp.ones(3)}
+    state = TrainState(step=jnp.asarray(0, jnp.int32), params=params, opt_state={}, rng=jax.random.PRNGKey(1),
+                       trainable=(False, True))
+    with Checkpointer(str(tmp_path), frozen_params=False, async_save=False) as ckpt:
+        for step in (1, 2, 3):
+            ckpt.save(state, {"data": {}}, step=step)
+        recorded = [ckpt.read_meta(step)["frozen_params"]["hashes"] for step in (1, 2, 3)]
+    assert len(calls) == 1 and recorded[0] == recorded[1] == recorded[2] == real(params, (False, True))
