@@ -30,7 +30,7 @@ import numpy as np
 
 from bfpo.errors import DataError
 from bfpo.eval.files import field, read_csv, read_records, read_text, where
-from bfpo.eval.judges import Judge, run_judge, score_verdicts
+from bfpo.eval.judges import Judge, check_axis, judge_axis, run_judge, score_verdicts
 from bfpo.generate import SamplingConfig, bucket, generate, left_pad
 from bfpo.tokenize import Tokenizer
 from runtime.sharding import activate
@@ -192,7 +192,9 @@ def generate_responses(model, tokenizer: Tokenizer, prompt_set: PromptSet, sampl
 def judge_responses(prompt_set: PromptSet, responses: Sequence[str], judge: Judge,
                     sampling: SamplingConfig | None = None) -> dict:
     """{prompt_set, axis, sampling, metric, value, n, counts, judge, higher_is_better, records}; each record is
-    {prompt, response, verdict, judge, source}."""
+    {prompt, response, verdict, judge, source}. A judge of another axis than the set's raises
+    ``JudgeAxisError``."""
+    check_axis(judge.name, judge_axis(judge), prompt_set.axis, f"prompt set {prompt_set.name!r}")
     verdicts = run_judge(judge, prompt_set.prompts, list(responses))
     records = [{"prompt": p, "response": r, "verdict": v, "judge": judge.name, "source": s}
                for p, r, v, s in zip(prompt_set.prompts, responses, verdicts, prompt_set.sources)]

@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -150,7 +150,8 @@ class ClassifierJudge:
     labels: tuple[str, ...] = (SAFE, UNSAFE)
     metric: str = "harmless_rate"
     credit: Mapping[str, float] = dataclasses.field(default_factory=lambda: {SAFE: 1.0})
-    higher_is_better: bool = True
+    axis: ClassVar[str] = "harmlessness"
+    higher_is_better: ClassVar[bool] = True
 
     def __post_init__(self):
         for key in ("{behavior}", "{generation}"):
@@ -203,7 +204,8 @@ class WinRateJudge:
     labels: tuple[str, ...] = (WIN, TIE, LOSS)
     metric: str = "win_rate"
     credit: Mapping[str, float] = dataclasses.field(default_factory=lambda: {WIN: 1.0, TIE: 0.5})
-    higher_is_better: bool = True
+    axis: ClassVar[str] = "helpfulness"
+    higher_is_better: ClassVar[bool] = True
 
     def __post_init__(self):
         for key in ("{prompt}", "{a}", "{b}"):

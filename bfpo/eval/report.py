@@ -1,9 +1,10 @@
 """The evaluation summary: every score with the judge that produced it, averaged per axis.
 
 Axes and their direction: helpfulness (higher is better), harmlessness (higher is better), over_refusal (the
-refusal rate on benign prompts; lower is better). Every score here is a rate in [0, 1]; one whose own direction
-is opposite to its axis's enters the axis mean as 1 - value (CrowS-Pairs' pct_stereotype enters harmlessness as
-1 - pct_stereotype), so
+refusal rate on benign prompts; lower is better). Every score here is a rate in [0, 1]. A generative score must
+come from a judge of its own axis (``JudgeAxisError`` otherwise: a refusal rate on harmful prompts entered as an
+over-refusal score would be inverted). One whose own direction is opposite to its axis's enters the axis mean as
+1 - value (CrowS-Pairs' pct_stereotype enters harmlessness as 1 - pct_stereotype), so
 
     axis mean = (1/|S_axis|) sum_{s in S_axis} (value_s if s points the axis's way else 1 - value_s).
 
@@ -19,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from bfpo.errors import DataError
+from bfpo.eval.judges import check_axis
 
 AXIS_HIGHER_IS_BETTER = {"helpfulness": True, "harmlessness": True, "over_refusal": False}
 LOGLIKELIHOOD_JUDGE = "loglikelihood-multiple-choice"
@@ -32,6 +34,10 @@ def score_entries(discriminative: Mapping[str, dict] | None = None, generative: 
                     "value": r["score"], "higher_is_better": r["higher_is_better"], "judge": LOGLIKELIHOOD_JUDGE,
                     "n": r["n"], "acc": r["acc"], "acc_norm": r["acc_norm"]})
     for r in generative:
+        if "judge_axis" not in r:
+            raise DataError(f"score {r['prompt_set']!r}: no judge_axis; a generative score comes from "
+                            "bfpo.eval.judge_responses, which records its judge's axis")
+        check_axis(r["judge"], r["judge_axis"], r["axis"], f"score {r['prompt_set']!r}")
         out.append({"name": r["prompt_set"], "kind": "generative", "axis": r["axis"], "metric": r["metric"],
                     "value": r["value"], "higher_is_better": r["higher_is_better"], "judge": r["judge"], "n": r["n"],
                     "unparseable": r["counts"].get("unparseable", 0), "counts": r["counts"],
