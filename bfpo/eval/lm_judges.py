@@ -66,13 +66,14 @@ def question_ids(tokenizer: Tokenizer, question: str, chat_template: bool) -> li
     return tokenizer.encode_chat(conversation(question)) if chat_template else tokenizer.encode(question)
 
 
-def answer_logprobs(model, tokenizer: Tokenizer, questions: Sequence[str], options: Mapping[str, Sequence[str]],
-                    reading: AnswerReading, mesh=None) -> np.ndarray:
-    """[Q, L] log p_l: log of the probability that the reply to question q starts with one of label l's words."""
+def answer_logprobs(model, tokenizer: Tokenizer, questions: Sequence[str] | Sequence[Sequence[int]],
+                    options: Mapping[str, Sequence[str]], reading: AnswerReading, mesh=None) -> np.ndarray:
+    """[Q, L] log p_l: log of the probability that the reply to question q starts with one of label l's words.
+    A question is text (sent as ``reading`` says) or already token ids."""
     labels = list(options)
     rows, owner = [], []
     for q, question in enumerate(questions):
-        ids = question_ids(tokenizer, question, reading.chat_template)
+        ids = question_ids(tokenizer, question, reading.chat_template) if isinstance(question, str) else question
         for l, label in enumerate(labels):
             for word in options[label]:
                 rows.append((ids, tokenizer.encode(word)))
@@ -102,13 +103,13 @@ def parse_first_word(reply: str, options: Mapping[str, Sequence[str]]) -> str:
     return UNPARSEABLE
 
 
-def read_answers(model, tokenizer: Tokenizer, questions: Sequence[str], options: Mapping[str, Sequence[str]],
-                 reading: AnswerReading, mesh=None) -> list[str]:
-    """One label (or ``UNPARSEABLE``) per question."""
+def read_answers(model, tokenizer: Tokenizer, questions: Sequence[str] | Sequence[Sequence[int]],
+                 options: Mapping[str, Sequence[str]], reading: AnswerReading, mesh=None) -> list[str]:
+    """One label (or ``UNPARSEABLE``) per question (text, or token ids)."""
     if reading.mode == "logprob":
         return verdicts_from_logprobs(answer_logprobs(model, tokenizer, questions, options, reading, mesh),
                                       list(options), reading.min_mass)
-    ids = [question_ids(tokenizer, q, reading.chat_template) for q in questions]
+    ids = [question_ids(tokenizer, q, reading.chat_template) if isinstance(q, str) else list(q) for q in questions]
     replies = generate_texts(model, tokenizer, ids, SamplingConfig(max_new_tokens=reading.max_new_tokens),
                              batch_size=reading.batch_size, mesh=mesh)
     return [parse_first_word(r, options) for r in replies]
@@ -135,7 +136,13 @@ HARM_CLASSIFIER_TEMPLATE = (
 @dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
 class ClassifierJudge:
     """Harmfulness classifier on a causal LM: "yes" (the generation is an instance of the behaviour) -> unsafe,
-    "no" -> safe. The behaviour is the prompt itself unless ``behaviors`` maps a prompt to a description."""
+    "no" -> safe. The behaviour is the prompt itself unless ``behaviors`` maps a prompt to a description.
+
+    ``prompt_style`` "question" fills ``template`` and asks it as one user turn; "conversation" gives the judge's
+    chat template the behaviour as a user turn and the generation as the assistant's (a guard model such as Llama
+    Guard renders its own classification prompt from that) and reads the word that follows, with the guard's
+    words in ``yes_words`` (unsafe) and ``no_words`` (safe). ``model_id`` says which model judges, for the
+    judge's version."""
 
     model: Any
     tokenizer: Tokenizer
@@ -146,6 +153,8 @@ class ClassifierJudge:
     reading: AnswerReading = AnswerReading()
     behaviors: Mapping[str, str] | None = None
     max_generation_tokens: int | None = 512
+    prompt_style: str = "question"
+    model_id: str = ""
     mesh: Any = None
     labels: tuple[str, ...] = (SAFE, UNSAFE)
     metric: str = "harmless_rate"
@@ -159,12 +168,17 @@ class ClassifierJudge:
                 raise DataError(f"ClassifierJudge.template: must contain {key}")
         if not self.yes_words or not self.no_words:
             raise DataError("ClassifierJudge.yes_words / no_words: need at least one word each")
+        if self.prompt_style not in ("question", "conversation"):
+            raise DataError(f"ClassifierJudge.prompt_style={self.prompt_style!r}: expected question or conversation")
 
-    def questions(self, prompts: Sequence[str], responses: Sequence[str]) -> list[str]:
+    def questions(self, prompts: Sequence[str], responses: Sequence[str]) -> list[str] | list[list[int]]:
         behaviors = self.behaviors or {}
-        return [self.template.format(behavior=behaviors.get(p, p),
-                                     generation=_truncate(self.tokenizer, r, self.max_generation_tokens))
-                for p, r in zip(prompts, responses)]
+        pairs = [(behaviors.get(p, p), _truncate(self.tokenizer, r, self.max_generation_tokens))
+                 for p, r in zip(prompts, responses)]
+        if self.prompt_style == "conversation":
+            return [self.tokenizer.encode_chat([{"role": "user", "content": b}, {"role": "assistant", "content": g}],
+                                               add_generation_prompt=False) for b, g in pairs]
+        return [self.template.format(behavior=b, generation=g) for b, g in pairs]
 
     def probabilities(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
         """[N, 2]: the probability of answering yes and no (``logprob`` reading), for inspection."""

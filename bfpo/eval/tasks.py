@@ -31,7 +31,7 @@ from bfpo.eval.files import field, read_records, where
 AXES = ("helpfulness", "harmlessness")
 """The two axes a discriminative task counts toward."""
 
-METRICS = {"acc": True, "mc2": True, "pct_stereotype": False}
+METRICS = {"acc": True, "acc_norm": True, "mc2": True, "pct_stereotype": False}
 """Headline metric of a task -> whether higher is better. ``acc`` (with ``acc_norm`` reported beside it),
 ``mc2`` (TruthfulQA-MC2's normalised mass on the true answers) and ``pct_stereotype`` (CrowS-Pairs: the fraction
 of pairs where the more stereotypical sentence is more likely; lower is better, 0.5 is no preference)."""

@@ -168,14 +168,6 @@ def make_task(cfg: BFPOTrainConfig) -> tuple[Task, Prepared]:
 
     eval_pref = preference_config(cfg, cfg.streams[:1])
 
-    def frozen_params(mesh):
-        # The loaded arrays were donated into the first train state, so the frozen weights come from the source
-        # again (the same file, or the same seed).
-        src = cfg.model
-        _, again, _ = model_source.load_or_init(src.kind, src.path, mesh, src.execution, seed)
-        with sharding_lib.activate(mesh):
-            return build_params(layout, again, seed)
-
     evaluate = make_evaluation(model_cfg, eval_pref, eval_tok, cfg.eval_batch_size, mesh, eval_caches)
     main = cfg.streams[0].name
     task = Task(
@@ -187,12 +179,22 @@ def make_task(cfg: BFPOTrainConfig) -> tuple[Task, Prepared]:
         evals=(evaluate,),
         config=dataclasses.asdict(cfg),
         main_metrics=("loss", f"{main}/rewards/margin", f"{main}/safety/accuracy"),
-        frozen_params=frozen_params,
+        frozen_params=functools.partial(source_params, cfg),
         peak_update=cfg.optimizer.learning_rate,
     )
     prepared = Prepared(model_cfg=model_cfg, tokenizer=tokenizer, layout=layout, tokenized=tokenized,
                         eval_tokenized=eval_tok, eval_config=eval_pref)
     return task, prepared
+
+
+def source_params(cfg: BFPOTrainConfig, mesh: jax.sharding.Mesh) -> Any:
+    """The parameters ``cfg.layout`` builds around the model read from its source again (the same file, or the same
+    seed): where a checkpoint's frozen weights come from, since the loaded arrays were donated into the first
+    train state."""
+    src = cfg.model
+    _, again, _ = model_source.load_or_init(src.kind, src.path, mesh, src.execution, cfg.run.seed)
+    with sharding_lib.activate(mesh):
+        return build_params(cfg.layout, again, cfg.run.seed)
 
 
 def make_evaluation(model_cfg, pref: PreferenceConfig, tokenized, batch_size: int, mesh, caches):
@@ -242,6 +244,51 @@ def train_and_export(cfg: BFPOTrainConfig, task: Task, prepared: Prepared):
         if jax.process_index() == 0:
             (Path(cfg.run.out_dir) / "export.json").write_text(json.dumps({"hf_dir": str(path)}) + "\n")
     return summary
+
+
+def run_config(run_dir: str | Path) -> BFPOTrainConfig:
+    """The config a preference run ran with: its ``config.json``, else its latest checkpoint's record of it."""
+    from experiments.config_file import CONFIG_NAME, from_jsonable, read_config_file
+
+    run_dir = Path(run_dir)
+    if (run_dir / CONFIG_NAME).is_file():
+        return read_config_file(run_dir / CONFIG_NAME, BFPOTrainConfig)
+    directory = run_dir.absolute() / "checkpoints"
+    if not directory.is_dir():
+        raise TrainConfigError(f"{run_dir}: not a preference run directory (no {CONFIG_NAME}, no checkpoints/, no "
+                               "hf/ export)")
+    from runtime.checkpoint import Checkpointer
+
+    with Checkpointer(str(directory)) as ckpt:
+        if ckpt.latest_step() is None:
+            raise TrainConfigError(f"{directory}: holds no checkpoint")
+        recorded = ckpt.read_meta().get("config")
+    return from_jsonable(BFPOTrainConfig, recorded, where=f"{directory} (checkpoint metadata) config")
+
+
+def trained_policy(run_dir: str | Path, mesh: jax.sharding.Mesh) -> tuple[LlamaConfig, Any, Tokenizer, str]:
+    """(model config, policy parameters on ``mesh``, tokenizer, what was loaded) of a preference run directory: its
+    exported Hugging Face directory ``hf/`` when there is one, else its latest checkpoint (LoRA merged, frozen
+    weights rebuilt from the run's model source and checked against their hashes)."""
+    run_dir = Path(run_dir)
+    hf_dir = run_dir / "hf"
+    if (hf_dir / "config.json").is_file():
+        model_cfg, params, tokenizer = model_source.load_model("hf", str(hf_dir), mesh)
+        return model_cfg, params, tokenizer, f"{hf_dir} (the run's export)"
+    cfg = run_config(run_dir)
+    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, out_dir=str(run_dir)))
+    model_cfg = model_config(cfg)
+    parts = step_parts(cfg, model_cfg)
+    task = Task(name=f"bfpo_train[{cfg.objective}]", state_spec=parts.state_spec, init_state=None,
+                step_fn=parts.step_fn, data=None, frozen_params=functools.partial(source_params, cfg))
+    with checkpointer_for(task, str(run_dir.absolute() / "checkpoints")) as ckpt:
+        step = ckpt.latest_step()
+        with sharding_lib.activate(mesh):
+            state, _ = restore_state(ckpt, task, mesh)
+            params = jax.jit(lambda p: policy_params(parts.layout, p))(state.params)
+    tokenizer = model_source.tokenizer_of(cfg.model.kind, cfg.model.path)
+    return model_cfg, params, tokenizer, f"{run_dir}/checkpoints/{step} ({cfg.objective} from {cfg.model.kind} " \
+        f"{cfg.model.path})".replace(" )", ")")
 
 
 def run(cfg: BFPOTrainConfig):

@@ -167,6 +167,7 @@ def make_task(cfg: LocalLearningConfig) -> Task:
         data=batches.iterator(),
         evals=(make_evaluation(netdef, test_src, cfg, mean_std),),
         config=dataclasses.asdict(cfg) | {"split_points": list(plan.split_points)},
+        launcher_config=cfg,
         main_metrics=tuple(main),
         # Adam's normalised update is of order 1, so its step is the learning rate; SGD's depends on the gradients.
         peak_update=cfg.learning_rate if cfg.optimizer != "sgd" else None,
