@@ -84,6 +84,10 @@ def read_csv(path: str | os.PathLike, *, fieldnames: Iterable[str] | None = None
     reader = csv.DictReader(text.splitlines(keepends=True), fieldnames=list(fieldnames) if fieldnames else None,
                             delimiter=delimiter)
     out = []
+    try:
+        reader.fieldnames  # reads the header row (if the file has one), so that the first record's line is right
+    except csv.Error as e:
+        raise DataError(f"{where(path, 1)}: malformed CSV header ({e})") from e
     start = reader.line_num + 1
     try:
         for row in reader:

@@ -166,7 +166,8 @@ def _choices(spec: _Spec, record: Mapping[str, Any], source: str) -> list[str]:
     out = []
     for i, c in enumerate(value):
         if isinstance(c, bool) or not isinstance(c, (str, int, float)):
-            raise DataError(f"{source}: choice {i} is {c!r:.40}, expected text")
+            hint = " (YAML reads unquoted yes/no/on/off as booleans: quote them)" if isinstance(c, bool) else ""
+            raise DataError(f"{source}: choice {i} is {c!r:.40}, expected text{hint}")
         out.append(str(c))
     return out
 
