@@ -44,6 +44,7 @@ from bfpo.train_params import ParamLayout, policy_params
 from experiments.configs.bfpo_compare import PRESETS, CompareConfig, CompareConfigError
 from experiments.configs.bfpo_train import BFPOTrainConfig, ModelSource, TrainConfigError, upgraded_args
 from experiments.run import RunConfig, Task as RunTask, cli, train
+from experiments.run_dir import standard_json
 from experiments.tasks import bfpo as bfpo_task
 from runtime.checkpoint import Checkpointer
 from runtime.mesh import make_mesh
@@ -342,7 +343,7 @@ def write_samples(results: dict[str, dict], labels: dict[str, str], path: Path, 
 
 
 def write_outputs(rows: list[dict], results: dict[str, dict], cfg: CompareConfig, out: Path) -> None:
-    (out / "results.json").write_text(json.dumps({"rows": rows, "config": dataclasses.asdict(cfg)}, indent=2,
+    (out / "results.json").write_text(standard_json({"rows": rows, "config": dataclasses.asdict(cfg)}, indent=2,
                                                  default=str) + "\n")
     write_table(rows, out / "results.md", cfg)
     write_csv(rows, out / "results.csv")

@@ -24,6 +24,7 @@ import tyro
 from experiments.tasks import local_learning as local_task
 from experiments.configs.local_learning import LocalLearningConfig
 from experiments.plots import read_metrics
+from experiments.run_dir import standard_json
 from local_learning.errors import ConfigError
 from local_learning.step_memory import step_memory
 from runtime import batches as batches_lib
@@ -171,11 +172,11 @@ def main(cfg: CompareConfig) -> list[dict]:
         per_seed += seed_rows
         peak = measure_memory(cfg.base.with_modules(v.k, v.weight, v.executor)) if cfg.memory else None
         rows.append(aggregate(v, seed_rows, peak))
-        (out / "runs.json").write_text(json.dumps(per_seed, indent=2) + "\n")
+        (out / "runs.json").write_text(standard_json(per_seed, indent=2) + "\n")
     bp = rows[0]["peak_bytes"]
     for row in rows:
         row["memory_ratio"] = row["peak_bytes"] / bp if bp and row["peak_bytes"] else None
-    (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (out / "results.json").write_text(standard_json(rows, indent=2) + "\n")
     write_table(rows, out / "results.md", cfg)
     write_csv(rows, out / "results.csv")
     plot(rows, out)

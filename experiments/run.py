@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import signal
 import sys
@@ -32,7 +31,7 @@ from tqdm.auto import tqdm
 
 from experiments.config_file import (config_class, out_dir_of, read_config_file, split_config_flag,
                                      to_jsonable, write_config)
-from experiments.run_dir import MetricsLog, RunDirectoryLock
+from experiments.run_dir import MetricsLog, RunDirectoryLock, standard_json
 from runtime import batches as batches_lib
 from runtime import metrics as metrics_lib
 from runtime import sharding as sharding_lib
@@ -427,7 +426,7 @@ def _train_locked(cfg: RunConfig, task: Task, mesh, out_dir: Path, is_main: bool
         plot=None if plot_path is None else str(plot_path),
     )
     if is_main:
-        (out_dir / "summary.json").write_text(json.dumps(dataclasses.asdict(summary), indent=2) + "\n")
+        (out_dir / "summary.json").write_text(standard_json(dataclasses.asdict(summary), indent=2) + "\n")
         print(format_summary(task.name, summary), flush=True)
     return summary
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import json
+import math
 import os
 import socket
 import time
@@ -25,6 +26,22 @@ from runtime.mesh import MeshConfig
 
 LOCK_NAME = "run.lock"
 METRICS_NAME = "metrics.jsonl"
+
+
+def standard_json(value, **kwargs) -> str:
+    """``json.dumps`` that any JSON parser reads back: a NaN or infinite float (a metric of a diverged run written
+    with the NaN guard off, a standard error of one item) becomes null rather than the non-standard ``NaN``."""
+
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+
+    return json.dumps(clean(value), allow_nan=False, **kwargs)
 
 
 class RunDirectoryBusy(RuntimeConfigError):
@@ -113,7 +130,7 @@ class MetricsLog:
         if not self.enabled:
             return
         record = {"step": step, "split": split, "time": time.time(), **values}
-        self.jsonl.write(json.dumps(record) + "\n")
+        self.jsonl.write(standard_json(record) + "\n")
         self.jsonl.flush()
         if self.tb is not None:
             for key, value in values.items():

@@ -8,7 +8,6 @@ average ``total / count`` is computed once, at the end, on the host.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -92,6 +91,7 @@ class HostAccumulator:
 
 
 def to_host(metrics: Metrics) -> dict[str, float]:
-    """Averages of a metric dict as Python floats (one device-to-host transfer)."""
+    """Averages of a metric dict as Python floats (one device-to-host transfer). A metric that counted nothing
+    (a pair type absent from every batch) has no average and is left out, not reported as NaN."""
     fetched = jax.device_get(dict(metrics))
-    return {k: float(np.float64(m.total) / np.float64(m.count)) if m.count else math.nan for k, m in fetched.items()}
+    return {k: float(np.float64(m.total) / np.float64(m.count)) for k, m in fetched.items() if m.count}

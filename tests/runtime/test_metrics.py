@@ -32,4 +32,12 @@ def test_merge_and_to_host():
     b = {"loss": Metric.from_mean(4.0, 1)}
     out = to_host(merge(a, b))
     assert out == {"loss": 2.5, "acc": 1.0}
-    assert np.isnan(to_host({"e": Metric(total=jnp.zeros(()), count=jnp.zeros(()))})["e"])
+    assert to_host({"e": Metric(total=jnp.zeros(()), count=jnp.zeros(())), "f": Metric.scalar(2.0)}) == {"f": 2.0}
+
+
+def test_run_directory_json_is_standard():
+    """summary.json, metrics.jsonl and results files go through standard_json: no NaN or Infinity tokens."""
+    from experiments.run_dir import standard_json
+
+    text = standard_json({"a": float("nan"), "b": [1.5, float("inf")], "c": {"d": -float("inf")}})
+    assert text == '{"a": null, "b": [1.5, null], "c": {"d": null}}'
