@@ -65,6 +65,10 @@ def generation_stop_tokens(path: Path, hf_tokenizer) -> list[str]:
     return hf_tokenizer.convert_ids_to_tokens(ids)
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tiktoken.model", "spiece.model")
+"""Files one of which a tokenizer directory holds: the fast tokenizer's, or a slow one's vocabulary."""
+
+
 class Tokenizer:
     """A transformers fast tokenizer plus the ids generation and batching need."""
 
@@ -88,6 +92,11 @@ class Tokenizer:
         path = Path(path)
         if not path.is_dir():
             raise DataError(f"{path}: not a local tokenizer directory (tokenizers are loaded from local files only)")
+        if not any((path / name).is_file() for name in TOKENIZER_FILES):
+            present = sorted(p.name for p in path.iterdir())[:12]
+            raise DataError(f"{path}: no tokenizer files: expected tokenizer.json (with tokenizer_config.json), or "
+                            f"a slow tokenizer's {' / '.join(TOKENIZER_FILES[1:])}; the directory holds {present}. "
+                            "Copy the tokenizer files of the model's repository next to its weights")
         try:
             hf = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         except (OSError, ValueError) as e:

@@ -36,6 +36,13 @@ def test_tokenizer_from_a_local_directory(tmp_path):
     assert (again.pad_id, again.stop_ids) == (tok.pad_id, tok.stop_ids)
     with pytest.raises(DataError, match="not a local tokenizer directory"):
         Tokenizer.from_directory(tmp_path / "absent")
+    weights_only = tmp_path / "weights_only"
+    weights_only.mkdir()
+    (weights_only / "config.json").write_text("{}")
+    (weights_only / "model.safetensors").write_bytes(b"")
+    with pytest.raises(DataError, match=r"no tokenizer files: expected tokenizer.json.*holds \['config.json', "
+                                        r"'model.safetensors'\]"):
+        Tokenizer.from_directory(weights_only)
 
 
 def test_saved_stop_ids_come_back_and_a_bad_generation_config_is_named(tmp_path):
