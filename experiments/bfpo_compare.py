@@ -23,9 +23,8 @@ import functools
 import json
 import math
 import shutil
-import sys
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import tyro
 
@@ -41,7 +40,7 @@ from bfpo.optim import make_optimizer
 from bfpo.sft import SFT_STREAM, sft_examples, sft_loss
 from bfpo.tokenize import Tokenizer
 from bfpo.train_params import ParamLayout, policy_params
-from experiments.configs.bfpo_compare import PRESETS, CompareConfig, CompareConfigError
+from experiments.configs.bfpo_compare import PRESETS, CompareConfig, CompareConfigError, upgrade_compare_flags
 from experiments.configs.bfpo_train import BFPOTrainConfig, ModelSource, TrainConfigError, upgraded_args
 from experiments.run import RunConfig, Task as RunTask, cli, train
 from experiments.run_dir import standard_json
@@ -57,8 +56,9 @@ REPORT_FILES = ("results.md", "results.csv", "results.json", "tradeoff.png", "sa
 # --- the base model: the SFT stage ------------------------------------------------------------------------------
 
 def sft_run_config(cfg: CompareConfig, out: Path) -> RunConfig:
-    return dataclasses.replace(cfg.train.run, out_dir=str(out / BASE), steps=cfg.sft.steps, resume=False,
-                               eval_every=0, checkpoint_every=0, log_every=min(cfg.train.run.log_every, cfg.sft.steps))
+    return dataclasses.replace(cfg.train.run, out_dir=str(out / BASE), mesh=cfg.run.mesh, steps=cfg.sft.steps,
+                               resume=False, eval_every=0, checkpoint_every=0,
+                               log_every=min(cfg.train.run.log_every, cfg.sft.steps))
 
 
 def run_sft(cfg: CompareConfig, out: Path) -> tuple[Any, Any]:
@@ -112,13 +112,13 @@ def make_base(cfg: CompareConfig, out: Path) -> tuple[ModelSource, Any, Any, Tok
     tokenizer = model_source.tokenizer_of(cfg.train.model.kind, cfg.train.model.path)
     if not cfg.sft.steps:
         src = cfg.train.model
-        model_cfg, params, _ = model_source.load_or_init(src.kind, src.path, make_mesh(cfg.train.run.mesh),
+        model_cfg, params, _ = model_source.load_or_init(src.kind, src.path, make_mesh(cfg.run.mesh),
                                                          src.execution, cfg.train.run.seed)
         return src, model_cfg, params, tokenizer, False
     hf_dir = out / BASE / "hf"
     source = dataclasses.replace(cfg.train.model, kind="hf", path=str(hf_dir))
-    if cfg.reuse and completed(out / BASE, cfg.sft.steps) and (hf_dir / "config.json").exists():
-        model_cfg, params, _ = model_source.load_model(source.kind, source.path, make_mesh(cfg.train.run.mesh),
+    if cfg.reusing and completed(out / BASE, cfg.sft.steps) and (hf_dir / "config.json").exists():
+        model_cfg, params, _ = model_source.load_model(source.kind, source.path, make_mesh(cfg.run.mesh),
                                                        source.execution)
         return source, model_cfg, params, tokenizer, True
     if (out / BASE).exists():
@@ -133,7 +133,7 @@ def make_base(cfg: CompareConfig, out: Path) -> tuple[ModelSource, Any, Any, Tok
 def objective_run_config(cfg: CompareConfig, objective: str, source: ModelSource, out: Path) -> BFPOTrainConfig:
     """The shared preference config for one objective: its own run directory, the common base and one reference
     cache for all runs (same base and data, so the reference log-probs are computed once)."""
-    run = dataclasses.replace(cfg.train.run, out_dir=str(out / "runs" / objective), resume=False)
+    run = dataclasses.replace(cfg.train.run, out_dir=str(out / "runs" / objective), mesh=cfg.run.mesh, resume=False)
     return dataclasses.replace(cfg.train, run=run, objective=objective, model=source, export=False,
                                reference_cache_dir=str(out / "reference_cache"))
 
@@ -144,7 +144,7 @@ def train_objective(cfg: CompareConfig, objective: str, source: ModelSource, out
     finished run was reused)."""
     run_cfg = objective_run_config(cfg, objective, source, out)
     run_dir = Path(run_cfg.run.out_dir)
-    reuse = cfg.reuse and completed(run_dir, run_cfg.run.steps)
+    reuse = cfg.reusing and completed(run_dir, run_cfg.run.steps)
     if run_dir.exists() and not reuse:
         shutil.rmtree(run_dir)
     task, prepared = bfpo_task.make_task(run_cfg)
@@ -167,7 +167,7 @@ def evaluate_cached(name: str, model_fn, tokenizer: Tokenizer, cfg: CompareConfi
     if reused and path.exists():
         return json.loads(path.read_text())
     result = heldout.evaluate_model(model_fn(), tokenizer, cfg.eval, pairs, cfg.train.logprob_chunk,
-                                    mesh=make_mesh(cfg.train.run.mesh))
+                                    mesh=make_mesh(cfg.run.mesh))
     write_report(path, result)
     return result
 
@@ -393,7 +393,7 @@ def demo(out_dir: str = "runs/demo/bfpo_compare") -> list[dict]:
 class Command:
     """A preset's comparison plus where to copy the finished report (e.g. docs/results/bfpo_compare/<preset>)."""
 
-    compare: CompareConfig
+    compare: Annotated[CompareConfig, tyro.conf.arg(name="")]
     report_dir: str = ""
 
 
@@ -404,4 +404,5 @@ def config_type():
 
 if __name__ == "__main__":
     cli(config_type(), lambda c: main(c.compare, c.report_dir or None),
-        expected_errors=(BFPOError, TrainConfigError, CompareConfigError), args=upgraded_args(sys.argv[1:]))
+        expected_errors=(BFPOError, TrainConfigError, CompareConfigError),
+        upgrade=lambda args: upgraded_args(upgrade_compare_flags(args)))

@@ -14,7 +14,6 @@ Run: ``python -m experiments.bfpo_train tiny --help`` (presets: tiny, smollm2, z
 from __future__ import annotations
 
 import dataclasses
-import sys
 
 import tyro
 
@@ -95,4 +94,4 @@ PLAN = LauncherPlan(
 
 
 if __name__ == "__main__":
-    cli(config_type(), main, expected_errors=(BFPOError, TrainConfigError), args=upgraded_args(sys.argv[1:]))
+    cli(config_type(), main, expected_errors=(BFPOError, TrainConfigError), upgrade=upgraded_args)

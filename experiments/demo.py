@@ -14,6 +14,7 @@ import tyro
 
 from experiments import bfpo_compare, lm_generate, local_learning_compare, lsrl_approx, mlp_regression
 from experiments.configs.lm_generate import LMGenerateConfig
+from experiments.run_dir import LaunchConfig
 from experiments.configs.lsrl_approx import LSRLApproxConfig
 from experiments.configs.mlp_regression import MLPRegressionConfig
 
@@ -41,7 +42,7 @@ def main(cfg: DemoConfig) -> dict[str, str]:
     lsrl = lsrl_approx.main(LSRLApproxConfig.demo(out_dir=str(root / "lsrl_approx")))
     reports["LSRL vec2vec approximation: error vs N"] = lsrl.plot or lsrl.out_dir
 
-    chat = lm_generate.main(LMGenerateConfig(out_dir=str(root / "lm_generate")))
+    chat = lm_generate.main(LMGenerateConfig(run=LaunchConfig(out_dir=str(root / "lm_generate"))))
     reports["SmolLM2-135M (GGUF) chat replies"] = chat.report
 
     bfpo_dir = root / "bfpo_compare"

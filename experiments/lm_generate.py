@@ -26,7 +26,7 @@ from bfpo.model.config import LlamaConfig
 from bfpo.model import source as model_source
 from bfpo.model.llama import LlamaForCausalLM, model_from_params
 from bfpo.model.load_gguf import smollm2_gguf_path
-from experiments.configs.lm_generate import PLAN_PRESETS, LMGenerateConfig, LMGeneratePlanConfig
+from experiments.configs.lm_generate import PLAN_PRESETS, LMGenerateConfig, LMGeneratePlanConfig, upgrade_flags
 from experiments.planning import LauncherPlan, Program, placed
 from experiments.run import cli
 from runtime import sharding as sharding_lib
@@ -43,7 +43,7 @@ class LMGenerateSummary:
 
 def main(cfg: LMGenerateConfig) -> LMGenerateSummary:
     t0 = time.perf_counter()
-    mesh = make_mesh(cfg.mesh)
+    mesh = make_mesh(cfg.run.mesh)
     source = str(cfg.hf_dir or cfg.gguf or smollm2_gguf_path())
     model_cfg, params, tokenizer = model_source.load_model(cfg.model_kind, cfg.hf_dir or cfg.gguf, mesh, cfg.execution)
     model = model_from_params(model_cfg, params)
@@ -54,7 +54,7 @@ def main(cfg: LMGenerateConfig) -> LMGenerateSummary:
         replies = generate_chat(model, tokenizer, conversations, sampling, jax.random.PRNGKey(cfg.seed),
                                 batch_bucket=sharding_lib.shards_of("batch", mesh))
 
-    out = Path(cfg.out_dir)
+    out = Path(cfg.run.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "replies.jsonl", "w") as f:
         for prompt, reply in zip(cfg.prompts, replies):
@@ -101,14 +101,15 @@ def plan_program(cfg: LMGeneratePlanConfig, mesh) -> Program:
 
 
 PLAN = LauncherPlan(
-    parse=lambda preset, args: tyro.cli(LMGeneratePlanConfig, args=list(args), prog="experiments.lm_generate",
+    parse=lambda preset, args: tyro.cli(LMGeneratePlanConfig, args=upgrade_flags(list(args)), prog="experiments.lm_generate",
                                         default=LMGeneratePlanConfig.preset(preset)),
     program=plan_program,
     presets=PLAN_PRESETS,
-    mesh_of=lambda cfg: cfg.generate.mesh,
-    with_mesh=lambda cfg, mesh: dataclasses.replace(cfg, generate=dataclasses.replace(cfg.generate, mesh=mesh)),
+    mesh_of=lambda cfg: cfg.generate.run.mesh,
+    with_mesh=lambda cfg, mesh: dataclasses.replace(cfg, generate=dataclasses.replace(
+        cfg.generate, run=dataclasses.replace(cfg.generate.run, mesh=mesh))),
 )
 
 
 if __name__ == "__main__":
-    cli(LMGenerateConfig, main, expected_errors=(BFPOError,))
+    cli(LMGenerateConfig, main, expected_errors=(BFPOError,), upgrade=upgrade_flags)

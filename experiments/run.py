@@ -454,7 +454,7 @@ EXIT_STOPPED = 75
 
 
 def cli(config_type: type, main: Callable[[Any], Any], expected_errors: tuple[type[BaseException], ...] = (),
-        args: Sequence[str] | None = None) -> Any:
+        args: Sequence[str] | None = None, upgrade: Callable[[list[str]], list[str]] | None = None) -> Any:
     """Parses ``config_type`` from the command line (tyro), or from ``--config FILE`` (JSON/YAML; later flags
     override it), and runs ``main``. A launcher that does not train writes its resolved config to
     ``<out_dir>/config.json`` here; ``train`` writes a training run's.
@@ -463,11 +463,13 @@ def cli(config_type: type, main: Callable[[Any], Any], expected_errors: tuple[ty
     (``RuntimeConfigError`` and the launcher's ``expected_errors``) end the process with a one-line message and exit
     status ``EXIT_REFUSED``, the NaN guard with ``EXIT_DIVERGED``, instead of a traceback; a run that ``main``
     reports as stopped by a signal (``stopped == "signal"``, after its checkpoint) exits with ``EXIT_STOPPED``.
-    ``args``: the command line to parse (default: ``sys.argv[1:]``).
+    ``args``: the command line to parse (default: ``sys.argv[1:]``); ``upgrade`` rewrites (or refuses, with the
+    launcher's error) flags of earlier versions before parsing.
     """
     description = sys.modules[main.__module__].__doc__
     try:
-        config_path, rest = split_config_flag(list(sys.argv[1:] if args is None else args))
+        argv = list(sys.argv[1:] if args is None else args)
+        config_path, rest = split_config_flag(upgrade(argv) if upgrade is not None else argv)
         if config_path is not None:
             cls = config_class(config_type)
             cfg = tyro.cli(cls, args=rest, default=read_config_file(config_path, cls), description=description)

@@ -23,7 +23,7 @@ DPO = ("--objective", "dpo", "--trainable=", "--model.param-dtype", "float32")
 BP = ("--executor", "bp", "--partition.num-modules", "1", "--local.reconcile.weight", "0")
 NO_SGR = ("--local.reconcile.weight", "0")
 GEN = ("--batch", "64", "--prompt-length", "1024", "--max-new-tokens", "512")
-TP = ("--mesh.fsdp", "1", "--mesh.tensor", "-1")
+TP = ("--run.mesh.fsdp", "1", "--run.mesh.tensor", "-1")
 
 # name -> (what, launcher, preset, target, launcher flags)
 ROWS: dict[str, tuple[str, str, str, str, tuple[str, ...]]] = {

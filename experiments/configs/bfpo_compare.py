@@ -14,6 +14,8 @@ Presets (``python -m experiments.bfpo_compare <preset> --help``):
 from __future__ import annotations
 
 import dataclasses
+import re
+import sys
 
 from bfpo.errors import ConfigError
 from bfpo.eval.heldout import EvalConfig
@@ -24,6 +26,7 @@ from bfpo.sft import SFTConfig
 from bfpo.train_params import ParamLayout
 from experiments.configs.bfpo_train import BFPOTrainConfig, StreamData
 from experiments.run import RunConfig
+from experiments.run_dir import LaunchConfig
 from runtime.mesh import MeshConfig
 
 
@@ -33,20 +36,32 @@ class CompareConfigError(ConfigError):
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class CompareConfig:
-    """``train`` is the preference run every objective shares (its ``objective``, ``run.out_dir``,
-    ``reference_cache_dir`` and ``export`` are set per run); ``train.eval_pairs`` held-out pairs of the synthetic
-    test split are the discriminative evaluation."""
+    """``train`` is the preference run every objective shares (its ``objective``, ``run.out_dir``, ``run.mesh``,
+    ``reference_cache_dir`` and ``export`` are set per run: the directories under ``run.out_dir`` and the mesh of
+    ``run``); ``train.eval_pairs`` held-out pairs of the synthetic test split are the discriminative
+    evaluation."""
 
     train: BFPOTrainConfig = BFPOTrainConfig.tiny()
     objectives: tuple[str, ...] = ("bfpo", "dpo", "ipo", "safedpo")
     sft: SFTConfig = SFTConfig()
     eval: EvalConfig = EvalConfig()
-    out_dir: str = "runs/bfpo_compare/synthetic"
+    run: LaunchConfig = LaunchConfig(out_dir="runs/bfpo_compare/synthetic", mesh=MeshConfig())
+    """``--run.out-dir`` (the base, every run, the evaluations and the report) and ``--run.mesh.*`` (every stage
+    runs on it); ``--run.resume`` is ``--reuse``."""
     reuse: bool = False
-    """Keep the base and the runs that a previous invocation completed in ``out_dir`` (otherwise start afresh)."""
+    """Keep the base and the runs that a previous invocation completed in ``run.out_dir`` (otherwise start
+    afresh)."""
     trainer_eval: bool = True
     """Also run the trainer's held-out hook at the end of each run (reference-relative margins per pair type,
     kept in results.json)."""
+
+    @property
+    def out_dir(self) -> str:
+        return self.run.out_dir
+
+    @property
+    def reusing(self) -> bool:
+        return self.reuse or self.run.resume
 
     def __post_init__(self):
         if not self.objectives or len(set(self.objectives)) != len(self.objectives):
@@ -81,7 +96,8 @@ class CompareConfig:
                      StreamData(name="buffer", batch_size=8, synthetic_pairs=256,
                                 synthetic_fractions=(1.0, 0.0, 0.0, 0.0))),
             optimizer=OptimizerConfig(learning_rate=5e-4, warmup_ratio=0.1))
-        base = dict(train=train, sft=SFTConfig(steps=400), eval=EvalConfig(), out_dir=out_dir)
+        base = dict(train=train, sft=SFTConfig(steps=400), eval=EvalConfig(), run=LaunchConfig(out_dir=out_dir,
+                                                                                          mesh=MeshConfig()))
         return cls(**{**base, **overrides})
 
     @classmethod
@@ -91,7 +107,8 @@ class CompareConfig:
         train = dataclasses.replace(cfg.train, run=dataclasses.replace(cfg.train.run, steps=60, log_every=20),
                                     eval_pairs=128)
         base = dict(train=train, objectives=("bfpo", "dpo"), sft=dataclasses.replace(cfg.sft, steps=250),
-                    eval=EvalConfig(harmful_prompts=64, benign_prompts=64), out_dir=out_dir)
+                    eval=EvalConfig(harmful_prompts=64, benign_prompts=64), run=dataclasses.replace(cfg.run,
+                                                                                                    out_dir=out_dir))
         return cls(**{**base, **overrides})
 
     @classmethod
@@ -109,8 +126,26 @@ class CompareConfig:
                         optimizer=OptimizerConfig(learning_rate=3e-4, warmup_ratio=0.1))
         base = dict(train=train, sft=sft, eval=EvalConfig(harmful_prompts=48, benign_prompts=48, batch_size=16,
                                                           max_new_tokens=24),
-                    out_dir=out_dir)
+                    run=LaunchConfig(out_dir=out_dir, mesh=MeshConfig(data=1, fsdp=-1)))
         return cls(**{**base, **overrides})
+
+
+_COMPARE_FLAG = re.compile(r"^--compare\.")
+
+
+def upgrade_compare_flags(args: list[str]) -> list[str]:
+    """Flags of earlier versions under ``--compare.`` without it (``--compare.out-dir`` as ``--run.out-dir``),
+    with a deprecation line each."""
+    out = []
+    for arg in args:
+        if _COMPARE_FLAG.match(arg):
+            new = "--" + arg[len("--compare."):]
+            if new.split("=")[0] in ("--out-dir", "--out_dir"):
+                new = "--run." + new[2:]
+            print(f"warning: {arg.split('=')[0]} is deprecated: use {new.split('=')[0]}", file=sys.stderr, flush=True)
+            arg = new
+        out.append(arg)
+    return out
 
 
 PRESETS = {"synthetic": CompareConfig.synthetic, "demo": CompareConfig.demo, "smollm2": CompareConfig.smollm2}

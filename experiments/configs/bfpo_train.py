@@ -72,6 +72,67 @@ class StreamData:
                                    f"{PAIR_TYPES}")
 
 
+SYNTHETIC = "synthetic"
+_FILE_KEYS = ("split", "max_pairs", "batch_size", "weight")
+_SYNTHETIC_KEYS = ("pairs", "fractions", "batch_size", "weight")
+STREAM_SYNTAX = "NAME=PATH[,split=S,max_pairs=N,batch_size=B,weight=W] or NAME=synthetic[,pairs=N,fractions=A/B/C/D,...]"
+
+
+def parse_stream(text: str) -> StreamData:
+    """One ``--streams`` item: ``NAME=PATH`` (a preference file, with optional ``split``, ``max_pairs``,
+    ``batch_size``, ``weight``) or ``NAME=synthetic`` (generated pairs of the synthetic task, with optional
+    ``pairs``, ``fractions`` as four shares a/b/c/d of safe_safe/safe_unsafe/unsafe_safe/unsafe_unsafe,
+    ``batch_size``, ``weight``), options comma-separated: ``buffer=data/uf,split=train_prefs,batch_size=32``."""
+    head, *options = text.split(",")
+    name, sep, source = head.partition("=")
+    if not sep or not name or not source:
+        raise TrainConfigError(f"--streams {text!r}: expected {STREAM_SYNTAX}")
+    synthetic = source == SYNTHETIC
+    allowed = _SYNTHETIC_KEYS if synthetic else _FILE_KEYS
+    fields: dict = {"name": name} if synthetic else {"name": name, "path": source}
+    for option in options:
+        key, sep, value = option.partition("=")
+        if not sep or key not in allowed:
+            raise TrainConfigError(f"--streams {text!r}: option {option!r}: a {'synthetic' if synthetic else 'file'} "
+                                   f"stream takes {', '.join(k + '=...' for k in allowed)}")
+        try:
+            if key == "fractions":
+                shares = tuple(float(x) for x in value.split("/"))
+                fields["synthetic_fractions"] = shares
+            elif key == "pairs":
+                fields["synthetic_pairs"] = int(value)
+            elif key == "weight":
+                fields["weight"] = float(value)
+            elif key in ("max_pairs", "batch_size"):
+                fields[key] = int(value)
+            else:
+                fields[key] = value
+        except ValueError as e:
+            raise TrainConfigError(f"--streams {text!r}: option {option!r} is not a number") from e
+    return StreamData(**fields)
+
+
+def format_stream(s: StreamData) -> str:
+    """The ``--streams`` item that parses back to ``s``."""
+    if not s.path:
+        out = f"{s.name}={SYNTHETIC},pairs={s.synthetic_pairs},batch_size={s.batch_size}"
+        if s.synthetic_fractions != StreamData().synthetic_fractions:
+            out += ",fractions=" + "/".join(f"{x:g}" for x in s.synthetic_fractions)
+    else:
+        out = f"{s.name}={s.path},batch_size={s.batch_size}"
+        out += f",split={s.split}" if s.split else ""
+        out += f",max_pairs={s.max_pairs}" if s.max_pairs else ""
+    return out + (f",weight={s.weight:g}" if s.weight != 1.0 else "")
+
+
+STREAMS_ARG = tyro.constructors.PrimitiveConstructorSpec(
+    nargs="+", metavar="NAME=PATH|synthetic[,KEY=VALUE...]",
+    instance_from_str=lambda items: tuple(parse_stream(t) for t in items),
+    is_instance=lambda value: isinstance(value, tuple) and all(isinstance(s, StreamData) for s in value),
+    str_from_instance=lambda streams: [format_stream(s) for s in streams])
+"""``--streams`` is the whole list: the streams given are the streams trained on, nothing is kept from the preset."""
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelSource:
     """``kind``: "tiny" (random init of ``LlamaConfig.tiny`` with the byte tokenizer), "smollm2" (the bundled
@@ -101,8 +162,10 @@ class BFPOTrainConfig:
     run: RunConfig = RunConfig(out_dir="runs/bfpo_tiny", steps=200, log_every=20, eval_every=100,
                                checkpoint_every=100)
     model: ModelSource = ModelSource()
-    streams: tuple[StreamData, ...] = (StreamData(),)
-    """The first stream is the main one (its pairs count the loss); the paper adds a buffer stream."""
+    streams: Annotated[tuple[StreamData, ...], STREAMS_ARG] = (StreamData(),)
+    """The streams trained on, the main one first (its pairs count the loss), e.g. ``--streams
+    safety=data/pku,split=train,batch_size=32 buffer=data/uf,split=train_prefs``; the paper adds a buffer stream.
+    Giving ``--streams`` replaces the preset's list; a synthetic stream is announced at start-up."""
     eval_path: str = ""
     """Held-out preference file for the evaluation hook (empty: the synthetic task's test split)."""
     eval_split: str | None = None
@@ -281,8 +344,23 @@ def upgrade_layout_flags(args: list[str]) -> tuple[list[str], list[str]]:
     return out, notes
 
 
+_OLD_STREAM_FLAG = re.compile(r"^--((?:[\w-]+\.)*?)streams\.(\d+)\.")
+
+
+def refuse_indexed_stream_flags(args: list[str]) -> None:
+    """``--streams.0.path``-style flags of earlier versions edited one stream of the preset and silently kept the
+    others (its synthetic buffer among them); ``--streams`` now takes the whole list."""
+    for arg in args:
+        m = _OLD_STREAM_FLAG.match(arg)
+        if m is not None:
+            raise TrainConfigError(f"{arg.split('=')[0]}: streams are now given as one list, each item "
+                                   f"{STREAM_SYNTAX}; e.g. --{m.group(1)}streams safety=data/pku.jsonl,batch_size=8")
+
+
 def upgraded_args(args) -> list[str]:
-    """``upgrade_objective_flags`` and ``upgrade_layout_flags``, with their deprecation lines printed to stderr."""
+    """``upgrade_objective_flags`` and ``upgrade_layout_flags``, with their deprecation lines printed to stderr;
+    ``refuse_indexed_stream_flags``."""
+    refuse_indexed_stream_flags(list(args))
     new, notes = upgrade_objective_flags(list(args))
     new, layout_notes = upgrade_layout_flags(new)
     notes += layout_notes

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import re
+import sys
 from typing import Annotated
 
 import tyro
 
 from bfpo.errors import ConfigError
 from bfpo.model.execution import ExecutionConfig
-from runtime.mesh import MeshConfig
+from experiments.run_dir import LaunchConfig
 
 DEFAULT_PROMPTS = (
     "What is the capital of France?",
@@ -22,7 +24,6 @@ DEFAULT_PROMPTS = (
 class LMGenerateConfig:
     """Answers chat prompts with a local model: a Hugging Face directory, a GGUF file, or the bundled SmolLM2."""
 
-    out_dir: str = "runs/lm_generate"
     hf_dir: str = ""
     """A local Hugging Face model directory (config.json, safetensors, tokenizer files)."""
     gguf: str = ""
@@ -35,7 +36,9 @@ class LMGenerateConfig:
     seed: int = 0
     execution: Annotated[ExecutionConfig, tyro.conf.arg(name="")] = ExecutionConfig()
     """How the model runs (``--param-dtype``, ``--dtype``, ``--kernels``, ...)."""
-    mesh: MeshConfig = MeshConfig(data=1, fsdp=-1)
+    run: LaunchConfig = LaunchConfig(out_dir="runs/lm_generate")
+    """``--run.out-dir`` (replies.md, replies.jsonl, config.json) and ``--run.mesh.*``, as every launcher takes
+    them."""
 
     @property
     def model_kind(self) -> str:
@@ -46,6 +49,22 @@ class LMGenerateConfig:
             raise ConfigError("LMGenerateConfig: give hf_dir or gguf, not both")
         if not self.prompts:
             raise ConfigError("LMGenerateConfig.prompts: at least one prompt is needed")
+
+
+_OLD_FLAG = re.compile(r"^--(out-dir|out_dir|mesh\.)")
+
+
+def upgrade_flags(args: list[str]) -> list[str]:
+    """``--out-dir`` and ``--mesh.*`` of earlier versions as ``--run.out-dir`` and ``--run.mesh.*``, with a
+    deprecation line each."""
+    out = []
+    for arg in args:
+        if _OLD_FLAG.match(arg):
+            new = "--run." + arg[2:]
+            print(f"warning: {arg.split('=')[0]} is deprecated: use {new.split('=')[0]}", file=sys.stderr, flush=True)
+            arg = new
+        out.append(arg)
+    return out
 
 
 # Presets of the planner (``python -m experiments.plan --launcher lm_generate --preset NAME``): the launcher's own

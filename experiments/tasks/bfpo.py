@@ -108,6 +108,27 @@ def stream_pairs(s: StreamData, seed: int, split: str = "train", on_bad_record: 
     return pairs[:s.max_pairs] if s.max_pairs else pairs
 
 
+def announce_streams(cfg: BFPOTrainConfig) -> list[str]:
+    """One start-up line per synthetic stream (printed by process 0; returned for tests), so that generated pairs
+    never join a run on user data unseen."""
+    files = [s.name for s in cfg.streams if s.path]
+    lines = []
+    for s in cfg.streams:
+        if s.path:
+            continue
+        shares = "/".join(f"{x:g}" for x in s.synthetic_fractions)
+        line = (f"[bfpo_train] stream {s.name!r} is synthetic: {s.synthetic_pairs} generated pairs of the synthetic "
+                f"safety task (pair-type shares {shares}), batch {s.batch_size}, weight {s.weight:g}")
+        if files:
+            line += (f"; it trains beside the data of {', '.join(map(repr, files))}: leave it out of --streams to "
+                     "train on your data alone")
+        lines.append(line)
+    if jax.process_index() == 0:
+        for line in lines:
+            print(line, flush=True)
+    return lines
+
+
 def eval_pairs(cfg: BFPOTrainConfig) -> list:
     if not cfg.eval_path:
         return synthetic.make_pairs(cfg.eval_pairs, cfg.data_seed, split="test")
@@ -136,6 +157,7 @@ def make_task(cfg: BFPOTrainConfig) -> tuple[Task, Prepared]:
     parts = step_parts(cfg, model_cfg)
     layout, tx, seed = parts.layout, parts.tx, cfg.run.seed
 
+    announce_streams(cfg)
     tok_cfg = TokenizeConfig(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length, buckets=cfg.buckets)
     tokenized = {s.name: tokenize_pairs(stream_pairs(s, cfg.data_seed + i, on_bad_record=cfg.on_bad_record),
                                         tokenizer, tok_cfg)

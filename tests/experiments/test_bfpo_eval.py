@@ -134,7 +134,8 @@ def test_a_resumed_evaluation_skips_finished_prompts_and_matches_an_uninterrupte
 def test_a_training_run_evaluates_the_same_from_its_export_config_and_checkpoint(tmp_path):
     run_dir = tmp_path / "run"
     cli(bfpo_train.config_type(), bfpo_train.main, args=[
-        "tiny", "--trainable=", "--streams.0.synthetic-pairs", "32", "--streams.1.synthetic-pairs", "16",
+        "tiny", "--trainable=", "--streams", "safety=synthetic,pairs=32,batch_size=8",
+        "buffer=synthetic,pairs=16,batch_size=8,fractions=1/0/0/0",
         "--eval-pairs", "8", "--run.steps", "3", "--run.log-every", "1", "--run.mesh.data", "1", "--run.mesh.fsdp",
         "8", "--run.no-progress", "--run.no-tensorboard", "--run.no-plot", "--run.out-dir", str(run_dir)])
     assert (run_dir / "hf" / "config.json").is_file() and (run_dir / "config.json").is_file()

@@ -20,7 +20,8 @@ from runtime.precision import PrecisionWarning
 from runtime.train_state import leaf_paths
 
 ARGS = ["tiny", "--model.dtype", "bfloat16", "--model.param-dtype", "bfloat16", "--optimizer.learning-rate", "5e-7",
-        "--optimizer.schedule", "constant", "--streams.0.synthetic-pairs", "16", "--streams.1.synthetic-pairs", "16",
+        "--optimizer.schedule", "constant", "--streams", "safety=synthetic,pairs=16,batch_size=8",
+        "buffer=synthetic,pairs=16,batch_size=8,fractions=1/0/0/0",
         "--eval-pairs", "8", "--run.steps", "3", "--run.checkpoint-every", "3", "--run.log-every", "1",
         "--run.mesh.data", "1", "--run.mesh.fsdp", "8", "--run.no-progress", "--run.no-tensorboard", "--run.no-plot"]
 

@@ -36,7 +36,8 @@ REPO = Path(__file__).resolve().parents[2]
 # The tiny preset (safety stream + safe/safe buffer) made small: tau = beta = 0.1 and all weights trainable make
 # the effect clear in 30 steps; (fsdp 8) shards the parameters.
 ARGS = ["tiny", "--objectives.bfpo.labeling.tau", "0.1", "--objectives.dpo.beta", "0.1", "--trainable=", "--optimizer.learning-rate", "3e-3",
-        "--optimizer.schedule", "constant", "--streams.0.synthetic-pairs", "128", "--streams.1.synthetic-pairs", "64",
+        "--optimizer.schedule", "constant", "--streams", "safety=synthetic,pairs=128,batch_size=8",
+        "buffer=synthetic,pairs=64,batch_size=8,fractions=1/0/0/0",
         "--eval-pairs", "32", "--run.steps", "30", "--run.checkpoint-every", "10", "--run.log-every", "10",
         "--run.eval-every", "0", "--run.mesh.data", "1", "--run.mesh.fsdp", "8", "--run.no-progress",
         "--run.no-tensorboard", "--run.no-plot"]
@@ -221,3 +222,33 @@ def test_truncated_pairs_are_reported_with_the_budgets(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "[bfpo_train] safety: 128 pairs; truncated:" in out, out
     assert "to --max-prompt-length 24 / --max-length 40" in out
+
+
+def test_streams_are_one_list_and_synthetic_streams_are_announced(tmp_path, capsys):
+    """``--streams`` replaces the preset's list (the tiny preset's synthetic buffer does not ride along with a user
+    file), indexed flags of earlier versions are refused with the new form, and every synthetic stream is
+    announced, naming the data it trains beside."""
+    from experiments.configs.bfpo_train import format_stream, parse_stream
+
+    data = tmp_path / "pairs.jsonl"
+    cfg = tyro.cli(bfpo_train.config_type(), args=["tiny", "--streams", f"mine={data},split=train,batch_size=4"])
+    assert cfg.streams == (StreamData(name="mine", path=str(data), split="train", batch_size=4),)
+    for preset in (BFPOTrainConfig.zephyr_7b(), BFPOTrainConfig.tiny()):
+        assert tuple(parse_stream(format_stream(s)) for s in preset.streams) == preset.streams
+    with pytest.raises(TrainConfigError, match="a synthetic stream takes pairs=.*fractions="):
+        parse_stream("buffer=synthetic,split=train")
+    with pytest.raises(SystemExit) as e:
+        bfpo_train.cli(bfpo_train.config_type(), lambda c: c, expected_errors=(TrainConfigError,),
+                       upgrade=bfpo_task_upgrade(), args=["tiny", "--streams.0.path", str(data)])
+    assert e.value.code == 2 and "streams are now given as one list" in capsys.readouterr().err
+    mixed = dataclasses.replace(BFPOTrainConfig.tiny(), streams=(
+        StreamData(name="mine", path=str(data)), StreamData(name="buffer", synthetic_pairs=64)))
+    (line,) = bfpo_task.announce_streams(mixed)
+    assert "stream 'buffer' is synthetic: 64 generated pairs" in line and "beside the data of 'mine'" in line
+    assert "stream 'buffer' is synthetic" in capsys.readouterr().out
+
+
+def bfpo_task_upgrade():
+    from experiments.configs.bfpo_train import upgraded_args
+
+    return upgraded_args

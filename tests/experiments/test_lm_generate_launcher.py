@@ -7,12 +7,13 @@ from bfpo.generate import SamplingConfig, generate_chat
 from bfpo.model.load_gguf import load_gguf, smollm2_gguf_path, tokenizer_from_gguf
 from experiments import lm_generate
 from experiments.configs.lm_generate import LMGenerateConfig
+from experiments.run_dir import LaunchConfig
 from runtime import make_mesh
 from runtime.sharding import activate
 
 
 def test_sharded_greedy_replies_equal_the_single_device_ones(tmp_path):
-    cfg = LMGenerateConfig(out_dir=str(tmp_path), max_new_tokens=6)
+    cfg = LMGenerateConfig(run=LaunchConfig(out_dir=str(tmp_path)), max_new_tokens=6)
     summary = lm_generate.main(cfg)
     path = smollm2_gguf_path()
     one_device = make_mesh({"data": 1}, devices=jax.devices()[:1])
