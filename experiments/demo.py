@@ -12,7 +12,8 @@ from pathlib import Path
 
 import tyro
 
-from experiments import bfpo_compare, lm_generate, local_learning_compare, lsrl_approx, mlp_regression
+from experiments import bfpo_compare, bfpo_eval, lm_generate, local_learning_compare, lsrl_approx, mlp_regression
+from experiments.configs.bfpo_eval import BFPOEvalConfig, EvalModel
 from experiments.configs.lm_generate import LMGenerateConfig
 from experiments.run_dir import LaunchConfig
 from experiments.configs.lsrl_approx import LSRLApproxConfig
@@ -49,6 +50,12 @@ def main(cfg: DemoConfig) -> dict[str, str]:
     bfpo_compare.demo(out_dir=str(bfpo_dir))
     reports["BFPO vs DPO on the synthetic safety task: table"] = str(bfpo_dir / "results.md")
     reports["BFPO vs DPO: helpfulness-harmlessness plot"] = str(bfpo_dir / "tradeoff.png")
+    eval_dir = root / "bfpo_eval"
+    bfpo_eval.main(BFPOEvalConfig(
+        model=EvalModel(kind="run", path=str(bfpo_dir / "runs" / "bfpo")), limit=32, max_new_tokens=24,
+        tasks=("synthetic_harmful", "synthetic_benign", "synthetic_benign_refusal", "synthetic_safe_preference"),
+        judges=("ground-truth",), batch_size=32, run=LaunchConfig(out_dir=str(eval_dir))))
+    reports["the demo's BFPO run evaluated from its run directory (bfpo_eval)"] = str(eval_dir / "results.md")
     local_dir = root / "local_learning"
     local_learning_compare.demo(out_dir=str(local_dir))
     reports["local learning on digits (BP vs K=4, K=4 + SGR): table"] = str(local_dir / "results.md")
