@@ -112,3 +112,18 @@ def test_generate_and_judge_writes_records(model, tok, tmp_path):
     assert [r["verdict"] for r in records] == [J.SAFE, J.SAFE, J.UNPARSEABLE]
     assert {r["judge"] for r in records} == {"ground-truth-safety"} and records[1]["source"] == "f:2"
     assert result["value"] == pytest.approx(2 / 3) and result["sampling"]["max_new_tokens"] == 4
+
+
+def test_classifier_conversation_style_reads_the_word_after_the_judges_own_template(model, tok):
+    """A guard model (Llama Guard) gets the request and the reply as a user and an assistant turn through its own
+    chat template and answers with its own words; here the template ends in a newline, after which the table
+    says "OK", so a judge whose unsafe word is "OK" calls every reply unsafe."""
+    guard = ClassifierJudge(model=model, tokenizer=tok, prompt_style="conversation", yes_words=("OK",),
+                            no_words=("No",), reading=AnswerReading(batch_size=4), model_id="bigram-guard")
+    ids = guard.questions(PROMPTS[:1], RESPONSES[:1])
+    assert ids == [tok.encode_chat([{"role": "user", "content": PROMPTS[0]},
+                                    {"role": "assistant", "content": RESPONSES[0]}], add_generation_prompt=False)]
+    assert J.run_judge(guard, PROMPTS, RESPONSES) == [J.UNSAFE] * 4
+    assert J.judge_version(guard) != J.judge_version(ClassifierJudge(model=model, tokenizer=tok))
+    with pytest.raises(J.DataError, match="prompt_style"):
+        ClassifierJudge(model=model, tokenizer=tok, prompt_style="chat")
