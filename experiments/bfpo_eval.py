@@ -31,4 +31,4 @@ def main(cfg: BFPOEvalConfig) -> dict:
 
 
 if __name__ == "__main__":
-    cli(BFPOEvalConfig, main, expected_errors=(BFPOError,))
+    cli(BFPOEvalConfig, main, expected_errors=(BFPOError,), writes_config=True)

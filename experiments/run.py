@@ -454,7 +454,8 @@ EXIT_STOPPED = 75
 
 
 def cli(config_type: type, main: Callable[[Any], Any], expected_errors: tuple[type[BaseException], ...] = (),
-        args: Sequence[str] | None = None, upgrade: Callable[[list[str]], list[str]] | None = None) -> Any:
+        args: Sequence[str] | None = None, upgrade: Callable[[list[str]], list[str]] | None = None,
+        writes_config: bool = False) -> Any:
     """Parses ``config_type`` from the command line (tyro), or from ``--config FILE`` (JSON/YAML; later flags
     override it), and runs ``main``. A launcher that does not train writes its resolved config to
     ``<out_dir>/config.json`` here; ``train`` writes a training run's.
@@ -464,7 +465,9 @@ def cli(config_type: type, main: Callable[[Any], Any], expected_errors: tuple[ty
     status ``EXIT_REFUSED``, the NaN guard with ``EXIT_DIVERGED``, instead of a traceback; a run that ``main``
     reports as stopped by a signal (``stopped == "signal"``, after its checkpoint) exits with ``EXIT_STOPPED``.
     ``args``: the command line to parse (default: ``sys.argv[1:]``); ``upgrade`` rewrites (or refuses, with the
-    launcher's error) flags of earlier versions before parsing.
+    launcher's error) flags of earlier versions before parsing; ``writes_config``: the launcher writes its
+    config.json itself, once it knows the run directory is its to write (an evaluation refused there does not
+    overwrite the record of the one it found).
     """
     description = sys.modules[main.__module__].__doc__
     try:
@@ -483,7 +486,7 @@ def cli(config_type: type, main: Callable[[Any], Any], expected_errors: tuple[ty
         # Launchers may compute while building their Task (a teacher, an eval set); jax.distributed must
         # start before any of that touches a backend.
         initialize_distributed(run_cfg.distributed)
-    elif out_dir_of(cfg) and jax.process_index() == 0:
+    elif out_dir_of(cfg) and not writes_config and jax.process_index() == 0:
         # A training run writes its config.json once it holds its directory (train); other launchers here.
         write_config(cfg, out_dir_of(cfg))
     try:

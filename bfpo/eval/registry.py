@@ -170,13 +170,12 @@ def limited(task: PromptSet | Task, limit: int | None) -> PromptSet | Task:
     return dataclasses.replace(task, questions=task.questions[:limit])
 
 
-def resolve(spec: str, ctx: TaskContext = TaskContext(), limit: int | None = None
-            ) -> tuple[RegisteredTask | None, PromptSet | Task]:
-    """(registry entry or None for a YAML file, the loaded task) of one ``--tasks`` item."""
+def check_spec(spec: str) -> None:
+    """Raises what ``resolve`` would for a name or path that cannot work, without loading any data."""
     if spec.endswith((".yaml", ".yml")):
-        from bfpo.eval.task_yaml import load_yaml_task
-
-        return None, load_yaml_task(spec, limit=limit)
+        if not Path(spec).is_file():
+            raise DataError(f"{spec}: no such task file")
+        return
     name, _, path = spec.partition("=")
     entry = TASKS.get(name)
     if entry is None:
@@ -185,5 +184,19 @@ def resolve(spec: str, ctx: TaskContext = TaskContext(), limit: int | None = Non
         raise DataError(f"task {name!r} reads a local copy of its data: name it as {name}=PATH ({entry.source})")
     if path and not entry.needs_path:
         raise DataError(f"task {name!r} takes no path (its data: {entry.source})")
+    if path and not Path(path).exists():
+        raise DataError(f"task {name!r}: {path}: no such file (evaluation sets are read from local copies only)")
+
+
+def resolve(spec: str, ctx: TaskContext = TaskContext(), limit: int | None = None
+            ) -> tuple[RegisteredTask | None, PromptSet | Task]:
+    """(registry entry or None for a YAML file, the loaded task) of one ``--tasks`` item."""
+    if spec.endswith((".yaml", ".yml")):
+        from bfpo.eval.task_yaml import load_yaml_task
+
+        return None, load_yaml_task(spec, limit=limit)
+    check_spec(spec)
+    name, _, path = spec.partition("=")
+    entry = TASKS[name]
     # The registry's name is the task's name in every result and sample, whatever the loader calls its set.
     return entry, limited(dataclasses.replace(entry.load(path or None, ctx), name=entry.name), limit)

@@ -40,6 +40,7 @@ from bfpo.eval.tasks import Task
 from bfpo.generate import SamplingConfig
 from bfpo.model import source as model_source
 from bfpo.model.llama import model_from_params
+from experiments.config_file import write_config
 from experiments.configs.bfpo_eval import BFPOEvalConfig, EvalConfigError, JudgeModel
 from experiments.run import RunError
 from experiments.run_dir import RunDirectoryLock
@@ -158,7 +159,7 @@ class SampleLog:
 
 # --- the evaluation ---------------------------------------------------------------------------------------------
 
-def sampling_of(cfg: BFPOEvalConfig, tokenizer) -> SamplingConfig:
+def sampling_of(cfg: BFPOEvalConfig) -> SamplingConfig:
     return SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
 
 
@@ -180,7 +181,7 @@ def run_generative(prompt_set: PromptSet, judges: list, model, tokenizer, cfg: B
                    done: dict[tuple[str, int], dict], log: SampleLog) -> list[dict]:
     """Generates and judges the prompts not in ``done`` chunk by chunk; returns one result per judge."""
     name = prompt_set.name
-    sampling = sampling_of(cfg, tokenizer)
+    sampling = sampling_of(cfg)
     system = cfg.system_prompt or None
     ids = [tokenizer.encode_chat(conversation(p, system)) for p in prompt_set.prompts]
     key = task_key(cfg.seed, name)
@@ -267,6 +268,8 @@ def evaluate(cfg: BFPOEvalConfig) -> dict:
     if cfg.batch_size % shards:
         raise EvalConfigError(f"--batch-size={cfg.batch_size}: batches are split {shards} ways over the mesh's "
                               "data x fsdp devices; use a multiple of that")
+    for spec in cfg.tasks:  # before minutes of model loading
+        registry.check_spec(spec)
     out = Path(cfg.run.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with RunDirectoryLock(out.absolute(), enabled=jax.process_index() == 0):
@@ -278,7 +281,9 @@ def evaluate(cfg: BFPOEvalConfig) -> dict:
             raise EvalConfigError(f"--tasks: two tasks share a name ({names})")
         now = settings(cfg, described)
         done = check_resume(out, cfg, now)
-        (out / SETTINGS).write_text(json.dumps(now, indent=2) + "\n")
+        if jax.process_index() == 0:
+            write_config(cfg, out)
+            (out / SETTINGS).write_text(json.dumps(now, indent=2) + "\n")
         log = SampleLog(out / SAMPLES, done)
         judges = Judges(cfg, mesh)
         generative, task_rows = [], {}

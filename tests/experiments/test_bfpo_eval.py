@@ -25,7 +25,7 @@ FAST = ["--model.kind", "tiny", "--max-new-tokens", "6", "--batch-size", "8"]
 
 
 def run_eval(out_dir, *args):
-    return cli(BFPOEvalConfig, bfpo_eval.main, expected_errors=(BFPOError,),
+    return cli(BFPOEvalConfig, bfpo_eval.main, expected_errors=(BFPOError,), writes_config=True,
                args=[*FAST, "--run.out-dir", str(out_dir), *args])
 
 
