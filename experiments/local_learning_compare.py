@@ -5,7 +5,7 @@ the SGR weight lambda at one K. Writes a markdown and a CSV table and plots (acc
 memory vs K, accuracy and cosine vs lambda, the cosine during training).
 
 Run: ``python -m experiments.local_learning_compare [--modules 2 4] [--seeds 0 1 2] [--sweep-weights 0.01 0.1 10]
-[--sgr-weight 1.0] [--out-dir ...]`` (default task: the ``digits`` preset, CPU-sized). ``demo()`` is the small
+[--sgr-weight 1.0] [--run.out-dir ...]`` (default task: the ``digits`` preset, CPU-sized). ``demo()`` is the small
 version ``make demo`` runs.
 """
 
@@ -16,6 +16,7 @@ import dataclasses
 import json
 import shutil
 from pathlib import Path
+from typing import Annotated
 
 import jax
 import numpy as np
@@ -24,12 +25,13 @@ import tyro
 from experiments.tasks import local_learning as local_task
 from experiments.configs.local_learning import LocalLearningConfig
 from experiments.plots import read_metrics
+from experiments.run import cli
 from experiments.run_dir import standard_json
 from local_learning.errors import ConfigError
 from local_learning.step_memory import step_memory
 from runtime import batches as batches_lib
 from runtime import sharding as sharding_lib
-from runtime.mesh import make_mesh
+from runtime.mesh import MeshConfig, make_mesh
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -51,7 +53,10 @@ class CompareConfig:
     reuse: bool = False
     """Take a (run, seed) from its directory's summary.json when it completed ``base.run.steps`` steps, instead of
     training it again (to finish an interrupted comparison or extend it with seeds or lambdas)."""
-    out_dir: str = "runs/local_learning/compare"
+    out_dir: Annotated[str, tyro.conf.arg(name="run.out-dir")] = "runs/local_learning/compare"
+    """``--run.out-dir``, as every launcher takes it: every run's directory, the table and the plots."""
+    mesh: Annotated[MeshConfig, tyro.conf.arg(name="run.mesh")] = MeshConfig()
+    """``--run.mesh.*``: the mesh of every run (it replaces ``base.run.mesh``)."""
 
     def __post_init__(self):
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
@@ -92,9 +97,9 @@ def variants(cfg: CompareConfig) -> list[Variant]:
     return out
 
 
-def seeded(base: LocalLearningConfig, seed: int) -> LocalLearningConfig:
-    return dataclasses.replace(base, run=dataclasses.replace(base.run, seed=seed),
-                               data=dataclasses.replace(base.data, seed=seed))
+def seeded(base: LocalLearningConfig, seed: int, mesh: MeshConfig) -> LocalLearningConfig:
+    run = dataclasses.replace(base.run, seed=seed, mesh=mesh)
+    return dataclasses.replace(base, run=run, data=dataclasses.replace(base.data, seed=seed))
 
 
 def measure_memory(run_cfg: LocalLearningConfig) -> int | None:
@@ -125,7 +130,7 @@ def run_one(cfg: CompareConfig, v: Variant, seed: int, out: Path) -> dict:
     if summary is None:
         if run_dir.exists():
             shutil.rmtree(run_dir)  # each comparison starts its runs afresh
-        run_cfg = seeded(cfg.base, seed).with_modules(v.k, v.weight, v.executor, out_dir=str(run_dir))
+        run_cfg = seeded(cfg.base, seed, cfg.mesh).with_modules(v.k, v.weight, v.executor, out_dir=str(run_dir))
         run_cfg = dataclasses.replace(run_cfg, run=dataclasses.replace(run_cfg.run, progress=False, resume=False))
         summary = dataclasses.asdict(local_task.run(run_cfg))
     train, evals = summary["train_metrics"], summary["eval_metrics"]
@@ -170,7 +175,8 @@ def main(cfg: CompareConfig) -> list[dict]:
         seeds = cfg.sweep_seeds if v.label in sweep_only and cfg.sweep_seeds else cfg.seeds
         seed_rows = [run_one(cfg, v, s, out) for s in seeds]
         per_seed += seed_rows
-        peak = measure_memory(cfg.base.with_modules(v.k, v.weight, v.executor)) if cfg.memory else None
+        peak = measure_memory(seeded(cfg.base, cfg.base.run.seed, cfg.mesh).with_modules(v.k, v.weight, v.executor)) \
+            if cfg.memory else None
         rows.append(aggregate(v, seed_rows, peak))
         (out / "runs.json").write_text(standard_json(per_seed, indent=2) + "\n")
     bp = rows[0]["peak_bytes"]
@@ -361,4 +367,4 @@ def demo(out_dir: str = "runs/demo/local_learning") -> list[dict]:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(CompareConfig))
+    cli(CompareConfig, main, expected_errors=(ConfigError,))

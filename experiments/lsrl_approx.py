@@ -39,7 +39,7 @@ from recurrent.programs.vec2vec import (
     vec2vec_queries,
 )
 from recurrent.targets.linear_rnn import LinearRNN
-from runtime import MeshConfig, make_mesh
+from runtime import make_mesh
 from runtime import sharding as sh
 
 
@@ -61,7 +61,7 @@ def main(cfg: LSRLApproxConfig) -> LSRLApproxSummary:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dtype = jnp.dtype(cfg.dtype)
-    mesh = make_mesh()
+    mesh = make_mesh(cfg.mesh)
     n_batch = mesh.shape["data"] * mesh.shape["fsdp"]
     batch_sharding = sh.logical_to_sharding(("batch", "seq", None), mesh)
     x64 = jax.enable_x64(True) if dtype == jnp.float64 else contextlib.nullcontext()
@@ -207,8 +207,8 @@ PLAN = LauncherPlan(
                                         default=LSRLApproxConfig.demo() if preset == "demo" else LSRLApproxConfig()),
     program=plan_program,
     presets=("default", "demo"),
-    mesh_of=lambda cfg: MeshConfig(),
-    with_mesh=None,
+    mesh_of=lambda cfg: cfg.mesh,
+    with_mesh=lambda cfg, mesh: dataclasses.replace(cfg, mesh=mesh),
 )
 
 

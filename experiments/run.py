@@ -453,6 +453,15 @@ EXIT_DIVERGED = 3
 EXIT_STOPPED = 75
 
 
+def _upgrade_out_dir(arg: str) -> str:
+    """``--out-dir`` of earlier versions is every launcher's ``--run.out-dir`` now (with a deprecation line)."""
+    flag, sep, value = arg.partition("=")
+    if flag not in ("--out-dir", "--out_dir"):
+        return arg
+    print(f"warning: {flag} is deprecated: use --run.out-dir", file=sys.stderr, flush=True)
+    return "--run.out-dir" + sep + value
+
+
 def cli(config_type: type, main: Callable[[Any], Any], expected_errors: tuple[type[BaseException], ...] = (),
         args: Sequence[str] | None = None, upgrade: Callable[[list[str]], list[str]] | None = None,
         writes_config: bool = False) -> Any:
@@ -471,7 +480,7 @@ def cli(config_type: type, main: Callable[[Any], Any], expected_errors: tuple[ty
     """
     description = sys.modules[main.__module__].__doc__
     try:
-        argv = list(sys.argv[1:] if args is None else args)
+        argv = [_upgrade_out_dir(a) for a in (sys.argv[1:] if args is None else args)]
         config_path, rest = split_config_flag(upgrade(argv) if upgrade is not None else argv)
         if config_path is not None:
             cls = config_class(config_type)

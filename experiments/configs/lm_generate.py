@@ -51,7 +51,7 @@ class LMGenerateConfig:
             raise ConfigError("LMGenerateConfig.prompts: at least one prompt is needed")
 
 
-_OLD_FLAG = re.compile(r"^--(out-dir|out_dir|mesh\.)")
+_OLD_FLAG = re.compile(r"^--(out-dir|out_dir|mesh\.)")  # --out-dir is upgraded by every launcher (cli)
 
 
 def upgrade_flags(args: list[str]) -> list[str]:

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Annotated
+
+import tyro
 
 from recurrent.errors import ConfigError
 from recurrent.programs import MODES
+from runtime.mesh import MeshConfig
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class LSRLApproxConfig:
     """Compile the vec2vec program once per conditional mode; prompt it with random targets at grid sizes N."""
 
-    out_dir: str = "runs/lsrl_approx"
+    out_dir: Annotated[str, tyro.conf.arg(name="run.out-dir")] = "runs/lsrl_approx"
+    """``--run.out-dir``, as every launcher takes it."""
+    mesh: Annotated[MeshConfig, tyro.conf.arg(name="run.mesh")] = MeshConfig()
+    """``--run.mesh.*``: the prompts are split over its data x fsdp devices (the compiled weights are replicated)."""
     in_dim: int = 1
     out_dim: int = 1
     modes: tuple[str, ...] = MODES

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Annotated
+
+import tyro
 
 from recurrent.errors import ConfigError
 from recurrent.programs import MODES
@@ -18,7 +21,9 @@ class LSRLStabilityConfig:
     """Error of every compiled target against the float64 interpreter: vs prompt length, dtype, conditional mode
     (gated or lambda-based) and Gaussian noise on the compiled weights."""
 
-    out_dir: str = "runs/lsrl_stability"
+    out_dir: Annotated[str, tyro.conf.arg(name="run.out-dir")] = "runs/lsrl_stability"
+    """``--run.out-dir``, as every launcher takes it (the study runs each compiled model on one device, so it has
+    no mesh to set)."""
     programs: tuple[str, ...] = PROGRAMS
     targets: tuple[str, ...] = ()
     """Registered targets to compile to (empty: every registered one, see ``experiments.lsrl_stability.TARGETS``)."""
