@@ -129,11 +129,11 @@ def test_a_resumed_evaluation_skips_finished_prompts_and_matches_an_uninterrupte
     from experiments import bfpo_eval_table
 
     text = bfpo_eval_table.main(bfpo_eval_table.TableConfig(
-        runs=(f"whole={tmp_path / 'whole'}", f"resumed={out}"), pool=("all=",), out=str(tmp_path / "t.md")))
+        runs=(f"whole={tmp_path / 'whole'}", f"resumed={out}"), pool=("harm=synthetic_",), out=str(tmp_path / "t.md")))
     row = next(line for line in text.splitlines() if line.startswith("| benign |"))
     assert row.count("0.000 ± 0.000") == 2 and (tmp_path / "t.csv").is_file()
-    pooled = [line for line in text.splitlines() if line.startswith("| all |")]
-    assert len(pooled) == 2 and all("| 16 |" in line or "| 8 |" in line for line in pooled)
+    pooled = [line for line in text.splitlines() if line.startswith("| harm |")]
+    assert len(pooled) == 1 and "| 16 |" in pooled[0] and pooled[0].count("1.000 ± 0.000") == 2
     # Other sampling settings cannot continue these samples.
     with pytest.raises(SystemExit):
         run_eval(out, *args, "--run.resume", "--temperature", "0")
