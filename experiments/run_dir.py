@@ -1,6 +1,6 @@
-"""What the loop writes into a run directory besides checkpoints (and ``LaunchConfig``, the run directory and mesh
-of a launcher that does not train): the lock that keeps a second run out, and the
-metrics logs (JSONL and TensorBoard), which always describe one run's steps once each.
+"""What the loop writes into a run directory besides checkpoints: the lock that keeps a second run out, and the
+metrics logs (JSONL and TensorBoard), which always describe one run's steps once each; ``standard_json`` for every
+JSON file written there, and ``LaunchConfig``, the run directory and mesh of a launcher that does not train.
 
 The lock is an advisory ``flock`` on ``<out_dir>/run.lock``, held by process 0 for the whole run; the kernel drops
 it when the process ends however it ends (kill -9 included), so a stale lock file never blocks a resume. Logs: a
