@@ -23,7 +23,16 @@ w.r.t. the module's parameters, g_in^(k) = dL_k/dh_in, and g_out^(k) = dL_k/dpro
 * ``forward_gradient`` (BP-free; Baydin et al., 2022, "Gradients without backpropagation"): with v ~ N(0, I)
   over the parameters, the unbiased estimate (dJ/dtheta . v) v from one forward-mode pass. The boundary
   gradients are estimated the same way, g_in ~ (dL/dh . u) u and g_out ~ (dL/dp . w) w with u, w ~ N(0, I),
-  so the SGR term uses forward mode only (forward over forward).
+  so the SGR term uses forward mode only (forward over forward). The term is estimated without bias: D must be
+  estimated, not evaluated at a noisy g_in, since E[D(g_hat, t)] != D(g_in, t) (for ``sq_l2`` it adds
+  (N+1)/B ||g_in||^2, a penalty on the gradient's norm; ``cosine`` of (s u, t) does not depend on the parameters
+  at all). With two independent tangents u_1, u_2 and g_hat_j = (dL/dh . u_j) u_j, both unbiased for g_in,
+
+      D_hat = mean_i <g_hat_1,i - t_i, g_hat_2,i - t_i>,      E[D_hat] = mean_i ||g_in,i - t_i||^2 = D_sq_l2,
+
+  and its forward gradient along v is unbiased for dD/dtheta. ``l2`` and ``cosine`` (a square root, a ratio of
+  norms) have no unbiased estimate from finitely many such measurements, so ``LocalConfig`` refuses them with
+  this estimator.
 """
 
 from __future__ import annotations
@@ -110,22 +119,41 @@ def forward_gradient(loss_fn: LossFn, params, h_in, probe, target, *, scale: flo
     u = _normal_like(k_u, h_in)
     w = _normal_like(k_w, probe)
     sgr = rc.active and rc.placement == "input_side" and target is not None
-    distance = reconcile.get_distance(rc.distance)
+    if sgr and rc.distance not in UNBIASED_FORWARD_DISTANCES:
+        raise ConfigError(forward_distance_error(rc.distance))
+    # A second tangent, independent of u, for the unbiased estimate of D (module docstring).
+    u2 = _normal_like(jax.random.fold_in(k_u, 1), h_in) if sgr else None
 
-    def g_in_estimate(p):
-        dl = jax.jvp(lambda x: loss_fn(p, x, probe)[0], (h_in,), (u,))[1]
-        return dl * u
+    def g_in_estimate(p, tangent):
+        dl = jax.jvp(lambda x: loss_fn(p, x, probe)[0], (h_in,), (tangent,))[1]
+        return dl * tangent
+
+    def sq_l2_estimate(p):
+        t = reconcile.per_example(target)
+        a = reconcile.per_example(g_in_estimate(p, u)) - t
+        b = reconcile.per_example(g_in_estimate(p, u2)) - t
+        return jnp.mean(jnp.sum(a * b, axis=-1))
 
     def objective(p):
         loss, aux = loss_fn(p, h_in, probe)
-        d = distance(g_in_estimate(p), target) if sgr else jnp.zeros((), jnp.float32)
+        d = sq_l2_estimate(p) if sgr else jnp.zeros((), jnp.float32)
         return loss * scale + rc.weight * d, (loss, aux, d)
 
     (_, (loss, aux, d)), (dj, _) = jax.jvp(objective, (params,), (v,))
     grads = jax.tree.map(lambda x: dj.astype(x.dtype) * x, v)
     g_out = jax.jvp(lambda z: loss_fn(params, h_in, z)[0], (probe,), (w,))[1] * w
-    g_in = g_in_estimate(params) if (need_g_in or sgr) else None
+    g_in = g_in_estimate(params, u) if (need_g_in or sgr) else None
     return ModuleGrads(grads, loss, aux, g_in, g_out, d)
+
+
+UNBIASED_FORWARD_DISTANCES = ("sq_l2",)
+
+
+def forward_distance_error(distance: str) -> str:
+    return (f"SGR distance {distance!r} with estimator 'forward_gradient': it has no unbiased forward-mode estimate "
+            "(a noisy g_in inside a square root or a cosine biases the term, and the cosine of a random direction "
+            "does not depend on the parameters); use distance 'sq_l2', estimated without bias from two independent "
+            "tangents, or estimator 'backprop'")
 
 
 # Feedback alignment and label projection are local backprop through a network built differently: layers whose

@@ -45,7 +45,8 @@ Distance = Callable[[jax.Array, jax.Array], jax.Array]
 _TINY = 1e-30
 
 
-def _per_example(x):
+def per_example(x):
+    """[B, ...] -> float32 [B, F]: one row per example."""
     return x.reshape(x.shape[0], -1).astype(jnp.float32)
 
 
@@ -58,17 +59,17 @@ def _safe_norm(x_BxF):
 
 def squared_l2(g, t):
     """mean_i ||g_i - t_i||^2."""
-    return jnp.mean(jnp.sum(jnp.square(_per_example(g) - _per_example(t)), axis=-1))
+    return jnp.mean(jnp.sum(jnp.square(per_example(g) - per_example(t)), axis=-1))
 
 
 def l2(g, t):
     """mean_i ||g_i - t_i||."""
-    return jnp.mean(_safe_norm(_per_example(g) - _per_example(t)))
+    return jnp.mean(_safe_norm(per_example(g) - per_example(t)))
 
 
 def cosine_similarity(g, t):
     """Per-example cosine <g_i, t_i> / (||g_i|| ||t_i||), 0 where either vector is 0."""
-    g, t = _per_example(g), _per_example(t)
+    g, t = per_example(g), per_example(t)
     denom = _safe_norm(g) * _safe_norm(t)
     return jnp.where(denom > 0, jnp.sum(g * t, axis=-1) / jnp.where(denom > 0, denom, 1.0), 0.0)
 

@@ -38,7 +38,8 @@ from flax import nnx
 from local_learning import network, reconcile
 from local_learning.errors import ConfigError
 from local_learning.ordering import after, materialize, ordered_checkpoint
-from local_learning.estimators import ESTIMATOR_NAMES, ModuleGrads, get_estimator
+from local_learning.estimators import (ESTIMATOR_NAMES, UNBIASED_FORWARD_DISTANCES, ModuleGrads, forward_distance_error,
+                                      get_estimator)
 from local_learning.reconcile import ReconcileConfig
 from runtime.metrics import Metric
 from runtime.train_state import TrainState, merge_by_mask, split_by_mask
@@ -64,6 +65,10 @@ class LocalConfig:
     def __post_init__(self):
         if self.estimator not in ESTIMATOR_NAMES:
             raise ConfigError(f"LocalConfig.estimator={self.estimator!r}: expected one of {ESTIMATOR_NAMES}")
+        r = self.reconcile
+        if (self.estimator == "forward_gradient" and r.active and r.placement == "input_side"
+                and r.distance not in UNBIASED_FORWARD_DISTANCES):
+            raise ConfigError(f"LocalConfig: {forward_distance_error(r.distance)}")
         if self.feedback and self.reconcile.active and self.reconcile.impl != "direct":
             raise ConfigError(
                 f"LocalConfig.estimator={self.estimator!r} with SGR needs reconcile.impl='direct' (feedback layers "
