@@ -101,7 +101,8 @@ def plan_program(cfg: LMGeneratePlanConfig, mesh) -> Program:
 
 
 PLAN = LauncherPlan(
-    parse=lambda preset, args: tyro.cli(LMGeneratePlanConfig, args=upgrade_flags(list(args)), prog="experiments.lm_generate",
+    parse=lambda preset, args: tyro.cli(LMGeneratePlanConfig, args=upgrade_flags(list(args)),
+                                        prog="experiments.lm_generate",
                                         default=LMGeneratePlanConfig.preset(preset)),
     program=plan_program,
     presets=PLAN_PRESETS,

@@ -75,7 +75,8 @@ class StreamData:
 SYNTHETIC = "synthetic"
 _FILE_KEYS = ("split", "max_pairs", "batch_size", "weight")
 _SYNTHETIC_KEYS = ("pairs", "fractions", "batch_size", "weight")
-STREAM_SYNTAX = "NAME=PATH[,split=S,max_pairs=N,batch_size=B,weight=W] or NAME=synthetic[,pairs=N,fractions=A/B/C/D,...]"
+STREAM_SYNTAX = ("NAME=PATH[,split=S,max_pairs=N,batch_size=B,weight=W] or "
+                 "NAME=synthetic[,pairs=N,fractions=A/B/C/D,...]")
 
 
 def parse_stream(text: str) -> StreamData:

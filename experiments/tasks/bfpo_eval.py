@@ -257,7 +257,8 @@ def check_resume(out: Path, cfg: BFPOEvalConfig, now: dict) -> dict[tuple[str, i
     before = json.loads((out / SETTINGS).read_text()) if (out / SETTINGS).exists() else {}
     changed = sorted(k for k in now if before.get(k) != now[k])
     if changed:
-        raise EvalConfigError(f"{out}: cannot resume: {', '.join(f'{k} was {before.get(k)!r}, now {now[k]!r}' for k in changed)}")
+        differences = ", ".join(f"{k} was {before.get(k)!r}, now {now[k]!r}" for k in changed)
+        raise EvalConfigError(f"{out}: cannot resume: {differences}")
     return read_samples(samples)
 
 
