@@ -4,10 +4,16 @@ ResNet-32 at CIFAR shape (32x32x3, 10 classes), batch 128, balanced-memory split
 executor: the compiled step's
 memory per device (argument + output - alias + temp, state donated) and its ratio to global BP, the temp
 (activation) bytes and their ratio, the device allocator's peak where the backend reports one, and the
-median step time and its ratio to BP; for local learning also the one-program-per-module executor's bound
-(step_memory.host_loop_memory). Targets: plain local <= 0.60 at K = 2 and <= 0.40 at K = 4; with SGR
-<= 0.60 at K = 4. ``--no-materialize`` measures the single-program step without ordering.materialize at the
-module boundaries (the layout before it existed).
+median step time and its ratio to BP and to checkpointed BP (the memory-saving competitor); for local learning
+also the one-program-per-module executor's bound (step_memory.host_loop_memory). Variants: BP, checkpointed BP,
+and at every K plain local and local + SGR in the jvp form with and without the checkpointed second pass, plus
+the direct (reverse-over-reverse) form at the largest K. Targets: plain local <= 0.60 at K = 2 and <= 0.40 at
+K = 4; with SGR <= 0.60 at K = 4. ``--no-materialize`` measures the single-program step without
+ordering.materialize at the module boundaries (the layout before it existed).
+
+The allocator's peak (``device_peak_bytes``, GPU/TPU) is process-wide and never goes down, so on a backend that
+reports one every variant runs in a fresh process (``--fresh-process auto``) and executes at least one step
+before the peak is read; on the CPU the compiled figures are the measurement and one process serves.
 
 Run: ``python -m experiments.bench.local_memory [--batch-size 128] [--arch resnet32] [--iters 5]``; the JSON goes
 to ``runs/bench/local_memory.json``.
@@ -18,7 +24,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import platform
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +43,7 @@ from local_learning.reconcile import ReconcileConfig
 from local_learning.memory import device_peak_bytes
 from local_learning.partition import PartitionConfig
 from local_learning.step_memory import host_loop_memory, step_memory, time_steps
+from runtime import sharding as sharding_lib
 from runtime.mesh import make_mesh
 from runtime.train_state import init_train_state
 
@@ -52,6 +63,10 @@ class Config:
     materialize: bool = True
     """Hand h_k forward through ordering.materialize in the single-program local step."""
     json_out: str = "runs/bench/local_memory.json"
+    fresh_process: Literal["auto", "yes", "no"] = "auto"
+    """One process per variant: ``auto`` does so where the backend reports an allocator peak (GPU, TPU)."""
+    only: str = ""
+    """Measure this one variant (by name) and nothing else: what each fresh process runs."""
 
 
 def variants(cfg: Config):
@@ -65,53 +80,108 @@ def variants(cfg: Config):
     yield f"local K={k} +SGR(direct)", k, ReconcileConfig(weight=cfg.sgr_weight, impl="direct"), "local"
 
 
-def main(cfg: Config) -> dict:
-    model = model_config(cfg.arch, 10, cfg.image_size)
+def measure(cfg: Config, name: str, k: int, rc, executor: str) -> list[dict]:
+    """The rows of one variant (its own, and for local learning the host-loop bound), ratios not yet filled."""
     mesh = make_mesh(devices=jax.devices()[:1])
+    with sharding_lib.activate(mesh):
+        return _measure(cfg, name, k, rc, executor, mesh)
+
+
+def _measure(cfg: Config, name: str, k: int, rc, executor: str, mesh) -> list[dict]:
+    model = model_config(cfg.arch, 10, cfg.image_size)
     rng = np.random.default_rng(0)
     batch = {"image": jnp.asarray(rng.standard_normal((cfg.batch_size, cfg.image_size, cfg.image_size, 3)), jnp.float32),
              "label": jnp.asarray(rng.integers(0, 10, cfg.batch_size), jnp.int32)}
     tx = optax.sgd(0.01, momentum=0.9)
-    rows = []
-    base = None
-    for name, k, rc, executor in variants(cfg):
-        plan = network.plan_partition(model, PartitionConfig(num_modules=k, split=cfg.split if k > 1 else "equal"))
-        netdef, _ = network.abstract_network(model, plan)
-        state = init_train_state(lambda: network.build(model, plan)[1], tx, mesh, seed=0, trainable=ts.trainable)[0]
-        local_cfg = ts.LocalConfig(reconcile=rc or ReconcileConfig(), diagnostics=False, materialize=cfg.materialize)
-        if executor == "local":
-            step = ts.make_local_step(netdef, local_cfg, tx)
-        else:
-            step = ts.make_bp_step(netdef, tx, remat=executor == "bp_checkpoint")
-        mem, compiled = step_memory(step, state, batch)
-        # Memory comes from the compiled program alone; iters = 0 skips the timing (e.g. on a loaded machine).
-        seconds = float("nan")
-        if cfg.iters:
-            seconds, state = time_steps(compiled, state, batch, iters=cfg.iters)
-        row = {"executor": name, "K": k, "split_points": list(plan.split_points), "peak_bytes": mem.peak,
-               "temp_bytes": mem.temp, "argument_bytes": mem.argument, "device_peak_bytes": device_peak_bytes(),
-               "step_seconds": seconds}
-        if base is None:
-            base = row
+    plan = network.plan_partition(model, PartitionConfig(num_modules=k, split=cfg.split if k > 1 else "equal"))
+    netdef, _ = network.abstract_network(model, plan)
+    state = init_train_state(lambda: network.build(model, plan)[1], tx, mesh, seed=0, trainable=ts.trainable)[0]
+    local_cfg = ts.LocalConfig(reconcile=rc or ReconcileConfig(), diagnostics=False, materialize=cfg.materialize)
+    if executor == "local":
+        step = ts.make_local_step(netdef, local_cfg, tx)
+    else:
+        step = ts.make_bp_step(netdef, tx, remat=executor == "bp_checkpoint")
+    mem, compiled = step_memory(step, state, batch)
+    # Memory comes from the compiled program alone; iters = 0 skips the timing (e.g. on a loaded machine).
+    seconds = float("nan")
+    if cfg.iters:
+        seconds, state = time_steps(compiled, state, batch, iters=cfg.iters)
+    rows = [{"executor": name, "K": k, "split_points": list(plan.split_points), "peak_bytes": mem.peak,
+             "temp_bytes": mem.temp, "argument_bytes": mem.argument, "device_peak_bytes": device_peak_bytes(),
+             "step_seconds": seconds}]
+    if cfg.host_loop and executor == "local":
+        hl = host_loop_memory(netdef, local_cfg, tx, state, batch)
+        rows.append({"executor": f"{name} host loop (bound)", "K": k, "peak_bytes": hl["peak"],
+                     "module_temp_bytes": [m.temp for m in hl["per_module"]]})
+    return rows
+
+
+def _flags(cfg: Config, name: str, json_out: str) -> list[str]:
+    """The command line of one variant's fresh process."""
+    out = ["--arch", cfg.arch, "--batch-size", str(cfg.batch_size), "--image-size", str(cfg.image_size),
+           "--sgr-weight", str(cfg.sgr_weight), "--modules", *map(str, cfg.modules), "--split", cfg.split,
+           "--iters", str(max(cfg.iters, 1)), "--host-loop" if cfg.host_loop else "--no-host-loop",
+           "--materialize" if cfg.materialize else "--no-materialize", "--fresh-process", "no", "--only", name,
+           "--json-out", json_out]
+    return out
+
+
+def in_fresh_process(cfg: Config, name: str) -> list[dict]:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(Path(tmp) / "rows.json")
+        cmd = [sys.executable, "-m", "experiments.bench.local_memory", *_flags(cfg, name, path)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"{name}: the fresh process failed ({done.returncode}):\n{done.stderr[-2000:]}")
+        return json.loads(Path(path).read_text())["rows"]
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """peak and temp relative to BP; step time relative to BP and to checkpointed BP."""
+    base = next(r for r in rows if r["executor"] == "bp")
+    ckpt = next((r for r in rows if r["executor"] == "bp_checkpoint"), None)
+    for row in rows:
         row["peak_ratio"] = row["peak_bytes"] / base["peak_bytes"]
-        row["temp_ratio"] = row["temp_bytes"] / base["temp_bytes"]
-        row["time_ratio"] = seconds / base["step_seconds"]
-        rows.append(row)
-        print(f"{name:24s} splits={str(plan.split_points):12s} peak={mem.peak / 2**20:8.1f} MiB "
-              f"(x{row['peak_ratio']:.3f})  temp={mem.temp / 2**20:8.1f} MiB (x{row['temp_ratio']:.3f})  "
-              f"step={seconds * 1e3:7.1f} ms (x{row['time_ratio']:.2f})", flush=True)
-        if cfg.host_loop and executor == "local":
-            hl = host_loop_memory(netdef, local_cfg, tx, state, batch)
-            hl_row = {"executor": f"{name} host loop (bound)", "K": k, "peak_bytes": hl["peak"],
-                      "peak_ratio": hl["peak"] / base["peak_bytes"],
-                      "module_temp_bytes": [m.temp for m in hl["per_module"]]}
-            rows.append(hl_row)
-            print(f"{hl_row['executor']:24s} peak<={hl['peak'] / 2**20:7.1f} MiB (x{hl_row['peak_ratio']:.3f})  "
-                  f"module temps={[round(m.temp / 2**20, 1) for m in hl['per_module']]} MiB", flush=True)
+        if "temp_bytes" in row:
+            row["temp_ratio"] = row["temp_bytes"] / base["temp_bytes"]
+        if "step_seconds" in row:
+            row["time_ratio"] = row["step_seconds"] / base["step_seconds"]
+            row["time_ratio_vs_checkpoint"] = row["step_seconds"] / ckpt["step_seconds"] if ckpt else None
+        if row.get("device_peak_bytes") and base.get("device_peak_bytes"):
+            row["device_peak_ratio"] = row["device_peak_bytes"] / base["device_peak_bytes"]
+
+
+def _print(row: dict) -> None:
+    if "step_seconds" not in row:
+        print(f"{row['executor']:28s} peak<={row['peak_bytes'] / 2**20:7.1f} MiB (x{row['peak_ratio']:.3f})  "
+              f"module temps={[round(t / 2**20, 1) for t in row['module_temp_bytes']]} MiB", flush=True)
+        return
+    device = (f"  device peak={row['device_peak_bytes'] / 2**20:8.1f} MiB (x{row.get('device_peak_ratio', float('nan')):.3f})"
+              if row.get("device_peak_bytes") else "")
+    ckpt = row.get("time_ratio_vs_checkpoint")
+    print(f"{row['executor']:28s} splits={str(row['split_points']):12s} peak={row['peak_bytes'] / 2**20:8.1f} MiB "
+          f"(x{row['peak_ratio']:.3f})  temp={row['temp_bytes'] / 2**20:8.1f} MiB (x{row['temp_ratio']:.3f})  "
+          f"step={row['step_seconds'] * 1e3:7.1f} ms (x{row['time_ratio']:.2f} BP, "
+          f"x{ckpt if ckpt is not None else float('nan'):.2f} checkpointed BP){device}", flush=True)
+
+
+def main(cfg: Config) -> dict:
+    chosen = [v for v in variants(cfg) if not cfg.only or v[0] == cfg.only]
+    if not chosen:
+        raise SystemExit(f"--only {cfg.only!r}: no such variant; expected one of {[v[0] for v in variants(cfg)]}")
+    fresh = cfg.fresh_process == "yes" or (cfg.fresh_process == "auto" and not cfg.only
+                                           and jax.local_devices()[0].memory_stats() is not None)
+    rows = []
+    for name, k, rc, executor in chosen:
+        rows += in_fresh_process(cfg, name) if fresh else measure(cfg, name, k, rc, executor)
+    if not cfg.only:
+        add_ratios(rows)
+        for row in rows:
+            _print(row)
     machine = (f"{platform.processor() or platform.machine()}, backend {jax.default_backend()}, "
                f"{jax.devices()[0].device_kind}; jax {jax.__version__}")
-    print(f"machine: {machine}")
-    result = {"config": dataclasses.asdict(cfg), "machine": machine, "rows": rows}
+    print(f"machine: {machine}; {'one process per variant' if fresh else 'one process'}")
+    result = {"config": dataclasses.asdict(cfg), "machine": machine, "fresh_process": fresh, "rows": rows}
     if cfg.json_out:
         Path(cfg.json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(cfg.json_out).write_text(json.dumps(result, indent=2) + "\n")

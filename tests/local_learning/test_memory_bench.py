@@ -1,0 +1,41 @@
+"""The local-memory benchmark: a variant measured in a fresh process gives the same compiled figures as in this
+one, the fresh process gets the parent's settings, and every ratio (to BP and to checkpointed BP) is filled."""
+
+import dataclasses
+
+import tyro
+
+from experiments.bench import local_memory as bench
+
+TINY = bench.Config(arch="resnet8", batch_size=8, image_size=8, modules=(2,), iters=1, host_loop=False,
+                    json_out="")
+
+
+def test_fresh_process_gets_the_same_settings():
+    flags = bench._flags(TINY, "local K=2", "/tmp/x.json")
+    parsed = tyro.cli(bench.Config, args=flags)
+    assert dataclasses.replace(parsed, only="", json_out="", fresh_process="auto") == TINY
+    assert parsed.only == "local K=2" and parsed.fresh_process == "no"
+
+
+def test_fresh_process_measures_what_this_process_measures_and_ratios_are_filled():
+    here = bench.measure(TINY, "bp", 1, None, "bp")
+    there = bench.in_fresh_process(TINY, "bp")
+    for key in ("peak_bytes", "temp_bytes", "argument_bytes", "split_points"):
+        assert here[0][key] == there[0][key]
+    assert there[0]["step_seconds"] > 0  # at least one step ran before any device peak was read
+
+
+def test_variants_and_ratios():
+    names = [v[0] for v in bench.variants(dataclasses.replace(TINY, modules=(2, 4)))]
+    assert names == ["bp", "bp_checkpoint", "local K=2", "local K=2 +SGR(jvp)", "local K=2 +SGR(jvp,remat)",
+                     "local K=4", "local K=4 +SGR(jvp)", "local K=4 +SGR(jvp,remat)", "local K=4 +SGR(direct)"]
+    rows = [{"executor": "bp", "peak_bytes": 100, "temp_bytes": 50, "step_seconds": 1.0, "device_peak_bytes": 200},
+            {"executor": "bp_checkpoint", "peak_bytes": 40, "temp_bytes": 10, "step_seconds": 1.5},
+            {"executor": "local K=2", "peak_bytes": 60, "temp_bytes": 20, "step_seconds": 0.9,
+             "device_peak_bytes": 150},
+            {"executor": "local K=2 host loop (bound)", "peak_bytes": 55, "module_temp_bytes": [1]}]
+    bench.add_ratios(rows)
+    assert rows[2]["peak_ratio"] == 0.6 and rows[2]["temp_ratio"] == 0.4
+    assert rows[2]["time_ratio"] == 0.9 and rows[2]["time_ratio_vs_checkpoint"] == 0.6
+    assert rows[2]["device_peak_ratio"] == 0.75 and rows[3]["peak_ratio"] == 0.55
