@@ -275,6 +275,7 @@ def main(cfg: CompareConfig) -> list[dict]:
     write_table(rows, out / "results.md", cfg)
     write_csv(rows, out / "results.csv")
     plot(rows, out)
+    plot_module_accuracy(rows, out)
     if cfg.sweep_weights:
         plot_sweep(rows, out, cfg)
     plot_cosine_curves(per_seed, out, cfg)
@@ -374,7 +375,8 @@ def plot(rows: list[dict], out: Path) -> None:
     plt = _pyplot()
     main_rows = [r for r in rows if "lambda=" not in r["run"]]
     for key, ylabel, name in (("test_accuracy", "test accuracy", "accuracy_vs_k.png"),
-                              ("memory_ratio", "peak memory / global BP", "memory_vs_k.png")):
+                              ("memory_ratio", "peak memory / global BP", "memory_vs_k.png"),
+                              ("step_time_ratio", "step time / checkpointed BP", "step_time_vs_k.png")):
         if all(r.get(key) is None for r in main_rows):
             continue  # e.g. memory not measured
         fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -403,6 +405,30 @@ def plot(rows: list[dict], out: Path) -> None:
         fig.tight_layout()
         fig.savefig(out / name, dpi=110)
         plt.close(fig)
+
+
+def plot_module_accuracy(rows: list[dict], out: Path) -> None:
+    """module_accuracy.png: every head's test accuracy at the largest K, plain local and with SGR (95% intervals),
+    against BP's."""
+    local = [r for r in rows if r["executor"] == "local" and "lambda=" not in r["run"]]
+    if not local:
+        return
+    k = max(r["K"] for r in local)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    for r in (r for r in local if r["K"] == k):
+        ci = [c or 0.0 for c in r.get("module_accuracy_ci95") or [0.0] * k]
+        ax.errorbar(range(1, k + 1), r["module_accuracy"], yerr=ci, marker="o", capsize=2, label=r["run"])
+    bp = next((r for r in rows if r["executor"] == "bp"), None)
+    if bp is not None and bp["test_accuracy"] is not None:
+        ax.axhline(bp["test_accuracy"], ls="--", color="gray", label="BP")
+    ax.set_xlabel("module k (its head's accuracy)")
+    ax.set_ylabel("test accuracy")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "module_accuracy.png", dpi=110)
+    plt.close(fig)
 
 
 def plot_sweep(rows: list[dict], out: Path, cfg: CompareConfig) -> None:

@@ -57,7 +57,8 @@ def test_summary_schema_intervals_and_paired_gains(tmp_path, monkeypatch):
     assert summary[4]["step_time_ratio"] == pytest.approx(10.0 / (10.0 / 4))  # checkpointed BP at 10 steps/s
     table = (tmp_path / "c" / "results.md").read_text()
     assert "Precondition (met)" in table and "SGR minus plain local, paired over seeds" in table
-    assert (tmp_path / "c" / "accuracy_vs_k.png").exists()
+    for name in ("accuracy_vs_k.png", "module_accuracy.png", "step_time_vs_k.png"):
+        assert (tmp_path / "c" / name).exists()
 
 
 def test_reuse_takes_a_finished_run_but_not_one_made_with_other_settings(tmp_path, capsys):
