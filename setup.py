@@ -25,6 +25,8 @@ INSTALL_REQUIRES = [
     "scikit-learn==1.9.1",  # the digits images, a real image set that ships offline
     "pyarrow==26.0.1",  # Parquet files and saved Hugging Face dataset directories (Arrow)
     "pyyaml==6.0.4",  # task files (lm-evaluation-harness style) and --config FILE.yaml
+    "scipy==1.17.1",  # Student-t intervals of the comparison reports
+    "networkx==3.6.1",  # the published LSRL API's graph() and topological_sort()
 ]
 
 EXTRAS_REQUIRE = {
@@ -34,6 +36,8 @@ EXTRAS_REQUIRE = {
     "gguf": ["gguf==0.19.0"],
     # `tensorboard --logdir runs/...` on the run directories' event files (the loop writes them with tensorboardX).
     "tensorboard": ["tensorboard==2.21.0"],
+    # The published LSRL test suite's own dependency (experiments/lsrl_compat.py runs that suite against ours).
+    "lsrl-compat": ["parameterized==0.9.0"],
     # Hub dataset ids (online machines only); local files need nothing beyond pyarrow.
     "hub": ["datasets==5.2.0"],
     # Compile-only accelerator back ends for experiments/plan.py (no TPU or GPU needed): the TPU compiler, and

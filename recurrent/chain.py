@@ -63,6 +63,7 @@ class LayerSummary:
     kind: str
     width: int
     recurrent: int
+    """Rows of A that are not zero (a zero row is a lane the published form would count as pass-through)."""
     parameters: int
     nonzeros: int
     max_weight: float
@@ -108,7 +109,9 @@ def summarize(chain: Chain) -> ChainSummary:
     per = []
     for l in chain.layers:
         params, nz, big, rng = _stats(list(l.arrays().values()))
-        per.append(LayerSummary(l.kind, l.width, l.recurrent, params, nz, big, rng))
+        # Genuinely recurrent rows: a zero row of A makes its lane a function of the current token only.
+        rows = 0 if l.A is None else int(np.count_nonzero(np.any(l.A != 0, axis=1)))
+        per.append(LayerSummary(l.kind, l.width, rows, params, nz, big, rng))
     params, nz, big, rng = _stats([chain.readout_weight, chain.readout_bias])
     per.append(LayerSummary("out", chain.out_dim, 0, params, nz, big, rng))
     state = [l for l in chain.layers if l.kind == "state"]
@@ -116,7 +119,7 @@ def summarize(chain: Chain) -> ChainSummary:
         layers=tuple(per),
         state_layers=len(state),
         state_dims=sum(l.width for l in state),
-        recurrent_dims=sum(l.recurrent for l in state),
+        recurrent_dims=sum(p.recurrent for p in per if p.kind == "state"),
         max_width=max([l.width for l in chain.layers] + [chain.in_dim, chain.out_dim]),
         parameters=sum(p.parameters for p in per),
         nonzeros=sum(p.nonzeros for p in per),

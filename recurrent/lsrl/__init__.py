@@ -1,9 +1,11 @@
 """LSRL, the Linear State Recurrent Language: the primitives, the library functions and the reference interpreter.
 
-A program written for the published language runs unchanged after ``from recurrent.lsrl import *``.
+A program written for the published language runs unchanged after ``from recurrent.lsrl import *`` (the
+published API and what still differs: ``recurrent/lsrl/COMPATIBILITY.md``).
 """
 
-from recurrent.lsrl.matrix import Matrix
+from recurrent.lsrl import utils
+from recurrent.lsrl.matrix import Matrix, MatrixMode, get_global_matrix_mode, matrix_mode, set_global_matrix_mode
 from recurrent.lsrl.sugar import (
     f_and,
     f_bump,
@@ -21,7 +23,7 @@ from recurrent.lsrl.sugar import (
     f_smaller,
     f_step,
 )
-from recurrent.lsrl.program import ForEach
+from recurrent.lsrl.compiled_program import ForEach
 from recurrent.lsrl.syntax import (
     Concat,
     Input,
@@ -41,6 +43,7 @@ __all__ = [
     "Input",
     "LinState",
     "Matrix",
+    "MatrixMode",
     "Linear",
     "Multiplicative",
     "ReLU",
@@ -62,5 +65,9 @@ __all__ = [
     "f_relu_identity",
     "f_smaller",
     "f_step",
+    "get_global_matrix_mode",
+    "matrix_mode",
+    "set_global_matrix_mode",
+    "utils",
     "validate",
 ]

@@ -8,6 +8,8 @@ reads them back as rationals (``recurrent.lsrl.exact``).
 
 from __future__ import annotations
 
+import contextlib
+import enum
 from typing import Any
 
 import numpy as np
@@ -26,7 +28,35 @@ class Matrix(np.ndarray):
         arr = _floats(value)
         if arr.ndim == 1:
             arr = arr[:, None]
-        return arr.view(cls)
+        out = arr.view(cls)
+        out._mode = mode if isinstance(mode, MatrixMode) else get_global_matrix_mode()
+        return out
+
+    def __array_finalize__(self, obj: Any) -> None:
+        self._mode = getattr(obj, "_mode", None) or get_global_matrix_mode()
+
+    @property
+    def mode(self) -> "MatrixMode":
+        """The arithmetic mode this matrix was made in (its entries are float64 in both; SYMBOLIC reads them as
+        rationals)."""
+        return self._mode
+
+    @property
+    def matrix(self):
+        """The published representation: a SciPy CSR matrix in NUMERIC mode, a SymPy ``SparseMatrix`` of the
+        exact rational readings of the entries (``recurrent.lsrl.exact``) in SYMBOLIC mode."""
+        if self._mode is MatrixMode.SYMBOLIC:
+            import sympy
+
+            from recurrent.lsrl.exact import rational
+
+            a = np.asarray(self)
+            return sympy.SparseMatrix(a.shape[0], a.shape[1],
+                                      {(i, j): sympy.Rational(rational(a[i, j]).numerator, rational(a[i, j]).denominator)
+                                       for i, j in zip(*np.nonzero(a))})
+        import scipy.sparse
+
+        return scipy.sparse.csr_matrix(np.asarray(self))
 
     @property
     def rows(self) -> int:
@@ -82,3 +112,36 @@ class Matrix(np.ndarray):
         out = np.zeros((end - start, input_dim))
         out[np.arange(end - start), start + np.arange(end - start)] = 1.0
         return cls(out)
+
+
+class MatrixMode(enum.Enum):
+    """The published arithmetic modes. NUMERIC: float64. SYMBOLIC: exact rational arithmetic; here the
+    interpreter's exact mode (weights read as the rationals their floats are, ``recurrent.lsrl.exact``), whose
+    results are rounded to float64 once, at the end."""
+
+    NUMERIC = "numeric"
+    SYMBOLIC = "symbolic"
+
+
+_mode = [MatrixMode.NUMERIC]
+
+
+def set_global_matrix_mode(mode: MatrixMode) -> None:
+    if not isinstance(mode, MatrixMode):
+        raise ValueError(f"set_global_matrix_mode: expected a MatrixMode, got {mode!r}")
+    _mode[0] = mode
+
+
+def get_global_matrix_mode() -> MatrixMode:
+    return _mode[0]
+
+
+@contextlib.contextmanager
+def matrix_mode(mode: MatrixMode):
+    """``with matrix_mode(MatrixMode.SYMBOLIC): ...`` runs programs in exact arithmetic inside the block."""
+    before = get_global_matrix_mode()
+    set_global_matrix_mode(mode)
+    try:
+        yield
+    finally:
+        set_global_matrix_mode(before)

@@ -23,12 +23,19 @@ weight, an odd-width Multiplicative, a slice out of range).
 
 Weights are stored as float64 arrays (``b``, ``init_state`` and ``bias`` as vectors); column vectors (the
 published (n, 1) convention) are accepted and flattened.
+
+As in the published language every node can also be run on its own for one token: ``node(*inputs)`` calls the
+``before_forward`` hooks (``h(node, *inputs)``), ``node.forward(*inputs)`` on (dim, 1) columns, then the
+``after_forward`` hooks (``h(node, out, *inputs)``). A ``LinState`` keeps its current state (``state``, ``reset()``)
+between such calls; ``ForEach`` writes its states back into the nodes after every call, so they can be read,
+hooked and continued.
 """
 
 from __future__ import annotations
 
 import itertools
 import numbers
+from fractions import Fraction
 from collections.abc import Sequence
 from typing import Any
 
@@ -73,6 +80,30 @@ class Variable:
         self.always_positive = False
         # Problems noticed while building (e.g. a sum of unequal dims); reported by validation with the rest.
         self.construction_problems: list[str] = []
+        self.hooks: dict[str, list] = {"before_forward": [], "after_forward": []}
+
+    # --- one token, the published way -------------------------------------------------------------------------
+    def __call__(self, *args: Any, **kwargs: Any):
+        for hook in self.hooks["before_forward"]:
+            hook(self, *args, **kwargs)
+        out = self.forward(*args, **kwargs)
+        for hook in self.hooks["after_forward"]:
+            hook(self, out, *args, **kwargs)
+        return out
+
+    def forward(self, *args: Any):
+        """This node's output at one token from its inputs' values, each a (dim, 1) column."""
+        raise NotImplementedError(f"{type(self).__name__} has no forward step")
+
+    def graph(self, recompute: bool = False):
+        """The DAG reachable backwards from this node as a ``networkx.DiGraph`` (input -> consumer edges)."""
+        from recurrent.lsrl.graph_view import node_graph
+
+        return node_graph(self)
+
+    def topological_sort(self, recompute: bool = False) -> list["Variable"]:
+        """The nodes of ``graph()``, inputs before their consumers."""
+        return topological_order(self)[0]
 
     # --- graph ---------------------------------------------------------------------------------------------
     @property
@@ -239,6 +270,25 @@ def _finite(node: Variable, **arrays: np.ndarray) -> list[str]:
     return out
 
 
+def _column(x: Any, dim: int, node: Variable) -> np.ndarray:
+    """A token value as a (dim, 1) column: float64, or rationals (object) when it holds Fractions."""
+    arr = np.asarray(x)
+    if arr.dtype == object and not all(isinstance(v, (Fraction, int)) for v in arr.reshape(-1)):
+        arr = np.vectorize(float, otypes=[np.float64])(arr) if arr.size else arr.astype(np.float64)
+    arr = arr.astype(np.float64) if arr.dtype != object else arr
+    if arr.size != dim:
+        raise CompileError(f"{node.label()}: expected a value of {dim} entries, got shape {arr.shape}")
+    return arr.reshape(dim, 1)
+
+
+def _out(value: np.ndarray):
+    """A node's one-token output as a ``Matrix`` column (exact values are rounded to float64 here; a
+    ``LinState`` keeps its own state exact)."""
+    from recurrent.lsrl.matrix import Matrix
+
+    return Matrix(value)
+
+
 class Input(Variable):
     """The program's token x_t (exactly one per program)."""
 
@@ -246,6 +296,9 @@ class Input(Variable):
         super().__init__(dim, name)
         if int(dim) < 1:
             self.construction_problems.append(f"{self.label()}: dim must be at least 1, got {dim}")
+
+    def forward(self, x: Any):
+        return _out(_column(x, self.dim, self))
 
 
 class Linear(Variable):
@@ -258,6 +311,10 @@ class Linear(Variable):
         self.dim = self.A.shape[0]
         self.b = np.zeros(self.dim) if b is None else _vector(b, self, "b")
         self.input = input
+
+    def forward(self, x: Any):
+        u = _column(x, self.input.dim, self)
+        return _out(self.A @ u + self.b[:, None] if u.dtype != object else _exact_affine(self.A, u, self.b))
 
     def problems(self) -> list[str]:
         out = super().problems()
@@ -305,6 +362,11 @@ class Concat(Variable):
         self.input = inputs
         self.always_positive = bool(inputs) and all(i.always_positive for i in inputs)
 
+    def forward(self, *args: Any):
+        if len(args) != len(self.input):
+            raise CompileError(f"{self.label()}: expected {len(self.input)} input values, got {len(args)}")
+        return _out(np.vstack([_column(a, i.dim, self) for a, i in zip(args, self.input)]))
+
     def problems(self) -> list[str]:
         out = super().problems()
         if not self.input:
@@ -321,6 +383,10 @@ class ReLU(Variable):
         super().__init__(_variable(input, name).dim, name)
         self.input = input
         self.always_positive = True
+
+    def forward(self, x: Any):
+        u = _column(x, self.dim, self)
+        return _out(np.maximum(u, 0.0) if u.dtype != object else np.where(u > 0, u, 0))
 
     def problems(self) -> list[str]:
         out = super().problems()
@@ -343,6 +409,28 @@ class LinState(Variable):
         self.init_state = _vector(init_state, self, "init_state")
         self.bias = np.zeros(self.dim) if bias is None else _vector(bias, self, "bias")
         self.input = input
+        self._state = self.init_state.copy()
+
+    @property
+    def state(self):
+        """The current state s_t as a (dim, 1) column (``init_state`` before the first token or after ``reset``)."""
+        return _out(np.asarray(self._state).reshape(-1, 1))
+
+    def reset(self) -> None:
+        self._state = self.init_state.copy()
+
+    def forward(self, x: Any):
+        u = _column(x, self.input.dim, self)
+        s = np.asarray(self._state).reshape(-1, 1)
+        if u.dtype == object or s.dtype == object:
+            from recurrent.lsrl.exact import rational_array
+
+            s = s if s.dtype == object else rational_array(s)
+            new = _exact_affine(self.A, s, self.bias) + _exact_affine(self.B, u, np.zeros(self.dim))
+        else:
+            new = self.A @ s + self.B @ u + self.bias[:, None]
+        self._state = new.reshape(-1)
+        return self.state
 
     def problems(self) -> list[str]:
         out = super().problems()
@@ -368,6 +456,10 @@ class Multiplicative(Variable):
         super().__init__(_variable(input, name).dim // 2, name)
         self.input = input
 
+    def forward(self, x: Any):
+        u = _column(x, self.input.dim, self)
+        return _out(u[: self.dim] * u[self.dim :])
+
     def problems(self) -> list[str]:
         out = super().problems()
         if self.input.dim % 2:
@@ -378,6 +470,14 @@ class Multiplicative(Variable):
         elif self.dim != self.input.dim // 2:
             out.append(f"{self.label()}: its input {self.input.label()} changed dim to {self.input.dim}")
         return out
+
+
+def _exact_affine(A: np.ndarray, u: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """A u + b in rational arithmetic (A and b read as the rationals their floats are)."""
+    from recurrent.lsrl.exact import rational_array
+
+    u = u if u.dtype == object else rational_array(u)
+    return rational_array(A).dot(u) + rational_array(b).reshape(-1, 1)
 
 
 def f_relu_identity(x: Variable) -> Variable:

@@ -13,6 +13,7 @@ from experiments.configs.lm_generate import LMGenerateConfig, upgrade_flags
 from experiments.configs.lsrl_approx import LSRLApproxConfig
 from experiments.configs.mlp_regression import MLPRegressionConfig
 from experiments.local_learning_deep_linear import DeepLinearCompareConfig
+from experiments.lsrl_compat import CompatConfig
 from experiments.run import cli
 from runtime.mesh import MeshConfig
 
@@ -44,6 +45,7 @@ def mesh_of(cfg):
     (LSRLApproxConfig, [], True),
     (lsrl_stability.config_type(), ["small"], False),
     (DeepLinearCompareConfig, [], False),
+    (CompatConfig, ["--published", "/nowhere"], False),
 ])
 def test_every_launcher_takes_run_out_dir_and_run_mesh(config_type, head, has_mesh, tmp_path):
     out = str(tmp_path / "run")

@@ -112,7 +112,7 @@ def test_tok2tok_model_is_small(tok2tok_case):
     """The published compiler needs 3,611 to 296,609 state dims for this program (15 recurrent rows)."""
     spec, _, chain = tok2tok_case
     s = chain.summary()
-    assert s.recurrent_dims == 16  # position, 2 + 2 rotation lanes, 3 query, 4 buffer, start, 3 value registers
+    assert s.recurrent_dims == 15  # position, 2 + 2 rotation lanes, 3 query, 4 buffer, 3 value registers
     assert s.state_dims <= 361, s.format()
     gated = spec.mode.startswith("multiplicative")
     assert (s.max_weight <= 1e4) == gated  # only lambda (1e6) is large, and only where it is used

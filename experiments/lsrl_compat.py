@@ -1,0 +1,153 @@
+"""Runs the published LSRL repository's own test suite against this package, with only the imports changed, and
+writes which tests pass and which do not (with each failure's message).
+
+The published tests are copied from a local checkout (``--published PATH``; nothing is downloaded) into a
+temporary directory; in each file ``import lsrl`` becomes ``import recurrent.lsrl as lsrl`` and ``from lsrl...``
+becomes ``from recurrent.lsrl...`` (the published module names ``basic_blocks``, ``sugar_blocks``,
+``matrix_tools`` and ``utils`` exist under ``recurrent.lsrl``); nothing else is edited. Each test file runs under
+pytest in its own process (the published tests write ``test_results/`` into their working directory, the
+temporary one here). The published suite needs ``parameterized`` (``pip install parameterized==0.9.0``).
+
+Writes ``results.json`` (one entry per test: file, test, outcome, message) and ``results.md`` (counts per file,
+then every test that does not pass with its message) to ``--run.out-dir``.
+
+Run: ``python -m experiments.lsrl_compat --published /path/to/LSRL [--files test_sugar.py ...]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Annotated
+
+import tyro
+
+from experiments.run import cli
+from recurrent import CompileError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+_IMPORT = re.compile(r"^(\s*)import lsrl\b(?!\.)")
+_FROM = re.compile(r"^(\s*)from lsrl(\.|\s)")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CompatConfig:
+    published: str
+    """A local checkout of the published repository (its ``tests/`` folder is read)."""
+    files: tuple[str, ...] = ()
+    """Test files to run (default: every ``tests/test_*.py``)."""
+    timeout_s: int = 3600
+    """Per file."""
+    out_dir: Annotated[str, tyro.conf.arg(name="run.out-dir")] = "runs/lsrl_compat"
+
+
+def rewrite_imports(source: str) -> tuple[str, int]:
+    """(the source with ``lsrl`` imports pointed at ``recurrent.lsrl``, the number of lines changed)."""
+    lines, changed = [], 0
+    for line in source.splitlines(keepends=True):
+        new = _IMPORT.sub(r"\1import recurrent.lsrl as lsrl", line)
+        new = _FROM.sub(r"\1from recurrent.lsrl\2", new)
+        changed += new != line
+        lines.append(new)
+    return "".join(lines), changed
+
+
+def parse_junit(path: Path, file: str) -> list[dict]:
+    rows = []
+    for case in ET.parse(path).getroot().iter("testcase"):
+        outcome, message = "passed", ""
+        for tag in ("failure", "error", "skipped"):
+            el = case.find(tag)
+            if el is not None:
+                outcome = {"failure": "failed", "error": "error", "skipped": "skipped"}[tag]
+                text = (el.get("message") or el.text or "").strip()
+                message = text.splitlines()[0][:300] if text else ""
+                break
+        rows.append({"file": file, "test": f"{case.get('classname', '').rpartition('.')[2]}::{case.get('name')}",
+                     "outcome": outcome, "message": message, "seconds": float(case.get("time", 0.0))})
+    return rows
+
+
+def run_file(test_file: Path, work: Path, timeout_s: int) -> tuple[list[dict], float]:
+    report = work / f"{test_file.stem}.xml"
+    env_path = f"{REPO_ROOT}:{work}"
+    start = time.perf_counter()
+    try:
+        subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}",
+                        str(test_file)], cwd=work, env={**_env(), "PYTHONPATH": env_path}, timeout=timeout_s,
+                       capture_output=True, text=True)
+    except subprocess.TimeoutExpired:
+        pass
+    seconds = time.perf_counter() - start
+    if not report.exists():
+        return [{"file": test_file.name, "test": "*", "outcome": "error",
+                 "message": f"no report (timed out after {timeout_s} s or crashed)", "seconds": seconds}], seconds
+    return parse_junit(report, test_file.name), seconds
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return dict(os.environ)
+
+
+def main(cfg: CompatConfig) -> list[dict]:
+    source = Path(cfg.published) / "tests"
+    if not source.is_dir():
+        raise CompileError(f"{cfg.published}: no tests/ folder (expected a checkout of the published LSRL repository)")
+    files = [source / f for f in cfg.files] if cfg.files else sorted(source.glob("test_*.py"))
+    missing = [str(f) for f in files if not f.exists()]
+    if missing:
+        raise CompileError(f"not in the checkout: {missing}")
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, changes, timing = [], {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        shutil.copytree(source, work / "tests")
+        for f in (work / "tests").glob("*.py"):
+            text, n = rewrite_imports(f.read_text())
+            f.write_text(text)
+            changes[f.name] = n
+        for f in files:
+            file_rows, seconds = run_file(work / "tests" / f.name, work, cfg.timeout_s)
+            rows += file_rows
+            timing[f.name] = seconds
+            counts = {o: sum(r["outcome"] == o for r in file_rows) for o in ("passed", "failed", "error", "skipped")}
+            print(f"{f.name}: {counts} in {seconds:.0f} s", flush=True)
+    (out / "results.json").write_text(json.dumps({"rows": rows, "import_lines_changed": changes,
+                                                  "seconds": timing}, indent=2) + "\n")
+    write_table(rows, changes, timing, out / "results.md")
+    print((out / "results.md").read_text())
+    return rows
+
+
+def write_table(rows: list[dict], changes: dict, timing: dict, path: Path) -> None:
+    files = sorted({r["file"] for r in rows})
+    lines = ["| file | passed | failed | error | skipped | import lines changed | seconds |",
+             "|---|---|---|---|---|---|---|"]
+    for f in files:
+        fr = [r for r in rows if r["file"] == f]
+        c = {o: sum(r["outcome"] == o for r in fr) for o in ("passed", "failed", "error", "skipped")}
+        lines.append(f"| {f} | {c['passed']} | {c['failed']} | {c['error']} | {c['skipped']} | {changes.get(f, 0)} | "
+                     f"{timing.get(f, 0):.0f} |")
+    total = {o: sum(r["outcome"] == o for r in rows) for o in ("passed", "failed", "error", "skipped")}
+    lines.append(f"| all | {total['passed']} | {total['failed']} | {total['error']} | {total['skipped']} | | |")
+    lines += ["", "Tests that do not pass:", "", "| file | test | outcome | message |", "|---|---|---|---|"]
+    for r in rows:
+        if r["outcome"] != "passed":
+            msg = r["message"].replace("|", "\\|")
+            lines.append(f"| {r['file']} | {r['test']} | {r['outcome']} | {msg} |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    cli(CompatConfig, main, expected_errors=(CompileError,))
