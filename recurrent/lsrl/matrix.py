@@ -50,13 +50,13 @@ class Matrix(np.ndarray):
 
             from recurrent.lsrl.exact import rational
 
-            a = np.asarray(self)
+            a = self.numpy()
             return sympy.SparseMatrix(a.shape[0], a.shape[1],
                                       {(i, j): sympy.Rational(rational(a[i, j]).numerator, rational(a[i, j]).denominator)
                                        for i, j in zip(*np.nonzero(a))})
         import scipy.sparse
 
-        return scipy.sparse.csr_matrix(np.asarray(self))
+        return scipy.sparse.csr_matrix(self.numpy())
 
     @property
     def rows(self) -> int:
@@ -67,7 +67,9 @@ class Matrix(np.ndarray):
         return self.shape[1]
 
     def numpy(self) -> np.ndarray:
-        return np.asarray(self)
+        """The values as a plain array; a vector (a node's b, bias or init_state) as the published (n, 1) column."""
+        a = np.asarray(self)
+        return a.reshape(-1, 1) if a.ndim == 1 else a
 
     def ReLU(self) -> "Matrix":
         return np.maximum(self, 0.0).view(Matrix)

@@ -243,7 +243,14 @@ def _matrix(value: Any, node: Variable, field: str) -> np.ndarray:
     if a.ndim != 2:
         node.construction_problems.append(f"{node.label()}: {field} must be a 2-D matrix, got shape {a.shape}")
         a = np.zeros((0, 0))
-    return a
+    return _published(a)
+
+
+def _published(a: np.ndarray) -> np.ndarray:
+    """A weight as a ``Matrix`` view (float64, same shape), so published code can call ``.numpy()`` on it."""
+    from recurrent.lsrl.matrix import Matrix
+
+    return np.ascontiguousarray(a).view(Matrix)
 
 
 def _vector(value: Any, node: Variable, field: str) -> np.ndarray:
@@ -257,7 +264,7 @@ def _vector(value: Any, node: Variable, field: str) -> np.ndarray:
     if a.ndim != 1:
         node.construction_problems.append(f"{node.label()}: {field} must be a vector, got shape {a.shape}")
         a = np.zeros(0)
-    return a
+    return _published(a)
 
 
 def _finite(node: Variable, **arrays: np.ndarray) -> list[str]:
@@ -309,7 +316,7 @@ class Linear(Variable):
         super().__init__(0, name)
         self.A = _matrix(A, self, "A")
         self.dim = self.A.shape[0]
-        self.b = np.zeros(self.dim) if b is None else _vector(b, self, "b")
+        self.b = _published(np.zeros(self.dim)) if b is None else _vector(b, self, "b")
         self.input = input
 
     def forward(self, x: Any):
@@ -407,7 +414,7 @@ class LinState(Variable):
         self.dim = self.A.shape[0]
         self.B = _matrix(B, self, "B")
         self.init_state = _vector(init_state, self, "init_state")
-        self.bias = np.zeros(self.dim) if bias is None else _vector(bias, self, "bias")
+        self.bias = _published(np.zeros(self.dim)) if bias is None else _vector(bias, self, "bias")
         self.input = input
         self._state = self.init_state.copy()
 
