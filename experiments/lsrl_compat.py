@@ -8,10 +8,14 @@ becomes ``from recurrent.lsrl...`` (the published module names ``basic_blocks``,
 pytest in its own process (the published tests write ``test_results/`` into their working directory, the
 temporary one here). The published suite needs ``parameterized`` (``pip install parameterized==0.9.0``).
 
-Writes ``results.json`` (one entry per test: file, test, outcome, message) and ``results.md`` (counts per file,
-then every test that does not pass with its message) to ``--run.out-dir``.
+The notebooks (``--notebooks``, default all four) run the same way: their code cells, in order, with the imports
+rewritten and IPython magics (``%...``) dropped, as one script in a fresh process; a notebook passes when the
+script ends without an error (its own asserts and computations included) within ``--notebook-timeout-s``.
 
-Run: ``python -m experiments.lsrl_compat --published /path/to/LSRL [--files test_sugar.py ...]``.
+Writes ``results.json`` (one entry per test or notebook: file, test, outcome, message) and ``results.md`` (counts
+per file, then every test that does not pass with its message) to ``--run.out-dir``.
+
+Run: ``python -m experiments.lsrl_compat --published /path/to/LSRL [--files test_sugar.py ...] [--notebooks ...]``.
 """
 
 from __future__ import annotations
@@ -46,6 +50,9 @@ class CompatConfig:
     """Test files to run (default: every ``tests/test_*.py``)."""
     timeout_s: int = 3600
     """Per file."""
+    notebooks: tuple[str, ...] | None = None
+    """Notebooks to run (default: every ``*.ipynb`` at the checkout's top level; pass none with ``--notebooks``)."""
+    notebook_timeout_s: int = 900
     out_dir: Annotated[str, tyro.conf.arg(name="run.out-dir")] = "runs/lsrl_compat"
 
 
@@ -93,6 +100,31 @@ def run_file(test_file: Path, work: Path, timeout_s: int) -> tuple[list[dict], f
     return parse_junit(report, test_file.name), seconds
 
 
+def notebook_script(path: Path) -> str:
+    """The notebook's code cells in order, imports rewritten, IPython magics and shell lines dropped."""
+    cells = [c for c in json.loads(path.read_text())["cells"] if c.get("cell_type") == "code"]
+    lines = ["import matplotlib", "matplotlib.use('Agg')"]
+    for cell in cells:
+        src = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+        src, _ = rewrite_imports(src)
+        lines += [l for l in src.splitlines() if not l.lstrip().startswith(("%", "!"))]
+    return "\n".join(lines) + "\n"
+
+
+def run_notebook(path: Path, work: Path, timeout_s: int) -> dict:
+    script = work / f"{path.stem}.py"
+    script.write_text(notebook_script(path))
+    start = time.perf_counter()
+    try:
+        done = subprocess.run([sys.executable, str(script)], cwd=work, env={**_env(), "PYTHONPATH": str(REPO_ROOT)},
+                              timeout=timeout_s, capture_output=True, text=True)
+        ok, err = done.returncode == 0, (done.stderr.strip().splitlines() or [""])[-1][:300]
+    except subprocess.TimeoutExpired:
+        ok, err = False, f"did not finish within {timeout_s} s"
+    return {"file": path.name, "test": "all code cells", "outcome": "passed" if ok else "failed",
+            "message": "" if ok else err, "seconds": time.perf_counter() - start}
+
+
 def _env() -> dict[str, str]:
     import os
 
@@ -123,6 +155,18 @@ def main(cfg: CompatConfig) -> list[dict]:
             timing[f.name] = seconds
             counts = {o: sum(r["outcome"] == o for r in file_rows) for o in ("passed", "failed", "error", "skipped")}
             print(f"{f.name}: {counts} in {seconds:.0f} s", flush=True)
+        books = (sorted(Path(cfg.published).glob("*.ipynb")) if cfg.notebooks is None
+                 else [Path(cfg.published) / n for n in cfg.notebooks])
+        for nb in books:
+            for extra in Path(cfg.published).glob("*.csv"):  # data files a notebook reads beside itself
+                shutil.copy(extra, work / extra.name)
+            row = run_notebook(nb, work, cfg.notebook_timeout_s)
+            rows.append(row)
+            timing[nb.name] = row["seconds"]
+            changes[nb.name] = sum(rewrite_imports("".join(c["source"]) if isinstance(c["source"], list)
+                                                   else c["source"])[1]
+                                   for c in json.loads(nb.read_text())["cells"] if c.get("cell_type") == "code")
+            print(f"{nb.name}: {row['outcome']} in {row['seconds']:.0f} s {row['message']}", flush=True)
     (out / "results.json").write_text(json.dumps({"rows": rows, "import_lines_changed": changes,
                                                   "seconds": timing}, indent=2) + "\n")
     write_table(rows, changes, timing, out / "results.md")
