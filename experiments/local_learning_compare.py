@@ -360,6 +360,15 @@ def write_csv(rows: list[dict], path: Path) -> None:
                              else "" if r.get(key) is None else r[key] for key in CSV_FIELDS])
 
 
+def _save(fig, ax, xlabel: str, ylabel: str, path: Path, legend_size=None) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=legend_size)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def _pyplot():
     import matplotlib
 
@@ -422,12 +431,7 @@ def plot_module_accuracy(rows: list[dict], out: Path) -> None:
     bp = next((r for r in rows if r["executor"] == "bp"), None)
     if bp is not None and bp["test_accuracy"] is not None:
         ax.axhline(bp["test_accuracy"], ls="--", color="gray", label="BP")
-    ax.set_xlabel("module k (its head's accuracy)")
-    ax.set_ylabel("test accuracy")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "module_accuracy.png", dpi=110)
+    _save(fig, ax, "module k (its head's accuracy)", "test accuracy", out / "module_accuracy.png", 7)
     plt.close(fig)
 
 
@@ -487,12 +491,7 @@ def plot_cosine_curves(per_seed: list[dict], out: Path, cfg: CompareConfig) -> N
         ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.15)
         drawn = True
     if drawn:
-        ax.set_xlabel("step")
-        ax.set_ylabel("mean cos(g_in^(k), g_out^(k-1))")
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(out / "cosine_during_training.png", dpi=110)
+        _save(fig, ax, "step", "mean cos(g_in^(k), g_out^(k-1))", out / "cosine_during_training.png", 7)
     plt.close(fig)
 
 

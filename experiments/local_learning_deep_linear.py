@@ -15,7 +15,6 @@ run on a CPU core).
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Annotated
 

@@ -72,18 +72,21 @@ def check_labels(labels: np.ndarray, num_classes: int, name: str) -> None:
 # --- digits -------------------------------------------------------------------------------------------------
 
 
-def digits_csv_path() -> Path:
-    """Where scikit-learn keeps its digits file (found without importing scikit-learn)."""
-    spec = importlib.util.find_spec("sklearn")
+def installed_data_file(package: str, relative: str, install: str) -> Path:
+    """A data file inside an installed package, found without importing the package."""
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise DataError(
-            "the digits data ships inside scikit-learn, which is not installed: pip install scikit-learn "
-            "(or pass the path of a digits.csv.gz file)"
-        )
-    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
+        raise DataError(f"the data ships inside {package}, which is not installed: {install}")
+    path = Path(spec.submodule_search_locations[0]) / relative
     if not path.exists():
-        raise DataError(f"{path}: missing from the installed scikit-learn")
+        raise DataError(f"{path}: missing from the installed {package}")
     return path
+
+
+def digits_csv_path() -> Path:
+    """Where scikit-learn keeps its digits file."""
+    return installed_data_file("sklearn", "datasets/data/digits.csv.gz",
+                               "pip install scikit-learn (or pass the path of a digits.csv.gz file)")
 
 
 def read_digits_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:

