@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -89,7 +90,7 @@ def run_file(test_file: Path, work: Path, timeout_s: int) -> tuple[list[dict], f
     start = time.perf_counter()
     try:
         subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}",
-                        str(test_file)], cwd=work, env={**_env(), "PYTHONPATH": env_path}, timeout=timeout_s,
+                        str(test_file)], cwd=work, env={**os.environ, "PYTHONPATH": env_path}, timeout=timeout_s,
                        capture_output=True, text=True)
     except subprocess.TimeoutExpired:
         pass
@@ -116,19 +117,13 @@ def run_notebook(path: Path, work: Path, timeout_s: int) -> dict:
     script.write_text(notebook_script(path))
     start = time.perf_counter()
     try:
-        done = subprocess.run([sys.executable, str(script)], cwd=work, env={**_env(), "PYTHONPATH": str(REPO_ROOT)},
+        done = subprocess.run([sys.executable, str(script)], cwd=work, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
                               timeout=timeout_s, capture_output=True, text=True)
         ok, err = done.returncode == 0, (done.stderr.strip().splitlines() or [""])[-1][:300]
     except subprocess.TimeoutExpired:
         ok, err = False, f"did not finish within {timeout_s} s"
     return {"file": path.name, "test": "all code cells", "outcome": "passed" if ok else "failed",
             "message": "" if ok else err, "seconds": time.perf_counter() - start}
-
-
-def _env() -> dict[str, str]:
-    import os
-
-    return dict(os.environ)
 
 
 def main(cfg: CompatConfig) -> list[dict]:

@@ -171,12 +171,13 @@ def local_gradients(cfg: DeepLinearConfig, params: list[dict], x_BxD, y_BxD) -> 
     h, target, grads, inputs, g_ins = x_BxD, None, [], [], []
     for k, p in enumerate(params):
         h_in = jax.lax.stop_gradient(h)
-        g = jax.tree.map(lambda a: a / b, jax.grad(module_loss)(p, h_in, y_BxD))
+        g, g_in = jax.grad(module_loss, argnums=(0, 1))(p, h_in, y_BxD)  # one backward pass gives both
+        g = jax.tree.map(lambda a: a / b, g)
         if cfg.sgr_weight > 0 and cfg.placement == "input_side" and target is not None:
             _, term = reconcile.term_direct(lambda q, x: module_loss(q, x, y_BxD), p, h_in, target, distance)
             g = jax.tree.map(lambda a, t: a + cfg.sgr_weight * t, g, term)
         h = body(p["W"], h_in)
-        g_ins.append(jax.grad(module_loss, argnums=1)(p, h_in, y_BxD))
+        g_ins.append(g_in)
         target = jax.lax.stop_gradient(jax.grad(head_loss, argnums=1)(p, h, y_BxD))
         grads.append(g)
         inputs.append(h_in)
