@@ -14,6 +14,7 @@ from experiments.configs.lsrl_approx import LSRLApproxConfig
 from experiments.configs.mlp_regression import MLPRegressionConfig
 from experiments.local_learning_deep_linear import DeepLinearCompareConfig
 from experiments.lsrl_compat import CompatConfig
+from experiments.lsrl_export import ExportConfig
 from experiments.run import cli
 from runtime.mesh import MeshConfig
 
@@ -46,6 +47,7 @@ def mesh_of(cfg):
     (lsrl_stability.config_type(), ["small"], False),
     (DeepLinearCompareConfig, [], False),
     (CompatConfig, ["--published", "/nowhere"], False),
+    (ExportConfig, [], False),
 ])
 def test_every_launcher_takes_run_out_dir_and_run_mesh(config_type, head, has_mesh, tmp_path):
     out = str(tmp_path / "run")
