@@ -45,7 +45,8 @@ from local_learning.partition import PartitionConfig
 from local_learning.step_memory import host_loop_memory, step_memory, time_steps
 from runtime import sharding as sharding_lib
 from runtime.mesh import make_mesh
-from runtime.train_state import init_train_state
+from runtime.accelerators import compile_only_devices
+from runtime.train_state import init_train_state, train_state_spec
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -67,6 +68,9 @@ class Config:
     """One process per variant: ``auto`` does so where the backend reports an allocator peak (GPU, TPU)."""
     only: str = ""
     """Measure this one variant (by name) and nothing else: what each fresh process runs."""
+    target: str = ""
+    """Compile every variant for one chip of this accelerator (``runtime.accelerators.TARGETS``, e.g. tpu-v5e-4,
+    h100x1) without the hardware and report the compiler's memory; no timing. Empty: the local backend."""
 
 
 def variants(cfg: Config):
@@ -82,7 +86,8 @@ def variants(cfg: Config):
 
 def measure(cfg: Config, name: str, k: int, rc, executor: str) -> list[dict]:
     """The rows of one variant (its own, and for local learning the host-loop bound), ratios not yet filled."""
-    mesh = make_mesh(devices=jax.devices()[:1])
+    devices = compile_only_devices(cfg.target)[:1] if cfg.target else jax.devices()[:1]
+    mesh = make_mesh(devices=devices)
     with sharding_lib.activate(mesh):
         return _measure(cfg, name, k, rc, executor, mesh)
 
@@ -90,12 +95,22 @@ def measure(cfg: Config, name: str, k: int, rc, executor: str) -> list[dict]:
 def _measure(cfg: Config, name: str, k: int, rc, executor: str, mesh) -> list[dict]:
     model = model_config(cfg.arch, 10, cfg.image_size)
     rng = np.random.default_rng(0)
-    batch = {"image": jnp.asarray(rng.standard_normal((cfg.batch_size, cfg.image_size, cfg.image_size, 3)), jnp.float32),
-             "label": jnp.asarray(rng.integers(0, 10, cfg.batch_size), jnp.int32)}
     tx = optax.sgd(0.01, momentum=0.9)
     plan = network.plan_partition(model, PartitionConfig(num_modules=k, split=cfg.split if k > 1 else "equal"))
     netdef, _ = network.abstract_network(model, plan)
-    state = init_train_state(lambda: network.build(model, plan)[1], tx, mesh, seed=0, trainable=ts.trainable)[0]
+    init = lambda: network.build(model, plan)[1]  # noqa: E731
+    if cfg.target:  # compile-only devices hold no arrays: abstract arguments carrying their shardings
+        abstract, shardings = train_state_spec(init, tx, mesh, seed=0, trainable=ts.trainable)
+        state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
+        one = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        batch = {"image": jax.ShapeDtypeStruct((cfg.batch_size, cfg.image_size, cfg.image_size, 3), jnp.float32,
+                                               sharding=one),
+                 "label": jax.ShapeDtypeStruct((cfg.batch_size,), jnp.int32, sharding=one)}
+    else:
+        state = init_train_state(init, tx, mesh, seed=0, trainable=ts.trainable)[0]
+        batch = {"image": jnp.asarray(rng.standard_normal((cfg.batch_size, cfg.image_size, cfg.image_size, 3)),
+                                      jnp.float32),
+                 "label": jnp.asarray(rng.integers(0, 10, cfg.batch_size), jnp.int32)}
     local_cfg = ts.LocalConfig(reconcile=rc or ReconcileConfig(), diagnostics=False, materialize=cfg.materialize)
     if executor == "local":
         step = ts.make_local_step(netdef, local_cfg, tx)
@@ -104,10 +119,11 @@ def _measure(cfg: Config, name: str, k: int, rc, executor: str, mesh) -> list[di
     mem, compiled = step_memory(step, state, batch)
     # Memory comes from the compiled program alone; iters = 0 skips the timing (e.g. on a loaded machine).
     seconds = float("nan")
-    if cfg.iters:
+    if cfg.iters and not cfg.target:
         seconds, state = time_steps(compiled, state, batch, iters=cfg.iters)
     rows = [{"executor": name, "K": k, "split_points": list(plan.split_points), "peak_bytes": mem.peak,
-             "temp_bytes": mem.temp, "argument_bytes": mem.argument, "device_peak_bytes": device_peak_bytes(),
+             "temp_bytes": mem.temp, "argument_bytes": mem.argument,
+             "device_peak_bytes": None if cfg.target else device_peak_bytes(),
              "step_seconds": seconds}]
     if cfg.host_loop and executor == "local":
         hl = host_loop_memory(netdef, local_cfg, tx, state, batch)
@@ -169,17 +185,21 @@ def main(cfg: Config) -> dict:
     chosen = [v for v in variants(cfg) if not cfg.only or v[0] == cfg.only]
     if not chosen:
         raise SystemExit(f"--only {cfg.only!r}: no such variant; expected one of {[v[0] for v in variants(cfg)]}")
-    fresh = cfg.fresh_process == "yes" or (cfg.fresh_process == "auto" and not cfg.only
+    fresh = cfg.fresh_process == "yes" or (cfg.fresh_process == "auto" and not cfg.only and not cfg.target
                                            and jax.local_devices()[0].memory_stats() is not None)
     rows = []
     for name, k, rc, executor in chosen:
         rows += in_fresh_process(cfg, name) if fresh else measure(cfg, name, k, rc, executor)
+        if not cfg.only:
+            print(f"measured {name}: peak {rows[-1]['peak_bytes'] / 2**20:.1f} MiB", flush=True)
     if not cfg.only:
         add_ratios(rows)
         for row in rows:
             _print(row)
     machine = (f"{platform.processor() or platform.machine()}, backend {jax.default_backend()}, "
                f"{jax.devices()[0].device_kind}; jax {jax.__version__}")
+    if cfg.target:
+        machine = f"compiled for one chip of {cfg.target} ({compile_only_devices(cfg.target)[0].device_kind}) on {machine}"
     print(f"machine: {machine}; {'one process per variant' if fresh else 'one process'}")
     result = {"config": dataclasses.asdict(cfg), "machine": machine, "fresh_process": fresh, "rows": rows}
     if cfg.json_out:
