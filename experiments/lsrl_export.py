@@ -125,7 +125,6 @@ def main(cfg: ExportConfig) -> dict:
     answers = tok2tok_answers(asked, keys, values)
     ids = toks[..., 0].astype(np.int64)
 
-    torch.set_grad_enabled(False)
     t0 = time.perf_counter()
     model = MambaForCausalLM.from_pretrained(out / "hf_mamba", dtype=torch.float32).eval()
     load_s = time.perf_counter() - t0
