@@ -37,6 +37,7 @@ import optax
 import tyro
 
 from experiments.configs.local_learning import model_config
+from experiments.planning import placed
 from local_learning import network
 from local_learning import train_step as ts
 from local_learning.reconcile import ReconcileConfig
@@ -100,12 +101,11 @@ def _measure(cfg: Config, name: str, k: int, rc, executor: str, mesh) -> list[di
     netdef, _ = network.abstract_network(model, plan)
     init = lambda: network.build(model, plan)[1]  # noqa: E731
     if cfg.target:  # compile-only devices hold no arrays: abstract arguments carrying their shardings
-        abstract, shardings = train_state_spec(init, tx, mesh, seed=0, trainable=ts.trainable)
-        state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
+        state = placed(*train_state_spec(init, tx, mesh, seed=0, trainable=ts.trainable))
         one = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-        batch = {"image": jax.ShapeDtypeStruct((cfg.batch_size, cfg.image_size, cfg.image_size, 3), jnp.float32,
-                                               sharding=one),
-                 "label": jax.ShapeDtypeStruct((cfg.batch_size,), jnp.int32, sharding=one)}
+        batch = placed({"image": jax.ShapeDtypeStruct((cfg.batch_size, cfg.image_size, cfg.image_size, 3),
+                                                      jnp.float32),
+                        "label": jax.ShapeDtypeStruct((cfg.batch_size,), jnp.int32)}, {"image": one, "label": one})
     else:
         state = init_train_state(init, tx, mesh, seed=0, trainable=ts.trainable)[0]
         batch = {"image": jnp.asarray(rng.standard_normal((cfg.batch_size, cfg.image_size, cfg.image_size, 3)),
@@ -189,9 +189,10 @@ def main(cfg: Config) -> dict:
                                            and jax.local_devices()[0].memory_stats() is not None)
     rows = []
     for name, k, rc, executor in chosen:
-        rows += in_fresh_process(cfg, name) if fresh else measure(cfg, name, k, rc, executor)
+        new = in_fresh_process(cfg, name) if fresh else measure(cfg, name, k, rc, executor)
         if not cfg.only:
-            print(f"measured {name}: peak {rows[-1]['peak_bytes'] / 2**20:.1f} MiB", flush=True)
+            print(f"measured {name}: peak {new[0]['peak_bytes'] / 2**20:.1f} MiB", flush=True)
+        rows += new
     if not cfg.only:
         add_ratios(rows)
         for row in rows:

@@ -39,3 +39,14 @@ def test_variants_and_ratios():
     assert rows[2]["peak_ratio"] == 0.6 and rows[2]["temp_ratio"] == 0.4
     assert rows[2]["time_ratio"] == 0.9 and rows[2]["time_ratio_vs_checkpoint"] == 0.6
     assert rows[2]["device_peak_ratio"] == 0.75 and rows[3]["peak_ratio"] == 0.55
+
+
+def test_target_compiles_for_an_accelerator_chip_without_it():
+    """``--target``: abstract state and batch on one compile-only TPU chip; the figures are that compiler's (its
+    tile padding makes them differ from XLA:CPU's for the same step), with no timing and no allocator peak."""
+    cfg = dataclasses.replace(TINY, iters=0, host_loop=True, target="tpu-v5e-4")
+    tpu = bench.measure(cfg, "local K=2", 2, bench.ReconcileConfig(), "local")
+    cpu = bench.measure(dataclasses.replace(cfg, target=""), "local K=2", 2, bench.ReconcileConfig(), "local")
+    assert tpu[0]["device_peak_bytes"] is None and tpu[0]["step_seconds"] != tpu[0]["step_seconds"]  # NaN
+    assert tpu[0]["peak_bytes"] > 0 and tpu[0]["peak_bytes"] != cpu[0]["peak_bytes"]
+    assert tpu[1]["executor"].endswith("host loop (bound)") and len(tpu[1]["module_temp_bytes"]) == 2
