@@ -97,7 +97,7 @@ def local_backprop(loss_fn: LossFn, params, h_in, probe, target, *, scale: float
     if sgr:
         scalar = lambda p, x: loss_fn(p, x, probe)[0]  # noqa: E731
         d, term_grads = reconcile.term_jvp(scalar, params, h_in, g_in, target, reconcile.get_distance(rc.distance),
-                                           directional=directional)
+                                           directional=directional, first_pass=(grads_all[0], g_out))
         grads = jax.tree.map(lambda a, b: a + rc.weight * b, grads, term_grads)
     return ModuleGrads(grads, loss, aux, g_in, g_out, d)
 

@@ -102,18 +102,23 @@ def term_direct(scalar_fn, params, x, target, distance: Distance) -> tuple[jax.A
     return jax.value_and_grad(term)(params)
 
 
-def term_jvp(scalar_fn, params, x, g, target, distance: Distance, directional=None) -> tuple[jax.Array, Any]:
+def term_jvp(scalar_fn, params, x, g, target, distance: Distance, directional=None,
+             first_pass: Any = ()) -> tuple[jax.Array, Any]:
     """(D(g, t), dD/dparams) by reverse over forward, given g = dF/dx at (params, x) from a previous pass.
 
     Exact: dD/dtheta = (dg/dtheta)^T u with u = dD/dg, and (dg/dtheta)^T u = d/dtheta <dF/dx, u>, where
     <dF/dx, u> = jvp of F along u in x. ``directional(params, x, u)`` may supply that jvp (e.g. computed
     block by block under gradient checkpointing, network.directional_loss); by default it is ``jax.jvp`` of F.
+    ``first_pass`` holds the other results of the pass that produced g (e.g. its parameter gradients): the
+    second pass waits for them too, so that pass's activations are dead before this one starts.
     """
     value, u = jax.value_and_grad(distance)(g, target)
     u = jax.lax.stop_gradient(u)
-    # Make the second pass's input depend on u, so that it neither starts before the first backward has
-    # finished nor shares its forward with the first pass (either would keep both passes' activations alive).
-    x = after(x, u)
+    # Make the second pass's input depend on u and on every other result of the first pass, so that it neither
+    # starts before the first backward has finished nor shares its forward with the first pass (either would
+    # keep both passes' activations alive). u alone is not enough: a scheduler may finish the chain to g first
+    # and leave the first pass's weight gradients, and with them its activations, until after this pass.
+    x = after(x, u, first_pass)
 
     u = u.astype(x.dtype)
     if directional is None:

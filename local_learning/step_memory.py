@@ -23,13 +23,15 @@ from local_learning.memory import CompiledMemory, compiled_memory, tree_bytes
 from local_learning.train_step import LocalConfig, make_host_loop_step
 
 
-def step_memory(step_fn: Callable, state, batch) -> tuple[CompiledMemory | None, Any]:
+def step_memory(step_fn: Callable, state, batch, compiler_options: dict | None = None
+                ) -> tuple[CompiledMemory | None, Any]:
     """(memory of the compiled step, the compiled program) with the state donated."""
-    compiled = jax.jit(step_fn, donate_argnums=0).lower(state, batch).compile()
+    compiled = jax.jit(step_fn, donate_argnums=0).lower(state, batch).compile(compiler_options=compiler_options)
     return compiled_memory(compiled), compiled
 
 
-def host_loop_memory(netdef: network.NetworkDef, cfg: LocalConfig, tx, state, batch) -> dict[str, Any]:
+def host_loop_memory(netdef: network.NetworkDef, cfg: LocalConfig, tx, state, batch,
+                     compiler_options: dict | None = None) -> dict[str, Any]:
     """Per-module compiled memory of the host-loop executor and the bound on its peak (see module docstring)."""
     _, programs = make_host_loop_step(netdef, cfg, tx)
     module_programs = programs[:-1]
@@ -39,7 +41,7 @@ def host_loop_memory(netdef: network.NetworkDef, cfg: LocalConfig, tx, state, ba
     per_module = []
     for k, program in enumerate(module_programs):
         args = (state.params["params"][k], state.params["stats"][k], h, target, labels, rng)
-        compiled = program.lower(*args).compile()
+        compiled = program.lower(*args).compile(compiler_options=compiler_options)
         per_module.append(compiled_memory(compiled))
         res, _ = jax.eval_shape(program, *args)
         h, target = res.aux.h_out, res.g_out

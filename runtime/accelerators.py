@@ -103,6 +103,18 @@ def get_target(name: str) -> Target:
     return TARGETS[name]
 
 
+def all_buffers_in_hbm(target: Target) -> dict:
+    """Compiler options that keep every buffer of a program in HBM, for memory figures comparable across backends.
+
+    libtpu's memory-space assignment moves buffers that fit into the chip's on-chip vector memory (VMEM), and
+    ``memory_analysis`` then counts only what stays in HBM: a program whose live set fits on chip reports no
+    temporaries at all (measured: one ResNet module of 65 MiB of activations, 0 B of temp on TPU v5e). That is
+    the right figure for "does it fit in HBM", but not the program's live set; with assignment off it is.
+    GPUs have no such memory space: no options.
+    """
+    return {"xla_msa_enable": False} if target.platform == "tpu" else {}
+
+
 def gpu_target_config(target: Target) -> str:
     """The text form of XLA's ``stream_executor.GpuTargetConfigProto`` for a Hopper GPU (132 SMs, compute
     capability 9.0), with the target's memory size and bandwidth."""

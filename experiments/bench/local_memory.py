@@ -46,7 +46,7 @@ from local_learning.partition import PartitionConfig
 from local_learning.step_memory import host_loop_memory, step_memory, time_steps
 from runtime import sharding as sharding_lib
 from runtime.mesh import make_mesh
-from runtime.accelerators import compile_only_devices
+from runtime.accelerators import all_buffers_in_hbm, compile_only_devices, get_target
 from runtime.train_state import init_train_state, train_state_spec
 
 
@@ -72,6 +72,10 @@ class Config:
     target: str = ""
     """Compile every variant for one chip of this accelerator (``runtime.accelerators.TARGETS``, e.g. tpu-v5e-4,
     h100x1) without the hardware and report the compiler's memory; no timing. Empty: the local backend."""
+    on_chip_memory: bool = True
+    """With a TPU ``--target``: let the compiler keep buffers in the chip's on-chip memory (VMEM), as a real run
+    does, so that the figures are HBM alone. ``--no-on-chip-memory`` keeps every buffer in HBM: the program's
+    whole live set, comparable with the CPU and GPU figures (runtime.accelerators.all_buffers_in_hbm)."""
 
 
 def variants(cfg: Config):
@@ -116,7 +120,8 @@ def _measure(cfg: Config, name: str, k: int, rc, executor: str, mesh) -> list[di
         step = ts.make_local_step(netdef, local_cfg, tx)
     else:
         step = ts.make_bp_step(netdef, tx, remat=executor == "bp_checkpoint")
-    mem, compiled = step_memory(step, state, batch)
+    options = all_buffers_in_hbm(get_target(cfg.target)) if cfg.target and not cfg.on_chip_memory else None
+    mem, compiled = step_memory(step, state, batch, options)
     # Memory comes from the compiled program alone; iters = 0 skips the timing (e.g. on a loaded machine).
     seconds = float("nan")
     if cfg.iters and not cfg.target:
@@ -126,7 +131,7 @@ def _measure(cfg: Config, name: str, k: int, rc, executor: str, mesh) -> list[di
              "device_peak_bytes": None if cfg.target else device_peak_bytes(),
              "step_seconds": seconds}]
     if cfg.host_loop and executor == "local":
-        hl = host_loop_memory(netdef, local_cfg, tx, state, batch)
+        hl = host_loop_memory(netdef, local_cfg, tx, state, batch, options)
         rows.append({"executor": f"{name} host loop (bound)", "K": k, "peak_bytes": hl["peak"],
                      "module_temp_bytes": [m.temp for m in hl["per_module"]]})
     return rows
@@ -138,7 +143,7 @@ def _flags(cfg: Config, name: str, json_out: str) -> list[str]:
            "--sgr-weight", str(cfg.sgr_weight), "--modules", *map(str, cfg.modules), "--split", cfg.split,
            "--iters", str(max(cfg.iters, 1)), "--host-loop" if cfg.host_loop else "--no-host-loop",
            "--materialize" if cfg.materialize else "--no-materialize", "--fresh-process", "no", "--only", name,
-           "--json-out", json_out]
+           "--json-out", json_out, "--on-chip-memory" if cfg.on_chip_memory else "--no-on-chip-memory"]
     return out
 
 
@@ -200,7 +205,10 @@ def main(cfg: Config) -> dict:
     machine = (f"{platform.processor() or platform.machine()}, backend {jax.default_backend()}, "
                f"{jax.devices()[0].device_kind}; jax {jax.__version__}")
     if cfg.target:
-        machine = f"compiled for one chip of {cfg.target} ({compile_only_devices(cfg.target)[0].device_kind}) on {machine}"
+        placement = ("" if cfg.on_chip_memory or not all_buffers_in_hbm(get_target(cfg.target))
+                     else ", every buffer in HBM (on-chip memory assignment off)")
+        machine = (f"compiled for one chip of {cfg.target} ({compile_only_devices(cfg.target)[0].device_kind}"
+                   f"{placement}) on {machine}")
     print(f"machine: {machine}; {'one process per variant' if fresh else 'one process'}")
     result = {"config": dataclasses.asdict(cfg), "machine": machine, "fresh_process": fresh, "rows": rows}
     if cfg.json_out:

@@ -50,3 +50,13 @@ def test_target_compiles_for_an_accelerator_chip_without_it():
     assert tpu[0]["device_peak_bytes"] is None and tpu[0]["step_seconds"] != tpu[0]["step_seconds"]  # NaN
     assert tpu[0]["peak_bytes"] > 0 and tpu[0]["peak_bytes"] != cpu[0]["peak_bytes"]
     assert tpu[1]["executor"].endswith("host loop (bound)") and len(tpu[1]["module_temp_bytes"]) == 2
+
+
+def test_on_chip_memory_setting_reaches_the_compiler():
+    """``--no-on-chip-memory`` compiles with every buffer in HBM (tests/runtime/test_accelerator_memory.py shows
+    what that changes); the figures differ from the default compile's."""
+    cfg = dataclasses.replace(TINY, iters=0, target="tpu-v5e-4")
+    on_chip = bench.measure(cfg, "local K=2", 2, bench.ReconcileConfig(), "local")[0]
+    in_hbm = bench.measure(dataclasses.replace(cfg, on_chip_memory=False), "local K=2", 2, bench.ReconcileConfig(),
+                           "local")[0]
+    assert in_hbm["temp_bytes"] != on_chip["temp_bytes"]
