@@ -11,6 +11,7 @@ import pytest
 from bfpo.defences.booster import NORM_EPS, BoosterConfig, booster_gradient
 from bfpo.defences.lisa import (ALIGNMENT, FINETUNE, LisaConfig, LisaState, init_state, lisa_objective, phase,
                                 proximal_term, record_switch)
+from bfpo.defences.repnoise import RepNoiseConfig, gaussian_mmd, repnoise_loss
 from bfpo.errors import BFPOError
 
 
@@ -133,3 +134,51 @@ def test_booster_config_refuses_bad_values(kwargs):
 def test_lisa_config_refuses_bad_values(kwargs):
     with pytest.raises(BFPOError, match="LisaConfig"):
         LisaConfig(**kwargs)
+
+
+def _numpy_mmd(x, y, mul=2.0, num=5):
+    """The kernel sum over explicit pairwise distances, in float64."""
+    z = np.concatenate([x.reshape(len(x), -1), y.reshape(len(y), -1)]).astype(np.float64)
+    d = ((z[:, None, :] - z[None, :, :]) ** 2).sum(-1)
+    n = len(z)
+    bw = d.sum() / (n * n - n) / mul ** (num // 2)
+    k = sum(np.exp(-d / (bw * mul ** i)) for i in range(num))
+    b = len(x)
+    return float(np.mean(k[:b, :b] + k[b:, b:] - k[:b, b:] - k[b:, :b]))
+
+
+def test_mmd_equals_a_numpy_kernel_sum():
+    rng = np.random.default_rng(0)
+    x = rng.normal(0.5, 2.0, (6, 3, 4)).astype(np.float32)
+    y = rng.normal(size=(6, 3, 4)).astype(np.float32)
+    assert float(gaussian_mmd(jnp.asarray(x), jnp.asarray(y))) == pytest.approx(_numpy_mmd(x, y), rel=1e-4, abs=1e-6)
+    assert float(gaussian_mmd(jnp.asarray(y), jnp.asarray(y))) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_mmd_gradient_treats_the_bandwidth_as_a_constant():
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(4, 5)), jnp.float32)
+    y = jnp.asarray(rng.normal(size=(4, 5)), jnp.float32)
+    d = ((jnp.concatenate([x, y])[:, None] - jnp.concatenate([x, y])[None]) ** 2).sum(-1)
+    bw = float(jnp.sum(d) / 56) / 4.0
+
+    def fixed(x):
+        z = jnp.concatenate([x, y])
+        dd = ((z[:, None] - z[None]) ** 2).sum(-1)
+        k = sum(jnp.exp(-dd / (bw * 2.0 ** i)) for i in range(5))
+        return jnp.mean(k[:4, :4] + k[4:, 4:] - k[:4, 4:] - k[4:, :4])
+
+    chex.assert_trees_all_close(jax.grad(gaussian_mmd)(x, y), jax.grad(fixed)(x), rtol=1e-4, atol=1e-6)
+
+
+def test_repnoise_loss_combines_its_terms():
+    key = jax.random.PRNGKey(3)
+    hidden = [jax.random.normal(jax.random.PRNGKey(i), (2, 5, 4)) for i in range(3)]
+    mask = jnp.asarray([[0, 0, 1, 1, 1], [0, 1, 1, 1, 0]], bool)
+    cfg = RepNoiseConfig(beta=0.5, alpha=2.0)
+    loss, parts = repnoise_loss(jnp.asarray(1.5), hidden, mask, [jnp.asarray(2.0), jnp.asarray(4.0)], key, cfg)
+    expected_noise = np.mean([float(gaussian_mmd(
+        h * mask[:, :, None], jax.random.normal(jax.random.fold_in(key, i), h.shape) * mask[:, :, None]))
+        for i, h in enumerate(hidden)])
+    assert float(parts["noise_mmd"]) == pytest.approx(expected_noise, rel=1e-5)
+    assert float(loss) == pytest.approx(1.5 + 0.5 * expected_noise - 2.0 * np.log(1.0 + 3.0), rel=1e-5)
