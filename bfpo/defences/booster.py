@@ -3,7 +3,8 @@ Harmful Perturbation", ICLR 2025): an alignment-stage defence that simulates one
 minimises how much it lowers the harmful loss.
 
 With f the alignment loss on a safe batch and h the LM loss on a harmful batch, the objective is
-f(w) + lambda [h(w) - h(w - alpha grad h(w) / ||grad h(w)||)] (the paper's alignment objective), and the update direction is
+f(w) + lambda [h(w) - h(w - alpha grad h(w) / ||grad h(w)||)] (the paper's alignment objective), and the update
+direction is
 
     g = grad f(w) + lambda [grad h(w) - grad h(w')],      w' = w - alpha grad h(w) / (||grad h(w)|| + 1e-7),
 

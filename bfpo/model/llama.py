@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from flax import nnx, struct
 from jax.ad_checkpoint import checkpoint_name
 
+from bfpo.errors import ModelError
 from bfpo.model import kernels as kernels_lib
 from bfpo.model.config import LlamaConfig
 from bfpo.model.kernels import AttentionMask
@@ -133,9 +134,12 @@ def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
 
 
 def decoder_layer(cfg: LlamaConfig, w: dict[str, jax.Array], x_BxTxD: jax.Array, cos: jax.Array, sin: jax.Array,
-                  mask: AttentionMask, kv: tuple[jax.Array, jax.Array, jax.Array] | None, index: jax.Array | None):
+                  mask: AttentionMask, kv: tuple[jax.Array, jax.Array, jax.Array] | None, index: jax.Array | None,
+                  attention_offset_BxTxD: jax.Array | None = None):
     """One pre-norm layer. With the whole cache ``kv = (k, v, layer)`` (k, v [L, B, S, K, E]) it writes this
-    step's keys and values at (layer, index) and attends over that layer's slots; returns the updated (k, v)."""
+    step's keys and values at (layer, index) and attends over that layer's slots; returns the updated (k, v).
+    ``attention_offset_BxTxD`` is added to the attention block's output (after o_proj, before the residual sum):
+    the perturbation some defences train against; None adds nothing to the program."""
     ex = cfg.execution
     dt = ex.compute_dtype
     ops = kernels_lib.select(ex.kernels)
@@ -159,7 +163,10 @@ def decoder_layer(cfg: LlamaConfig, w: dict[str, jax.Array], x_BxTxD: jax.Array,
         v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), (layer, 0, index, 0, 0))
         k, v = k_all[layer], v_all[layer]
     attn = checkpoint_name(ops.attention(q, k.astype(dt), v.astype(dt), mask, ex), "attention_out")
-    x = x_BxTxD + constrain(ops.dense(attn, w["o"], 2, dt), act)
+    attn_out = ops.dense(attn, w["o"], 2, dt)
+    if attention_offset_BxTxD is not None:
+        attn_out = attn_out + attention_offset_BxTxD.astype(attn_out.dtype)
+    x = x_BxTxD + constrain(attn_out, act)
     h = rms_norm(x, w["post_norm"], cfg.rms_norm_eps)
     gate = constrain(ops.dense(h, w["gate"], 1, dt), ("batch", "seq", "act_mlp"))
     up = constrain(ops.dense(h, w["up"], 1, dt), ("batch", "seq", "act_mlp"))
@@ -213,8 +220,10 @@ class LlamaForCausalLM(nnx.Module):
         return self.lm_head[...]
 
     def backbone(self, tokens_BxT: jax.Array, positions_BxT: jax.Array, mask: AttentionMask,
-                 cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
-        """Final-norm hidden states [B, T, D] (compute dtype) and the updated cache."""
+                 cache: KVCache | None = None, attention_offsets_LxBxTxD: jax.Array | None = None
+                 ) -> tuple[jax.Array, KVCache | None]:
+        """Final-norm hidden states [B, T, D] (compute dtype) and the updated cache. ``attention_offsets_LxBxTxD``
+        (full-sequence passes only): one additive offset per layer on its attention block's output."""
         cfg = self.config
         # Rows are gathered from the table in its own dtype and then cast: casting the whole [V, D] table first
         # (what ``nnx.Embed`` does) costs a pass over it per step.
@@ -224,6 +233,8 @@ class LlamaForCausalLM(nnx.Module):
         weights = self.layers.weights()
         index = None if cache is None else cache.index
 
+        if cache is not None and attention_offsets_LxBxTxD is not None:
+            raise ModelError("attention offsets apply to full-sequence passes only, not to decoding with a cache")
         if cache is not None:
             # Decoding scans the layers with the whole cache in the carry, so each step writes its new entries
             # in place rather than rebuilding the stacked cache from per-layer outputs.
@@ -239,18 +250,24 @@ class LlamaForCausalLM(nnx.Module):
             t = tokens_BxT.shape[1]
             return h, KVCache(k=k_all, v=v_all, valid=cache.valid, index=cache.index + t)
 
-        def body(x, w):
-            return decoder_layer(cfg, w, x, cos, sin, mask, None, None)[0], None
+        def body(x, xs):
+            w, offset = xs
+            return decoder_layer(cfg, w, x, cos, sin, mask, None, None, offset)[0], None
 
         body = remat(body, cfg.execution.remat)
+        offsets = attention_offsets_LxBxTxD
+        if offsets is not None and offsets.shape != (cfg.num_layers, *x.shape):
+            raise ModelError(f"attention offsets of shape {offsets.shape}: expected (layers, batch, tokens, hidden) = "
+                             f"{(cfg.num_layers, *x.shape)}")
         if cfg.execution.scan_layers:
-            x, _ = jax.lax.scan(body, x, weights)
+            x, _ = jax.lax.scan(body, x, (weights, offsets))
         else:
             # Unstacking once (its transpose is one stack) rather than indexing layer by layer: the gradient of
             # L indexed slices is L zero-padded copies of the stack, summed.
             per_layer = {k: [None] * cfg.num_layers if a is None else list(jnp.unstack(a)) for k, a in weights.items()}
+            per_offset = [None] * cfg.num_layers if offsets is None else list(jnp.unstack(offsets))
             for layer in range(cfg.num_layers):
-                x, _ = body(x, {k: a[layer] for k, a in per_layer.items()})
+                x, _ = body(x, ({k: a[layer] for k, a in per_layer.items()}, per_offset[layer]))
         return rms_norm(x, self.norm.scale[...], cfg.rms_norm_eps), None
 
     def project(self, h_BxTxD: jax.Array) -> jax.Array:
@@ -260,20 +277,25 @@ class LlamaForCausalLM(nnx.Module):
         return constrain(logits, ("batch", "seq", "act_vocab"))
 
     def hidden_states(self, tokens_BxT: jax.Array, mask_BxT: jax.Array | None = None,
-                      positions_BxT: jax.Array | None = None) -> jax.Array:
+                      positions_BxT: jax.Array | None = None, *,
+                      attention_offsets_LxBxTxD: jax.Array | None = None) -> jax.Array:
         """Full-sequence final hidden states. Positions default to (number of real tokens before) - 1, so any
-        amount of left or right padding gives the real tokens the same positions."""
+        amount of left or right padding gives the real tokens the same positions. ``attention_offsets_LxBxTxD``:
+        see ``backbone``."""
         b, t = tokens_BxT.shape
         mask = jnp.ones((b, t), bool) if mask_BxT is None else mask_BxT.astype(bool)
         if positions_BxT is None:
             positions_BxT = positions_from_mask(mask)
         attend = AttentionMask.full_sequence(mask, self.config.sliding_window)
-        return self.backbone(tokens_BxT, positions_BxT, attend)[0]
+        return self.backbone(tokens_BxT, positions_BxT, attend,
+                             attention_offsets_LxBxTxD=attention_offsets_LxBxTxD)[0]
 
     def __call__(self, tokens_BxT: jax.Array, mask_BxT: jax.Array | None = None,
-                 positions_BxT: jax.Array | None = None) -> jax.Array:
+                 positions_BxT: jax.Array | None = None, *,
+                 attention_offsets_LxBxTxD: jax.Array | None = None) -> jax.Array:
         """Logits [B, T, V] (float32) of the next token at every position."""
-        return self.project(self.hidden_states(tokens_BxT, mask_BxT, positions_BxT))
+        return self.project(self.hidden_states(tokens_BxT, mask_BxT, positions_BxT,
+                                               attention_offsets_LxBxTxD=attention_offsets_LxBxTxD))
 
     def decode(self, tokens_BxT: jax.Array, mask_BxT: jax.Array, positions_BxT: jax.Array,
                cache: KVCache, *, last_only: bool = False) -> tuple[jax.Array, KVCache]:

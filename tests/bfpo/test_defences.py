@@ -114,7 +114,10 @@ def test_lisa_objective_is_the_phase_loss_plus_the_proximal_term():
     anchor_a = jax.tree.map(lambda x: x + 0.1, p)
     anchor_f = jax.tree.map(lambda x: x - 0.3, p)
     state = LisaState(alignment_anchor=anchor_a, finetune_anchor=anchor_f)
-    sq = lambda a: sum(float(jnp.sum((x - y) ** 2)) for x, y in zip(jax.tree.leaves(p), jax.tree.leaves(a)))  # noqa: E731
+
+    def sq(a):
+        return sum(float(jnp.sum((x - y) ** 2)) for x, y in zip(jax.tree.leaves(p), jax.tree.leaves(a)))
+
     # total 10: the term is on for step > 5. Step 1 alignment (off); step 7 finetune (on, towards the alignment anchor).
     assert float(lisa_objective(f, h, p, state, 1, cfg, 10)) == pytest.approx(float(f(p)), rel=1e-6)
     assert float(lisa_objective(f, h, p, state, 7, cfg, 10)) == pytest.approx(float(h(p)) + sq(anchor_a), rel=1e-5)
