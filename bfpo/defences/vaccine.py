@@ -43,7 +43,7 @@ def vaccine_gradient(loss_fn: Callable[[Any, jax.Array], jax.Array], params, off
     """(L(w, eps), grad_w L(w, eps), metrics) for ``loss_fn(params, offsets)``, offsets [L, B, T, D] added to
     the attention blocks' outputs (``LlamaForCausalLM(..., attention_offsets_LxBxTxD=offsets)``)."""
     zeros = jnp.zeros(offsets_shape, jnp.float32)
-    clean, g = jax.value_and_grad(loss_fn, argnums=1)(jax.lax.stop_gradient(params), zeros)
+    clean, g = jax.value_and_grad(loss_fn, argnums=1)(params, zeros)
     norm = jnp.sqrt(jnp.sum(jnp.square(g)))
     eps = jax.lax.stop_gradient(cfg.rho * g / (norm + NORM_EPS))
     perturbed, grads = jax.value_and_grad(loss_fn)(params, eps)
