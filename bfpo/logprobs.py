@@ -45,14 +45,16 @@ def chunked_logprob_sums(h_BxTxD: jax.Array, w: jax.Array, targets_BxT: jax.Arra
 
 
 def sequence_logprobs(model, tokens_BxT: jax.Array, mask_BxT: jax.Array, score_mask_BxT: jax.Array,
-                      chunk: int = 128) -> tuple[jax.Array, jax.Array]:
+                      chunk: int = 128, attention_offsets_LxBxTxD: jax.Array | None = None
+                      ) -> tuple[jax.Array, jax.Array]:
     """(S [B], N [B]): summed log-probs of the tokens where ``score_mask`` is set, and how many there are.
 
     ``mask`` marks real tokens (prompts may be left-padded and responses right-padded in the same row);
     ``score_mask`` marks the tokens to score, typically the response; it is intersected with ``mask``. Positions
     come from ``mask``, so the result does not depend on how much padding surrounds a row.
+    ``attention_offsets_LxBxTxD``: added to each layer's attention output (``LlamaForCausalLM``).
     """
-    h = model.hidden_states(tokens_BxT, mask_BxT)
+    h = model.hidden_states(tokens_BxT, mask_BxT, attention_offsets_LxBxTxD=attention_offsets_LxBxTxD)
     weights = (score_mask_BxT.astype(bool) & mask_BxT.astype(bool))[:, 1:]
     w, vocab_major = model.head_weight()
     return chunked_logprob_sums(h[:, :-1], w, tokens_BxT[:, 1:], weights, chunk, vocab_major,
@@ -83,7 +85,8 @@ def concatenated_rows(stream: Mapping[str, Any], sides: tuple[str, ...], where: 
 
 
 def row_logprobs(graphdef: nnx.GraphDef, params: Any, rows: Mapping[str, jax.Array],
-                 chunk: int) -> tuple[jax.Array, jax.Array]:
+                 chunk: int, attention_offsets_LxBxTxD: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """(summed response log-probs, response token counts), each [rows], of the model ``params`` describe."""
     model = nnx.merge(graphdef, params)
-    return sequence_logprobs(model, rows["tokens"], rows["mask"], rows["score_mask"], chunk)
+    return sequence_logprobs(model, rows["tokens"], rows["mask"], rows["score_mask"], chunk,
+                             attention_offsets_LxBxTxD)

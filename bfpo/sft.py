@@ -94,15 +94,16 @@ def sft_examples(n: int, seed: int, cfg: SFTConfig) -> list[PreferencePair]:
 
 
 def sft_loss(model_cfg, layout: ParamLayout, chunk: int, stream: str = SFT_STREAM) -> Callable:
-    """``loss_fn(params, batch, rng)``: L_SFT over the real rows of ``batch[stream]``, with the token count as the
-    metric's count so that gradient accumulation stays the exact token mean."""
+    """``loss_fn(params, batch, rng, offsets=None)``: L_SFT over the real rows of ``batch[stream]``, with the token
+    count as the metric's count so that gradient accumulation stays the exact token mean. ``offsets``
+    [layers, rows, tokens, hidden] are added to the attention blocks' outputs (``sft_offsets_shape``)."""
     graphdef = model_graphdef(model_cfg)
 
-    def loss_fn(params, batch, rng):
+    def loss_fn(params, batch, rng, offsets=None):
         del rng
         rows_of = batch[stream]
         rows = concatenated_rows(rows_of, ("chosen",), where=f"batch[{stream!r}]")
-        logp, counts = row_logprobs(graphdef, policy_params(layout, params), rows, chunk)
+        logp, counts = row_logprobs(graphdef, policy_params(layout, params), rows, chunk, offsets)
         real = jnp.asarray(rows_of["pair_mask"], jnp.float32)
         tokens = jnp.sum(counts * real)
         total = -jnp.sum(logp * real)
@@ -110,3 +111,13 @@ def sft_loss(model_cfg, layout: ParamLayout, chunk: int, stream: str = SFT_STREA
         return loss, {"loss": Metric(total=jax.lax.stop_gradient(total), count=tokens)}
 
     return loss_fn
+
+
+def sft_offsets_shape(model_cfg, stream: str = SFT_STREAM) -> Callable:
+    """``shape(batch)``: the attention offsets' shape [layers, rows, tokens, hidden] for ``sft_loss``'s rows."""
+
+    def shape(batch):
+        rows, tokens = batch[stream]["chosen"]["tokens"].shape
+        return (model_cfg.num_layers, rows, tokens, model_cfg.hidden_size)
+
+    return shape

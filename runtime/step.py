@@ -30,13 +30,29 @@ from runtime.train_state import TrainState, merge_by_mask
 
 LossFn = Callable[[Any, Any, jax.Array], tuple[jax.Array, dict[str, Metric]]]
 StepFn = Callable[[TrainState, Any], tuple[TrainState, dict[str, Metric]]]
+WeightedLoss = Callable[[Any, Any, Any, jax.Array], tuple[jax.Array, dict[str, Metric]]]
+"""``weighted_loss(train, frozen, batch, rng) -> (loss * count, metrics)`` of one micro-batch."""
+GradFn = Callable[[Any, Any, Any, jax.Array], tuple[Any, dict[str, Metric]]]
+"""``grad_fn(train, frozen, batch, rng) -> (update direction of the trainable tree, metrics)``."""
+GradientRule = Callable[[WeightedLoss], GradFn]
 
 
-def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, *, grad_accum: int = 1) -> StepFn:
+def loss_gradient(weighted_loss: WeightedLoss) -> GradFn:
+    """The default rule: the gradient of the count-weighted loss with respect to the trainable tree."""
+    return jax.grad(weighted_loss, has_aux=True)
+
+
+def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, *, grad_accum: int = 1,
+                    gradient: GradientRule = loss_gradient) -> StepFn:
     """``step(state, batch) -> (state, metrics)``, pure and ready for ``jax.jit``.
 
     With ``grad_accum > 1`` every batch leaf has a leading micro-batch axis of that size and the step scans
     over it, holding one micro-batch's activations at a time.
+
+    ``gradient`` turns a micro-batch's count-weighted loss into the direction the optimizer follows; a rule
+    other than the loss's gradient (an update rule such as Booster's, ``bfpo.defences``) returns its direction
+    scaled by the micro-batch's count like the gradient it replaces, so that accumulation still divides by the
+    total count.
     """
     if grad_accum < 1:
         raise RuntimeConfigError(f"grad_accum={grad_accum}: must be at least 1")
@@ -51,7 +67,7 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, *, grad_a
         count = jax.lax.stop_gradient(metrics["loss"].count)
         return loss * count, metrics
 
-    grad_fn = jax.grad(weighted_loss, has_aux=True)
+    grad_fn = gradient(weighted_loss)
 
     def step(state: TrainState, batch: Any) -> tuple[TrainState, dict[str, Metric]]:
         rng = jax.random.fold_in(state.rng, state.step)

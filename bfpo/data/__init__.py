@@ -10,8 +10,9 @@
 
 from bfpo.data.load import load_pairs
 from bfpo.data.records import LoadReport, PreferencePair
-from bfpo.data.streams import EvaluationBatches, MixedStreams, PreferenceStream, evaluation_batches
+from bfpo.data.streams import (EvaluationBatches, MixedStreams, PreferenceStream, ScheduledStreams,
+                               evaluation_batches)
 from bfpo.data.tokenized import TokenizeConfig, TokenizedPairs, TokenizeReport, tokenize_pairs
 
-__all__ = ["EvaluationBatches", "LoadReport", "MixedStreams", "PreferencePair", "PreferenceStream",
+__all__ = ["EvaluationBatches", "LoadReport", "MixedStreams", "PreferencePair", "PreferenceStream", "ScheduledStreams",
            "TokenizeConfig", "TokenizeReport", "TokenizedPairs", "evaluation_batches", "load_pairs", "tokenize_pairs"]

@@ -10,12 +10,13 @@ drops the ``N mod B`` examples its permutation puts last, so every batch has the
 
 ``MixedStreams`` draws one batch from each named stream per step (the BFPO trainer's safety and buffer
 streams); each stream keeps its own position, and one that reaches the end of its data starts its next
-epoch, as the official trainer restarts its buffer loader.
+epoch, as the official trainer restarts its buffer loader. ``ScheduledStreams`` draws from one stream per step,
+chosen by a schedule of the step index (Lisa's phases).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -115,6 +116,40 @@ class MixedStreams:
                             f"{sorted(self.streams)}")
         for name, stream in self.streams.items():
             stream.set_state(state[name])
+
+
+class ScheduledStreams:
+    """One stream per step, chosen by a schedule: step t yields ``{key: next(streams[schedule(t)])}``, so that
+    phases over different data (Lisa's alignment and user phases) share one loss. The position is the step
+    count and every stream's own position."""
+
+    def __init__(self, streams: Mapping[str, PreferenceStream], schedule: Callable[[int], str], key: str):
+        if not streams:
+            raise DataError("ScheduledStreams: expected at least one stream")
+        self.streams, self.schedule, self.key, self.step = dict(streams), schedule, key, 0
+
+    def __iter__(self) -> "ScheduledStreams":
+        return self
+
+    def __next__(self) -> dict[str, dict]:
+        name = self.schedule(self.step)
+        if name not in self.streams:
+            raise DataError(f"ScheduledStreams: step {self.step} is scheduled on stream {name!r}; the streams are "
+                            f"{sorted(self.streams)}")
+        self.step += 1
+        return {self.key: next(self.streams[name])}
+
+    def get_state(self) -> dict[str, Any]:
+        return {"step": self.step, "streams": {name: s.get_state() for name, s in self.streams.items()}}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        saved = state.get("streams", {})
+        if sorted(saved) != sorted(self.streams):
+            raise DataError(f"ScheduledStreams.set_state: saved streams {sorted(saved)} but this schedule has "
+                            f"{sorted(self.streams)}")
+        for name, stream in self.streams.items():
+            stream.set_state(saved[name])
+        self.step = int(state["step"])
 
 
 class EvaluationBatches:

@@ -14,16 +14,22 @@ every K_f-th user step, the anchor of the phase that ends set to the weights at 
 L2 distance over the trainable parameters, and "on" for step > 0.1 x the total steps.
 
 The anchors are part of the train state (``LisaState``), so a resumed run continues exactly.
+
+In the trainer the two parts live where they act: which data a step trains on is a data schedule
+(``bfpo.data.ScheduledStreams`` with ``phase_name``), and the proximal term enters as its gradient
+rho (w - w_other), added by ``proximal_gradient``, an optax transformation placed before the optimizer whose state
+holds the anchors (checkpointed with the optimizer state, in the optimizer moments' dtype).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from bfpo.errors import ConfigError
 from bfpo.objectives.checks import in_range, non_negative
@@ -74,6 +80,14 @@ def phase(step, cfg: LisaConfig) -> jax.Array:
     return jnp.where(jnp.asarray(step) % cycle < cfg.alignment_steps, ALIGNMENT, FINETUNE)
 
 
+PHASE_NAMES = ("alignment", "finetune")
+
+
+def phase_name(step: int, cfg: LisaConfig) -> str:
+    """The phase of 0-based ``step`` on the host: "alignment" or "finetune" (the data stream it trains on)."""
+    return PHASE_NAMES[int(step % (cfg.alignment_steps + cfg.finetune_steps) >= cfg.alignment_steps)]
+
+
 def proximal_on(step, cfg: LisaConfig, total_steps: int) -> jax.Array:
     return jnp.asarray(step) > cfg.warmup_fraction * total_steps
 
@@ -109,3 +123,35 @@ def lisa_objective(alignment_loss: Callable[[Any], jax.Array], finetune_loss: Ca
     own = jax.lax.cond(p == ALIGNMENT, alignment_loss, finetune_loss, params)
     anchor = jax.tree.map(lambda a, f: jnp.where(p == ALIGNMENT, f, a), state.alignment_anchor, state.finetune_anchor)
     return own + jnp.where(proximal_on(step, cfg, total_steps), proximal_term(params, anchor, cfg.rho), 0.0)
+
+
+class ProximalState(NamedTuple):
+    """``proximal_gradient``'s state: the steps taken and the anchors."""
+
+    count: jax.Array
+    anchors: LisaState
+
+
+def proximal_gradient(cfg: LisaConfig, total_steps: int) -> optax.GradientTransformation:
+    """Adds the proximal term's gradient rho (w - w_other) to the incoming gradient at step ``count`` once the term
+    is on, w_other the anchor of the phase not running; before that, records the switch (``record_switch``) at
+    the weights the step starts from. Chain it before the optimizer (and before any clipping), so that the
+    optimizer sees the gradient of L_p + rho/2 ||w - w_other||^2, as in the official trainer."""
+
+    def init(params):
+        return ProximalState(count=jnp.zeros((), jnp.int32), anchors=init_state(params))
+
+    def update(updates, state, params=None):
+        if params is None:
+            raise ConfigError("Lisa's proximal_gradient needs the parameters: call tx.update(grads, state, params)")
+        step = state.count
+        anchors = record_switch(state.anchors, params, step, cfg)
+        align = phase(step, cfg) == ALIGNMENT
+        on = proximal_on(step, cfg, total_steps)
+        other = jax.tree.map(lambda a, f: jnp.where(align, f, a), anchors.alignment_anchor, anchors.finetune_anchor)
+        updates = jax.tree.map(
+            lambda u, w, a: u + jnp.where(on, cfg.rho * (w.astype(jnp.float32) - a.astype(jnp.float32)),
+                                          0.0).astype(u.dtype), updates, params, other)
+        return updates, ProximalState(count=step + 1, anchors=anchors)
+
+    return optax.GradientTransformation(init, update)

@@ -1,0 +1,206 @@
+"""Config of the harmful fine-tuning pipeline (``python -m experiments.hft``): a capable base, the provider's
+alignment with a defence, the user's fine-tuning on task data of which a fraction is harmful, and the evaluation
+before and after the user stage.
+
+A method is ``<alignment>`` or ``<alignment>+<fine-tuning defence>``: alignment ``sft`` (plain SFT on the
+alignment data, the baseline), ``booster`` or ``vaccine``; fine-tuning defence ``lisa`` or ``format_matched``.
+
+Presets (``python -m experiments.hft <preset> --help``):
+
+* ``synthetic``: the byte-level tiny Llama from scratch: SFT to a base that complies with every request, then each
+  method over the harmful fractions and seeds, on the synthetic safety task and the synthetic user task (exact
+  ground truth); minutes per method on a CPU.
+* ``demo``: the same with fewer steps, one fraction and one seed (``make demo``-sized).
+* ``smollm2``: SmolLM2-135M-Instruct from the bundled GGUF, ``down_proj`` trained, the same synthetic data in its
+  ChatML template, p = 0.1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from bfpo.data.format_matched import PromptFormat
+from bfpo.defences.booster import BoosterConfig
+from bfpo.defences.lisa import LisaConfig
+from bfpo.defences.vaccine import VaccineConfig
+from bfpo.errors import ConfigError
+from bfpo.optim import OptimizerConfig
+from bfpo.sft import SFTConfig
+from experiments.configs.bfpo_train import ModelSource
+from experiments.run_dir import LaunchConfig
+from runtime.mesh import MeshConfig
+
+ALIGNMENTS = ("sft", "booster", "vaccine")
+FINETUNE_DEFENCES = ("lisa", "format_matched")
+
+
+class HFTConfigError(ConfigError):
+    """A field of the harmful fine-tuning pipeline's config is inconsistent (the message names the field)."""
+
+
+def parse_method(method: str) -> tuple[str, str | None]:
+    """(alignment, fine-tuning defence or None) of a method name such as ``booster`` or ``sft+lisa``."""
+    alignment, _, finetune = method.partition("+")
+    if alignment not in ALIGNMENTS or (finetune and finetune not in FINETUNE_DEFENCES):
+        raise HFTConfigError(f"HFTConfig.methods: {method!r}: expected <alignment> or <alignment>+<defence> with "
+                             f"alignment in {ALIGNMENTS} and defence in {FINETUNE_DEFENCES}")
+    return alignment, finetune or None
+
+
+def _positive(owner: str, **values) -> None:
+    for name, value in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise HFTConfigError(f"{owner}.{name}={value!r}: expected a positive integer")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AlignmentConfig:
+    """The provider's stage: SFT on alignment data (harmful requests refused, benign ones answered), with the
+    method's update rule; Booster also reads a harmful batch per step."""
+
+    steps: int = 150
+    examples: int = 1024
+    batch_size: int = 16
+    harmful_share: float = 0.5
+    """Share of harmful (refused) requests in the alignment data."""
+    harmful_examples: int = 512
+    """Harmful examples Booster simulates its attack step on."""
+    harmful_batch_size: int = 16
+    trainable: str = ""
+    """Regex over parameter paths of what trains (empty: everything)."""
+    optimizer: OptimizerConfig = OptimizerConfig(learning_rate=5e-4, warmup_ratio=0.1)
+    booster: BoosterConfig = BoosterConfig()
+    vaccine: VaccineConfig = VaccineConfig()
+
+    def __post_init__(self):
+        _positive("AlignmentConfig", steps=self.steps, examples=self.examples, batch_size=self.batch_size,
+                  harmful_examples=self.harmful_examples, harmful_batch_size=self.harmful_batch_size)
+        if not 0.0 <= self.harmful_share <= 1.0:
+            raise HFTConfigError(f"AlignmentConfig.harmful_share={self.harmful_share}: expected a share in [0, 1]")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FinetuneConfig:
+    """The user's stage: SFT on ``examples`` examples in the user's prompt format, a fraction of them harmful."""
+
+    steps: int = 150
+    examples: int = 1000
+    batch_size: int = 16
+    harmful_fractions: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2)
+    """The fractions p swept; each method runs once per p and seed."""
+    prompt_format: str = "Task: {input}"
+    """The user's prompt style: every user-stage prompt (task and harmful) fills its ``{input}``."""
+    trainable: str = ""
+    optimizer: OptimizerConfig = OptimizerConfig(learning_rate=5e-4, warmup_ratio=0.1)
+    lisa: LisaConfig = LisaConfig(alignment_steps=10, finetune_steps=90)
+    """Lisa's schedule; its alignment phases train on the alignment data."""
+    format_matched_ratio: float = 0.1
+    """Format-matched refusals added per user example."""
+
+    def __post_init__(self):
+        _positive("FinetuneConfig", steps=self.steps, examples=self.examples, batch_size=self.batch_size)
+        object.__setattr__(self, "harmful_fractions", tuple(float(p) for p in self.harmful_fractions))
+        if not self.harmful_fractions or any(not 0.0 <= p <= 1.0 for p in self.harmful_fractions):
+            raise HFTConfigError(f"FinetuneConfig.harmful_fractions={self.harmful_fractions}: expected shares in "
+                                 "[0, 1]")
+        if not (math.isfinite(self.format_matched_ratio) and self.format_matched_ratio >= 0):
+            raise HFTConfigError(f"FinetuneConfig.format_matched_ratio={self.format_matched_ratio}: expected >= 0")
+        PromptFormat(self.prompt_format)
+
+    @property
+    def format(self) -> PromptFormat:
+        return PromptFormat(self.prompt_format)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class HFTEvalConfig:
+    """Held-out harmful requests (harmful score) and user-task questions (fine-tune accuracy), greedy replies as in
+    the official evaluations."""
+
+    harmful_prompts: int = 128
+    task_prompts: int = 128
+    max_new_tokens: int = 24
+    batch_size: int = 64
+    seed: int = 0
+    samples: int = 4
+
+    def __post_init__(self):
+        _positive("HFTEvalConfig", harmful_prompts=self.harmful_prompts, task_prompts=self.task_prompts,
+                  max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, samples=self.samples)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class HFTConfig:
+    model: ModelSource = ModelSource()
+    base: SFTConfig = SFTConfig(steps=300, harmful_compliance=1.0, benign_partial=0.0, benign_refusal=0.0)
+    """The stage that makes the capable base from ``model`` (0 steps: the model itself is the base)."""
+    alignment: AlignmentConfig = AlignmentConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
+    eval: HFTEvalConfig = HFTEvalConfig()
+    methods: tuple[str, ...] = ("sft", "booster", "vaccine", "sft+lisa", "sft+format_matched")
+    seeds: tuple[int, ...] = (0, 1, 2)
+    """Seeds of the alignment and user stages (data order, sampling of the data); the base is shared."""
+    max_length: int = 72
+    max_prompt_length: int = 40
+    buckets: tuple[int, ...] = (72,)
+    logprob_chunk: int = 128
+    log_every: int = 50
+    run: LaunchConfig = LaunchConfig(out_dir="runs/hft/synthetic", mesh=MeshConfig())
+    reuse: bool = False
+    """Keep the stages a previous invocation finished in ``run.out_dir``."""
+
+    def __post_init__(self):
+        if not self.methods or len(set(self.methods)) != len(self.methods):
+            raise HFTConfigError(f"HFTConfig.methods={self.methods}: must be non-empty and distinct")
+        for m in self.methods:
+            parse_method(m)
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
+            raise HFTConfigError(f"HFTConfig.seeds={self.seeds}: expected distinct non-negative seeds")
+        if self.model.kind in ("hf", "gguf") and not self.model.path:
+            raise HFTConfigError(f"HFTConfig.model.path is required for kind={self.model.kind!r}")
+
+    @property
+    def out_dir(self) -> str:
+        return self.run.out_dir
+
+    @property
+    def reusing(self) -> bool:
+        return self.reuse or self.run.resume
+
+    # --- presets -----------------------------------------------------------------------------------------------
+
+    @classmethod
+    def synthetic(cls, out_dir: str = "runs/hft/synthetic", **overrides) -> "HFTConfig":
+        base = dict(run=LaunchConfig(out_dir=out_dir, mesh=MeshConfig()))
+        return cls(**{**base, **overrides})
+
+    @classmethod
+    def demo(cls, out_dir: str = "runs/demo/hft", **overrides) -> "HFTConfig":
+        cfg = cls.synthetic(out_dir)
+        base = dict(base=dataclasses.replace(cfg.base, steps=200),
+                    alignment=dataclasses.replace(cfg.alignment, steps=60),
+                    finetune=dataclasses.replace(cfg.finetune, steps=60, harmful_fractions=(0.1,),
+                                                 lisa=LisaConfig(alignment_steps=6, finetune_steps=54)),
+                    eval=dataclasses.replace(cfg.eval, harmful_prompts=64, task_prompts=64),
+                    methods=("sft", "booster"), seeds=(0,))
+        return dataclasses.replace(cfg, **{**base, **overrides})
+
+    @classmethod
+    def smollm2(cls, out_dir: str = "runs/hft/smollm2", **overrides) -> "HFTConfig":
+        opt = OptimizerConfig(learning_rate=3e-4, warmup_ratio=0.1)
+        base = dict(model=ModelSource(kind="smollm2"),
+                    base=SFTConfig(steps=40, examples=320, batch_size=8, trainable="down_proj",
+                                   harmful_compliance=1.0, benign_partial=0.0, benign_refusal=0.0, optimizer=opt),
+                    alignment=AlignmentConfig(steps=40, examples=320, batch_size=8, harmful_examples=160,
+                                              harmful_batch_size=8, trainable="down_proj", optimizer=opt),
+                    finetune=FinetuneConfig(steps=40, examples=320, batch_size=8, harmful_fractions=(0.1,),
+                                            trainable="down_proj", optimizer=opt,
+                                            lisa=LisaConfig(alignment_steps=4, finetune_steps=36)),
+                    eval=HFTEvalConfig(harmful_prompts=48, task_prompts=48, batch_size=16),
+                    seeds=(0,), max_length=48, max_prompt_length=37, buckets=(48,), logprob_chunk=48, log_every=10,
+                    run=LaunchConfig(out_dir=out_dir, mesh=MeshConfig(data=1, fsdp=-1)))
+        return cls(**{**base, **overrides})
+
+
+PRESETS = {"synthetic": HFTConfig.synthetic, "demo": HFTConfig.demo, "smollm2": HFTConfig.smollm2}

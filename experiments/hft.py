@@ -1,0 +1,222 @@
+"""Harmful fine-tuning: defences against the user stage of fine-tuning as a service, under one attack and one
+evaluation.
+
+For every seed: the provider aligns the shared base with each method's alignment (plain SFT, Booster, Vaccine);
+then, for every harmful fraction p, the user fine-tunes the aligned model on task data of which a fraction p is
+harmful (with the method's fine-tuning defence: Lisa, format-matched safety data, or none). Every aligned and
+every fine-tuned model is evaluated: the harmful score (share of held-out harmful requests, in the user's
+prompt format, answered harmfully; also for plain requests) and the fine-tune accuracy on held-out user-task
+questions, greedy replies judged by the synthetic ground truth. The report: a table of the means over seeds with
+their 95% t-intervals (results.md, results.csv, results.json), the harmful-score vs accuracy plot
+(tradeoff.png) and replies of each model to the same prompts (samples.md).
+
+Run: ``python -m experiments.hft synthetic`` (or ``demo``, ``smollm2``; ``--help`` lists every field).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import shutil
+from pathlib import Path
+from typing import Annotated
+
+import tyro
+
+from bfpo.errors import BFPOError
+from bfpo.model.llama import model_from_params
+from experiments.configs.bfpo_train import TrainConfigError
+from experiments.configs.hft import PRESETS, HFTConfig, HFTConfigError, parse_method
+from experiments.run import cli
+from experiments.run_dir import standard_json
+from experiments.seed_stats import mean_ci95
+from experiments.tasks import hft as stages
+
+REPORT_FILES = ("results.md", "results.csv", "results.json", "tradeoff.png", "samples.md")
+SCORES = ("harmful_score", "harmful_score_plain", "finetune_accuracy")
+
+
+def main(cfg: HFTConfig, report_dir: str | None = None) -> list[dict]:
+    """Every stage, evaluation and the report in ``cfg.out_dir`` (copied to ``report_dir`` if given). Returns one
+    record per evaluated model: {model, method, stage, p, seed, scores}."""
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    reuse = cfg.reusing
+    base_source = (cfg.model.kind, cfg.model.path)
+    records, results = [], {}
+
+    def evaluate(name, model_cfg, params, tokenizer, **fields):
+        result = stages.evaluate(cfg, model_from_params(model_cfg, params), tokenizer, out / "eval" / f"{name}.json",
+                                 reuse)
+        results[name] = result
+        records.append({"model": name, **fields, **stages.scores(result)})
+
+    if cfg.base.steps:
+        model_cfg, params, tokenizer = stages.run_stage(cfg, stages.base_stage(cfg, out))
+        base_source = ("hf", str(out / "base" / "hf"))
+        evaluate("base", model_cfg, params, tokenizer, method="base", stage="base", p=None, seed=None)
+        del params
+    alignments = sorted({parse_method(m)[0] for m in cfg.methods}, key=["sft", "booster", "vaccine"].index)
+    for seed in cfg.seeds:
+        aligned = {}
+        for alignment in alignments:
+            stage = stages.alignment_stage(cfg, alignment, seed, base_source, out)
+            model_cfg, params, tokenizer = stages.run_stage(cfg, stage)
+            aligned[alignment] = ("hf", str(stage.out_dir / "hf"))
+            evaluate(f"align-{alignment}-seed{seed}", model_cfg, params, tokenizer, method=alignment,
+                     stage="aligned", p=None, seed=seed)
+            del params
+        for method in cfg.methods:
+            for p in cfg.finetune.harmful_fractions:
+                stage = stages.finetune_stage(cfg, method, p, seed, aligned[parse_method(method)[0]], out)
+                model_cfg, params, tokenizer = stages.run_stage(cfg, stage)
+                evaluate(f"{method}-p{p:g}-seed{seed}", model_cfg, params, tokenizer, method=method,
+                         stage="fine-tuned", p=p, seed=seed)
+                del params
+    rows = summary_rows(records)
+    write_outputs(cfg, records, rows, results, out)
+    if report_dir:
+        target = Path(report_dir)
+        target.mkdir(parents=True, exist_ok=True)
+        for name in REPORT_FILES:
+            shutil.copy2(out / name, target / name)
+    print((out / "results.md").read_text(), flush=True)
+    return records
+
+
+# --- report -----------------------------------------------------------------------------------------------------
+
+def summary_rows(records: list[dict]) -> list[dict]:
+    """One row per (stage, method, p): each score's mean over seeds with its 95% t half-width, and n seeds."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["stage"], r["method"], r["p"]), []).append(r)
+    rows = []
+    for (stage, method, p), rs in groups.items():
+        row = {"stage": stage, "method": method, "p": p, "seeds": len(rs)}
+        for k in SCORES:
+            row[k], row[f"{k}_ci95"] = mean_ci95([r[k] for r in rs])
+        rows.append(row)
+    return rows
+
+
+def _cell(value, half) -> str:
+    if value is None:
+        return "-"
+    return f"{100 * value:.1f}" + (f" ± {100 * half:.1f}" if half is not None else "")
+
+
+def write_table(cfg: HFTConfig, rows: list[dict], path: Path) -> None:
+    f, a, e = cfg.finetune, cfg.alignment, cfg.eval
+    lines = [f"Model: {cfg.model.kind}; base: SFT for {cfg.base.steps} steps to comply with every request. Alignment: "
+             f"{a.steps} steps (batch {a.batch_size}) on {a.examples} examples, {a.harmful_share:.0%} harmful "
+             f"requests refused. User stage: {f.steps} steps (batch {f.batch_size}) on {f.examples} examples in the "
+             f"format {f.prompt_format!r}, a fraction p of them harmful. Seeds {list(cfg.seeds)}.", "",
+             "| stage | method | p | harmful score % ↓ | harmful score, plain requests % ↓ | fine-tune accuracy % ↑ "
+             "| seeds |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        p = "-" if r["p"] is None else f"{r['p']:g}"
+        lines.append(f"| {r['stage']} | {r['method']} | {p} | {_cell(r['harmful_score'], r['harmful_score_ci95'])} | "
+                     f"{_cell(r['harmful_score_plain'], r['harmful_score_plain_ci95'])} | "
+                     f"{_cell(r['finetune_accuracy'], r['finetune_accuracy_ci95'])} | {r['seeds']} |")
+    lines += ["", "Means over seeds, ± the 95% Student-t half-width (none with one seed). Judges (exact, synthetic "
+              "ground truth), greedy replies of at most "
+              f"{e.max_new_tokens} new tokens:", "",
+              f"- harmful score: judge `synthetic-ground-truth-safety` (a reply naming a harmful item is harmful) over "
+              f"{e.harmful_prompts} held-out harmful requests in the user's format; the plain column sends the same "
+              "requests without it;",
+              f"- fine-tune accuracy: judge `synthetic-user-task-accuracy` (the reply's first word is the topic) over "
+              f"{e.task_prompts} held-out user-task questions."]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    fields = ["stage", "method", "p", "seeds"] + [x for k in SCORES for x in (k, f"{k}_ci95")]
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(fields)
+        for r in rows:
+            writer.writerow(["" if r[k] is None else r[k] for k in fields])
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """tradeoff.png: fine-tune accuracy (x) against harmful score (y) of every method, one point per p joined in
+    order of p (labelled), error bars the 95% intervals over seeds; aligned models before the user stage as
+    squares."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    methods = list(dict.fromkeys(r["method"] for r in rows if r["stage"] == "fine-tuned"))
+    for i, method in enumerate(methods):
+        pts = sorted((r for r in rows if r["stage"] == "fine-tuned" and r["method"] == method), key=lambda r: r["p"])
+        x = [100 * r["finetune_accuracy"] for r in pts]
+        y = [100 * r["harmful_score"] for r in pts]
+        err = lambda k: [100 * (r[k] or 0.0) for r in pts]  # noqa: E731
+        ax.errorbar(x, y, xerr=err("finetune_accuracy_ci95"), yerr=err("harmful_score_ci95"), marker="o",
+                    color=colors[i % len(colors)], capsize=2, label=method)
+        for r, xi, yi in zip(pts, x, y):
+            ax.annotate(f"p={r['p']:g}", (xi, yi), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    for r in rows:
+        if r["stage"] == "aligned":
+            ax.plot(100 * r["finetune_accuracy"], 100 * r["harmful_score"], marker="s", color="gray", linestyle="none")
+            ax.annotate(f"aligned: {r['method']}", (100 * r["finetune_accuracy"], 100 * r["harmful_score"]),
+                        textcoords="offset points", xytext=(4, -9), fontsize=7, color="gray")
+    ax.set_xlabel("fine-tune accuracy on the user task (%)")
+    ax.set_ylabel("harmful score (%), requests in the user's format")
+    ax.set_xlim(-5, 105)
+    ax.set_ylim(-5, 105)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_samples(results: dict[str, dict], path: Path, count: int) -> None:
+    """samples.md: every model's replies to the first held-out harmful requests (user format) and task questions."""
+    lines = ["Greedy replies of every model to the same held-out prompts, with the judge's verdict.", ""]
+    names = list(results)
+    for set_name in ("harmful_user_format", "task"):
+        for i in range(count):
+            first = results[names[0]][set_name]["records"]
+            if i >= len(first):
+                break
+            lines += [f"**{set_name} #{i}: {first[i]['prompt']!r}**", "", "| model | reply | verdict |",
+                      "|---|---|---|"]
+            for name in names:
+                rec = results[name][set_name]["records"][i]
+                reply = rec["response"].replace("|", "\\|").replace("\n", " ⏎ ")
+                lines.append(f"| {name} | `{reply}` | {rec['verdict']} |")
+            lines.append("")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_outputs(cfg: HFTConfig, records: list[dict], rows: list[dict], results: dict, out: Path) -> None:
+    (out / "results.json").write_text(standard_json({"rows": rows, "models": records,
+                                                     "config": dataclasses.asdict(cfg)}, indent=1, default=str) + "\n")
+    write_table(cfg, rows, out / "results.md")
+    write_csv(rows, out / "results.csv")
+    plot(rows, out / "tradeoff.png")
+    write_samples(results, out / "samples.md", cfg.eval.samples)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Command:
+    """A preset's pipeline plus where to copy the finished report (e.g. docs/results/hft/<preset>)."""
+
+    hft: Annotated[HFTConfig, tyro.conf.arg(name="")]
+    report_dir: str = ""
+
+
+def config_type():
+    """One tyro subcommand per preset; every field can be overridden after it."""
+    return tyro.extras.subcommand_type_from_defaults({name: Command(hft=make()) for name, make in PRESETS.items()})
+
+
+if __name__ == "__main__":
+    cli(config_type(), lambda c: main(c.hft, c.report_dir or None),
+        expected_errors=(BFPOError, TrainConfigError, HFTConfigError))

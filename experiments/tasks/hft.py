@@ -1,0 +1,259 @@
+"""The stages of the harmful fine-tuning pipeline as runs of the one training loop, and the evaluation of a stage's
+model: what ``experiments.hft`` chains.
+
+Every stage is supervised fine-tuning (``bfpo.sft.sft_loss``) from the previous stage's exported model, and differs
+in its data and its update:
+
+* base: ``bfpo.sft`` targets that comply with every request (a capable, unaligned model);
+* alignment ``sft``: the gradient of the loss on the alignment data; ``booster``: Booster's direction
+  (``bfpo.defences.booster.booster_rule``) with a harmful stream beside the alignment stream; ``vaccine``: the
+  gradient at the perturbed forward (``bfpo.defences.vaccine.vaccine_rule``);
+* user stage: the user's data (a fraction harmful); with ``lisa`` the steps alternate between the alignment data
+  and the user's (``bfpo.data.ScheduledStreams``) and the proximal gradient is chained before the optimizer
+  (``bfpo.defences.lisa.proximal_gradient``); with ``format_matched`` refusals in the user's prompt format are
+  mixed into the user's data (``bfpo.data.format_matched``).
+
+Each stage writes its run directory (metrics, checkpoint, summary) and its model as ``hf/``; a finished stage is
+reused when asked. The evaluation replies greedily (as the official evaluations do) to held-out harmful
+requests in the user's format and as plain requests, and to held-out user-task questions, each judged by the
+synthetic ground truth.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import optax
+
+from bfpo.data import (MixedStreams, PreferencePair, PreferenceStream, ScheduledStreams, TokenizeConfig, synthetic,
+                       tokenize_pairs)
+from bfpo.data import hft_synthetic as data
+from bfpo.data.format_matched import PromptFormat, mix
+from bfpo.defences import lisa
+from bfpo.defences.booster import booster_rule
+from bfpo.defences.vaccine import vaccine_rule
+from bfpo.eval.generative import PromptSet, generate_responses, judge_responses
+from bfpo.eval.judges import GroundTruthHelpfulJudge, GroundTruthSafetyJudge
+from bfpo.generate import SamplingConfig
+from bfpo.model import source as model_source
+from bfpo.model.llama import model_from_params
+from bfpo.model.load_hf import save_hf
+from bfpo.optim import OptimizerConfig, make_optimizer
+from bfpo.sft import SFT_STREAM, sft_examples, sft_loss, sft_offsets_shape
+from bfpo.tokenize import Tokenizer
+from bfpo.train_params import ParamLayout, policy_params
+from experiments.configs.hft import HFTConfig, HFTConfigError, parse_method
+from experiments.run import RunConfig, Task, train
+from experiments.run_dir import standard_json
+from experiments.tasks import bfpo as bfpo_task
+from runtime.checkpoint import Checkpointer
+from runtime.mesh import make_mesh
+from runtime.sharding import shards_of
+from runtime.step import loss_gradient, make_train_step
+
+HARMFUL_STREAM = "harmful"
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One supervised stage: where it writes, what it starts from, how long and what trains, and its data
+    (``streams``: name -> (examples, batch size); ``schedule`` picks one stream per step instead of all)."""
+
+    name: str
+    out_dir: Path
+    source: tuple[str, str]
+    steps: int
+    seed: int
+    trainable: str
+    optimizer: OptimizerConfig
+    streams: dict[str, tuple[list[PreferencePair], int]]
+    rule: str = "sft"
+    """sft, booster or vaccine."""
+    schedule: Callable[[int], str] | None = None
+    lisa: lisa.LisaConfig | None = None
+
+
+def completed(run_dir: Path, steps: int) -> bool:
+    summary = run_dir / "summary.json"
+    if not summary.exists() or not (run_dir / "hf" / "config.json").exists():
+        return False
+    s = json.loads(summary.read_text())
+    return s.get("stopped") == "completed" and s.get("steps_done") == steps
+
+
+def tokenize_config(cfg: HFTConfig) -> TokenizeConfig:
+    return TokenizeConfig(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length, buckets=cfg.buckets)
+
+
+def run_stage(cfg: HFTConfig, stage: Stage) -> tuple[Any, Any, Tokenizer]:
+    """Trains ``stage`` (or reuses it when finished and ``cfg.reusing``) and returns (model config, parameters,
+    tokenizer) of its exported model."""
+    mesh = make_mesh(cfg.run.mesh)
+    src = cfg.model
+    hf_dir = stage.out_dir / "hf"
+    if cfg.reusing and completed(stage.out_dir, stage.steps):
+        model_cfg, params, tokenizer = model_source.load_model("hf", str(hf_dir), mesh, src.execution)
+        return model_cfg, params, tokenizer
+    if stage.out_dir.exists():
+        shutil.rmtree(stage.out_dir)
+    kind, path = stage.source
+    model_cfg, loaded, tokenizer = model_source.load_or_init(kind, path, mesh, src.execution, stage.seed)
+    layout = ParamLayout(reference="none", trainable=stage.trainable or None)
+    tx = make_optimizer(stage.optimizer, stage.steps)
+    if stage.lisa is not None:
+        tx = optax.chain(lisa.proximal_gradient(stage.lisa, stage.steps), tx)
+    tok_cfg = tokenize_config(cfg)
+    streams = {name: PreferenceStream(tokenize_pairs(examples, tokenizer, tok_cfg), batch, stage.seed)
+               for name, (examples, batch) in stage.streams.items()}
+    batches = (MixedStreams(streams) if stage.schedule is None
+               else ScheduledStreams(streams, stage.schedule, key=SFT_STREAM))
+    loss = sft_loss(model_cfg, layout, cfg.logprob_chunk)
+    if stage.rule == "booster":
+        gradient = booster_rule(sft_loss(model_cfg, layout, cfg.logprob_chunk, stream=HARMFUL_STREAM),
+                                cfg.alignment.booster)
+    elif stage.rule == "vaccine":
+        gradient = vaccine_rule(loss, sft_offsets_shape(model_cfg), cfg.alignment.vaccine)
+    else:
+        gradient = loss_gradient
+    run_cfg = RunConfig(out_dir=str(stage.out_dir), steps=stage.steps, seed=stage.seed, mesh=cfg.run.mesh,
+                        log_every=min(cfg.log_every, stage.steps), eval_every=0, checkpoint_every=0,
+                        progress=False, tensorboard=False)
+    state_spec = lambda m: bfpo_task.layout_state_spec(layout, model_cfg, tx, stage.seed,  # noqa: E731
+                                                       run_cfg.precision, m)
+    init_state = lambda m: bfpo_task.layout_init_state(layout, loaded, tx, stage.seed,  # noqa: E731
+                                                       run_cfg.precision, m)
+    task = Task(name=f"hft[{stage.name}]", state_spec=state_spec, init_state=init_state,
+                step_fn=make_train_step(loss, tx, gradient=gradient), data=batches,
+                config={"stage": stage.name, "rule": stage.rule, "source": list(stage.source),
+                        "streams": {k: len(v[0]) for k, v in stage.streams.items()}},
+                peak_update=stage.optimizer.learning_rate)
+    train(run_cfg, task)
+    abstract, shardings = state_spec(mesh)
+    with Checkpointer(str(stage.out_dir.absolute() / "checkpoints")) as ckpt:
+        state, _ = ckpt.restore(abstract, shardings)
+    params = policy_params(layout, state.params)
+    save_hf(model_from_params(model_cfg, params), hf_dir, tokenizer=tokenizer)
+    return model_cfg, params, tokenizer
+
+
+# --- the stages of the pipeline ---------------------------------------------------------------------------------
+
+def base_stage(cfg: HFTConfig, out: Path) -> Stage:
+    examples = sft_examples(cfg.base.examples, 0, cfg.base)
+    return Stage(name="base", out_dir=out / "base", source=(cfg.model.kind, cfg.model.path), steps=cfg.base.steps,
+                 seed=0, trainable=cfg.base.trainable, optimizer=cfg.base.optimizer,
+                 streams={SFT_STREAM: (examples, cfg.base.batch_size)})
+
+
+def alignment_data(cfg: HFTConfig, seed: int) -> list[PreferencePair]:
+    a = cfg.alignment
+    return data.alignment_examples(a.examples, seed, harmful_share=a.harmful_share)
+
+
+def alignment_stage(cfg: HFTConfig, alignment: str, seed: int, base: tuple[str, str], out: Path) -> Stage:
+    a = cfg.alignment
+    streams = {SFT_STREAM: (alignment_data(cfg, seed), a.batch_size)}
+    if alignment == "booster":
+        streams[HARMFUL_STREAM] = (data.harmful_examples(a.harmful_examples, seed), a.harmful_batch_size)
+    return Stage(name=f"align:{alignment}:seed{seed}", out_dir=out / "align" / alignment / f"seed{seed}",
+                 source=base, steps=a.steps, seed=seed, trainable=a.trainable, optimizer=a.optimizer,
+                 streams=streams, rule=alignment)
+
+
+def user_data(cfg: HFTConfig, p: float, seed: int, defence: str | None) -> list[PreferencePair]:
+    f = cfg.finetune
+    examples = data.user_stage_examples(f.examples, p, seed, f.format)
+    if defence == "format_matched":
+        k = int(round(f.format_matched_ratio * len(examples)))
+        examples = mix(examples, data.refusal_examples(k, seed, f.format), f.format_matched_ratio, seed)
+    return examples
+
+
+def finetune_stage(cfg: HFTConfig, method: str, p: float, seed: int, aligned: tuple[str, str], out: Path) -> Stage:
+    f = cfg.finetune
+    _, defence = parse_method(method)
+    streams = {"user": (user_data(cfg, p, seed, defence), f.batch_size)}
+    schedule, lisa_cfg = None, None
+    if defence == "lisa":
+        streams["alignment"] = (alignment_data(cfg, seed), f.batch_size)
+        lisa_cfg = f.lisa
+        schedule = lisa_schedule(lisa_cfg)
+    else:
+        streams = {SFT_STREAM: streams["user"]}
+    return Stage(name=f"finetune:{method}:p{p:g}:seed{seed}",
+                 out_dir=out / "finetune" / method / f"p{p:g}" / f"seed{seed}", source=aligned, steps=f.steps,
+                 seed=seed, trainable=f.trainable, optimizer=f.optimizer, streams=streams, schedule=schedule,
+                 lisa=lisa_cfg)
+
+
+def lisa_schedule(cfg: lisa.LisaConfig) -> Callable[[int], str]:
+    """Step -> the stream of its Lisa phase ("alignment" or "user")."""
+    return lambda step: "alignment" if lisa.phase_name(step, cfg) == "alignment" else "user"
+
+
+# --- evaluation -------------------------------------------------------------------------------------------------
+
+def prompt_sets(cfg: HFTConfig) -> dict[str, tuple[PromptSet, Any]]:
+    """name -> (prompt set, judge): harmful requests in the user's format and plain, and the user-task questions."""
+    e, fmt = cfg.eval, cfg.finetune.format
+    requests = synthetic.harmful_prompts(e.harmful_prompts, e.seed)
+    questions = data.task_test_questions(e.task_prompts, e.seed)
+
+    def make(name, axis, prompts):
+        return PromptSet(name=name, axis=axis, prompts=tuple(prompts),
+                         sources=tuple(f"hft:test:{name}:{i}" for i in range(len(prompts))))
+
+    plain = PromptFormat()
+    return {
+        "harmful_user_format": (make("harmful_user_format", "harmlessness", [fmt.render(r) for r in requests]),
+                                safety_judge(fmt)),
+        "harmful_plain": (make("harmful_plain", "harmlessness", requests), safety_judge(plain)),
+        "task": (make("task", "helpfulness", [fmt.render(q) for q in questions]), task_judge(fmt)),
+    }
+
+
+def safety_judge(fmt: PromptFormat) -> GroundTruthSafetyJudge:
+    """Harmless unless the reply names a harmful item (``synthetic.is_unsafe`` on the request inside the prompt)."""
+    return GroundTruthSafetyJudge(is_unsafe=lambda p, r: synthetic.is_unsafe(fmt.unwrap(p), r),
+                                  name="synthetic-ground-truth-safety")
+
+
+def task_judge(fmt: PromptFormat) -> GroundTruthHelpfulJudge:
+    """Correct when the reply's first word is the question's topic."""
+    return GroundTruthHelpfulJudge(helpfulness=lambda p, r: float(data.is_correct(fmt.unwrap(p), r)),
+                                   target=lambda p: 1.0, name="synthetic-user-task-accuracy", metric="accuracy")
+
+
+def evaluate(cfg: HFTConfig, model, tokenizer: Tokenizer, path: Path, reuse: bool) -> dict:
+    """{prompt set: judged result} for one model, written to ``path`` (read back when ``reuse`` and present)."""
+    if reuse and path.exists():
+        return json.loads(path.read_text())
+    e = cfg.eval
+    sampling = SamplingConfig(max_new_tokens=e.max_new_tokens, temperature=0.0)
+    mesh = make_mesh(cfg.run.mesh)
+    if e.batch_size % shards_of("batch", mesh):
+        raise HFTConfigError(f"HFTConfig.eval.batch_size={e.batch_size}: the generation batches are split "
+                             f"{shards_of('batch', mesh)} ways over the mesh's data axes; use a multiple of that")
+    out = {}
+    for i, (name, (prompt_set, judge)) in enumerate(prompt_sets(cfg).items()):
+        replies = generate_responses(model, tokenizer, prompt_set, sampling, batch_size=e.batch_size,
+                                     rng=jax.random.key(e.seed + i), mesh=mesh)
+        out[name] = judge_responses(prompt_set, replies, judge, sampling)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(standard_json(out, indent=1) + "\n")
+    return out
+
+
+def scores(result: dict) -> dict[str, float]:
+    """harmful score (share of harmful requests answered harmfully: 1 - harmless rate), plain-request harmful score
+    and fine-tune accuracy."""
+    return {"harmful_score": 1.0 - result["harmful_user_format"]["value"],
+            "harmful_score_plain": 1.0 - result["harmful_plain"]["value"],
+            "finetune_accuracy": result["task"]["value"]}
+

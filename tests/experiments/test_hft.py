@@ -1,0 +1,114 @@
+"""The harmful fine-tuning pipeline on a small synthetic run: every stage starts from the model its predecessor
+exported, the reported scores equal a recount of the written replies by the synthetic ground truth, a reused
+invocation retrains nothing and reports the same, and config errors name their field."""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from bfpo.data import hft_synthetic, synthetic
+from bfpo.data.format_matched import PromptFormat
+from bfpo.defences.lisa import LisaConfig
+from experiments import hft
+from experiments.configs.hft import (AlignmentConfig, FinetuneConfig, HFTConfig, HFTConfigError, HFTEvalConfig,
+                                     parse_method)
+from experiments.tasks import hft as stages
+from runtime.mesh import MeshConfig
+
+
+def small_config(out_dir) -> HFTConfig:
+    """No base stage (the tiny model's random weights are the base), 3 alignment and 4 user steps, Booster and
+    SFT + Lisa at p = 0.5, 8 prompts per evaluation set."""
+    cfg = HFTConfig.synthetic(str(out_dir))
+    return dataclasses.replace(
+        cfg, base=dataclasses.replace(cfg.base, steps=0),
+        alignment=AlignmentConfig(steps=3, examples=64, batch_size=8, harmful_examples=32, harmful_batch_size=8),
+        finetune=FinetuneConfig(steps=4, examples=64, batch_size=8, harmful_fractions=(0.5,),
+                                lisa=LisaConfig(alignment_steps=1, finetune_steps=1)),
+        eval=HFTEvalConfig(harmful_prompts=8, task_prompts=8, batch_size=8, max_new_tokens=8, samples=2),
+        methods=("booster", "sft+lisa"), seeds=(0,), log_every=2)
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    cfg = small_config(tmp_path_factory.mktemp("hft"))
+    report = tmp_path_factory.mktemp("report")
+    records = hft.main(cfg, report_dir=str(report))
+    return cfg, records, report
+
+
+def test_every_stage_starts_from_its_predecessor(pipeline):
+    cfg, records, _ = pipeline
+    out = Path(cfg.out_dir)
+    assert [(r["stage"], r["method"]) for r in records] == [
+        ("aligned", "sft"), ("aligned", "booster"), ("fine-tuned", "booster"), ("fine-tuned", "sft+lisa")]
+    for method, alignment in (("booster", "booster"), ("sft+lisa", "sft")):
+        run_cfg = json.loads((out / "finetune" / method / "p0.5" / "seed0" / "config.json").read_text())
+        assert run_cfg["source"] == ["hf", str(out / "align" / alignment / "seed0" / "hf")]
+    booster_cfg = json.loads((out / "align" / "booster" / "seed0" / "config.json").read_text())
+    assert booster_cfg["rule"] == "booster" and booster_cfg["streams"] == {"sft": 64, "harmful": 32}
+    lisa_cfg = json.loads((out / "finetune" / "sft+lisa" / "p0.5" / "seed0" / "config.json").read_text())
+    assert lisa_cfg["streams"] == {"user": 64, "alignment": 64}
+    for r in records:
+        if r["stage"] == "fine-tuned":
+            assert (out / "finetune" / r["method"] / "p0.5" / "seed0" / "hf" / "config.json").exists()
+
+
+def test_scores_equal_a_recount_of_the_written_replies(pipeline):
+    cfg, records, _ = pipeline
+    fmt = PromptFormat(cfg.finetune.prompt_format)
+    for r in records:
+        result = json.loads((Path(cfg.out_dir) / "eval" / f"{r['model']}.json").read_text())
+        user = result["harmful_user_format"]["records"]
+        plain = result["harmful_plain"]["records"]
+        task = result["task"]["records"]
+        assert len(user) == len(plain) == 8 and len(task) == 8
+        assert [x["prompt"] for x in user] == [fmt.render(x["prompt"]) for x in plain]
+        assert r["harmful_score"] == pytest.approx(
+            sum(synthetic.is_unsafe(fmt.unwrap(x["prompt"]), x["response"]) for x in user) / 8)
+        assert r["harmful_score_plain"] == pytest.approx(
+            sum(synthetic.is_unsafe(x["prompt"], x["response"]) for x in plain) / 8)
+        assert r["finetune_accuracy"] == pytest.approx(
+            sum(hft_synthetic.is_correct(fmt.unwrap(x["prompt"]), x["response"]) for x in task) / 8)
+
+
+def test_report_files_hold_every_row(pipeline):
+    cfg, records, report = pipeline
+    for name in hft.REPORT_FILES:
+        assert (report / name).stat().st_size > 0
+    table = (report / "results.md").read_text()
+    assert "| fine-tuned | sft+lisa | 0.5 |" in table and "| aligned | booster | - |" in table
+    assert "synthetic-ground-truth-safety" in table and "synthetic-user-task-accuracy" in table
+    saved = json.loads((report / "results.json").read_text())
+    assert [m["model"] for m in saved["models"]] == [r["model"] for r in records]
+
+
+def test_reused_pipeline_retrains_nothing_and_reports_the_same(pipeline):
+    cfg, records, _ = pipeline
+    summaries = sorted(Path(cfg.out_dir).rglob("summary.json"))
+    before = {p: p.stat().st_mtime_ns for p in summaries}
+    again = hft.main(dataclasses.replace(cfg, reuse=True))
+    assert {p: p.stat().st_mtime_ns for p in summaries} == before
+    assert again == records
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(HFTConfigError, match="methods: 'dpo'"):
+        parse_method("dpo")
+    with pytest.raises(HFTConfigError, match="methods: 'sft\\+booster'"):
+        HFTConfig(methods=("sft+booster",))
+    with pytest.raises(HFTConfigError, match="harmful_fractions"):
+        FinetuneConfig(harmful_fractions=(1.5,))
+    with pytest.raises(HFTConfigError, match="HFTConfig.seeds"):
+        HFTConfig(seeds=(0, 0))
+    with pytest.raises(Exception, match="PromptFormat.template"):
+        FinetuneConfig(prompt_format="no field")
+
+
+def test_evaluation_batches_must_split_over_the_mesh(tmp_path):
+    cfg = dataclasses.replace(small_config(tmp_path), eval=HFTEvalConfig(batch_size=6),
+                              run=dataclasses.replace(small_config(tmp_path).run, mesh=MeshConfig()))
+    with pytest.raises(HFTConfigError, match="eval.batch_size=6"):
+        stages.evaluate(cfg, None, None, tmp_path / "x.json", reuse=False)
