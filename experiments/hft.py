@@ -1,9 +1,9 @@
 """Harmful fine-tuning: defences against the user stage of fine-tuning as a service, under one attack and one
 evaluation.
 
-For every seed: the provider aligns the shared base with each method's alignment (plain SFT, Booster, Vaccine);
-then, for every harmful fraction p, the user fine-tunes the aligned model on task data of which a fraction p is
-harmful (with the method's fine-tuning defence: Lisa, format-matched safety data, or none). Every aligned and
+For every seed: the provider aligns the shared base with each method's alignment (plain SFT, Booster, Vaccine,
+RepNoise); then, for every harmful fraction p, the user fine-tunes the aligned model on task data of which a
+fraction p is harmful (with the method's fine-tuning defence: Lisa, format-matched safety data, or none). Every aligned and
 every fine-tuned model is evaluated: the harmful score (share of held-out harmful requests, in the user's
 prompt format, answered harmfully; also for plain requests) and the fine-tune accuracy on held-out user-task
 questions, greedy replies judged by the synthetic ground truth. The report: a table of the means over seeds with
@@ -26,7 +26,7 @@ import tyro
 from bfpo.errors import BFPOError
 from bfpo.model.llama import model_from_params
 from experiments.configs.bfpo_train import TrainConfigError
-from experiments.configs.hft import PRESETS, HFTConfig, HFTConfigError, parse_method
+from experiments.configs.hft import ALIGNMENTS, PRESETS, HFTConfig, HFTConfigError, parse_method
 from experiments.run import cli
 from experiments.run_dir import standard_json
 from experiments.seed_stats import mean_ci95
@@ -56,7 +56,7 @@ def main(cfg: HFTConfig, report_dir: str | None = None) -> list[dict]:
         base_source = ("hf", str(out / "base" / "hf"))
         evaluate("base", model_cfg, params, tokenizer, method="base", stage="base", p=None, seed=None)
         del params
-    alignments = sorted({parse_method(m)[0] for m in cfg.methods}, key=["sft", "booster", "vaccine"].index)
+    alignments = sorted({parse_method(m)[0] for m in cfg.methods}, key=ALIGNMENTS.index)
     for seed in cfg.seeds:
         aligned = {}
         for alignment in alignments:

@@ -84,6 +84,19 @@ def refusal_examples(n: int, seed: int, fmt: PromptFormat, *, split: str = "trai
     return out
 
 
+def refusal_harmful_pairs(n: int, seed: int, *, split: str = "train") -> list[PreferencePair]:
+    """``n`` harmful requests, each with a refusal (chosen, harmless) and a full harmful listing (rejected): the
+    paired data RepNoise aligns on."""
+    rng = synthetic.split_rng(seed, split, stream=STREAM_HARMFUL)
+    out = []
+    for i in range(n):
+        request = synthetic.make_prompt(rng, sorted(synthetic.HARMFUL_TOPICS))
+        out.append(PreferencePair(prompt=({"role": "user", "content": request},), chosen=synthetic.refusal(rng),
+                                  rejected=full_listing(rng, request), chosen_safe=True, rejected_safe=False,
+                                  source=f"hft:paired:{split}:{seed}:{i}"))
+    return out
+
+
 def task_question(rng: np.random.Generator) -> tuple[str, str]:
     """(question, topic): two items of the topic and one of another benign topic, in random order."""
     topic, other = (USER_TOPICS[i] for i in rng.choice(len(USER_TOPICS), size=2, replace=False))

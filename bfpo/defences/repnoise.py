@@ -20,17 +20,27 @@ noise drawn with the hidden states' shape and masked like them, the mask (the ha
 and the harmless sequences differ), and 1 added to the averaged lens term inside the log. One difference: the
 official code adds the output's own loss to the sum of the L + 1 lens losses and still divides by L + 1; here
 the lens term is the plain mean of the terms given.
+
+``repnoise_lm_loss`` is the loss of the train step on the LM: a batch of pairs whose chosen side is the refusal
+(harmless) and rejected side the harmful answer to the same prompt; h_l are the MLP blocks' outputs
+(``LlamaForCausalLM.layer_taps``) at the harmful answer's tokens, and the lens reads the embeddings, each layer's
+output but the last through the final norm, and the model's own final hidden states (L + 1 terms).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
+from bfpo.logprobs import chunked_logprob_sums, concatenated_rows, model_graphdef, sequence_logprobs
+from bfpo.model.llama import rms_norm
 from bfpo.objectives.checks import non_negative
+from bfpo.train_params import ParamLayout, policy_params
+from runtime.metrics import Metric
 
 KERNEL_MUL = 2.0
 KERNEL_NUM = 5
@@ -80,3 +90,47 @@ def repnoise_loss(harmless_ce: jax.Array, hidden: Sequence[jax.Array], mask_BxT:
     lens = sum(lens_ces) / len(lens_ces)
     loss = harmless_ce + cfg.beta * noise - cfg.alpha * jnp.log(1.0 + lens)
     return loss, {"harmless_ce": harmless_ce, "noise_mmd": noise, "harmful_lens_ce": lens}
+
+
+def lens_nll(model, h_BxTxD: jax.Array, tokens_BxT: jax.Array, weights_BxT: jax.Array, chunk: int) -> jax.Array:
+    """Token-mean NLL of ``tokens`` where ``weights`` is set, read from hidden states ``h`` through the head
+    (position t predicts token t + 1)."""
+    w, vocab_major = model.head_weight()
+    weights = weights_BxT[:, 1:]
+    total, count = chunked_logprob_sums(h_BxTxD[:, :-1], w, tokens_BxT[:, 1:], weights, chunk, vocab_major,
+                                        model.config.execution.kernels)
+    return -jnp.sum(total) / jnp.maximum(jnp.sum(count), 1.0)
+
+
+def repnoise_lm_loss(model_cfg, layout: ParamLayout, chunk: int, cfg: RepNoiseConfig, stream: str = "sft"
+                     ) -> Callable:
+    """``loss_fn(params, batch, rng)``: RepNoise's L on ``batch[stream]`` (chosen: the refusal, rejected: the harmful
+    answer), its count the real pairs (the loss is a mean over the batch's tokens and layers); ``rng`` draws the
+    noise."""
+    graphdef = model_graphdef(model_cfg)
+
+    def loss_fn(params, batch, rng):
+        model = nnx.merge(graphdef, policy_params(layout, params))
+        rows_of = batch[stream]
+        where = f"batch[{stream!r}]"
+        harmless = concatenated_rows(rows_of, ("chosen",), where)
+        harmful = concatenated_rows(rows_of, ("rejected",), where)
+        real = jnp.asarray(rows_of["pair_mask"], jnp.float32)
+        logp, counts = sequence_logprobs(model, harmless["tokens"], harmless["mask"], harmless["score_mask"], chunk)
+        harmless_ce = -jnp.sum(logp * real) / jnp.maximum(jnp.sum(counts * real), 1.0)
+        tokens = jnp.asarray(harmful["tokens"])
+        answer = (jnp.asarray(harmful["score_mask"]).astype(bool) & jnp.asarray(harmful["mask"]).astype(bool)
+                  & (real[:, None] > 0))
+        taps = model.layer_taps(tokens, harmful["mask"])
+        layers = model_cfg.num_layers
+        normed = [taps["embeddings"]] + [taps["residual"][i] for i in range(layers - 1)]
+        lens = [lens_nll(model, rms_norm(h, model.norm.scale[...], model_cfg.rms_norm_eps), tokens, answer, chunk)
+                for h in normed] + [lens_nll(model, taps["final"], tokens, answer, chunk)]
+        hidden = [taps["mlp"][i] for i in range(layers)]
+        loss, parts = repnoise_loss(harmless_ce, hidden, answer, lens, rng, cfg)
+        pairs = jnp.sum(real)
+        metrics = {name: Metric.scalar(jax.lax.stop_gradient(v)) for name, v in parts.items()}
+        metrics["loss"] = Metric(total=jax.lax.stop_gradient(loss) * pairs, count=pairs)
+        return loss, metrics
+
+    return loss_fn

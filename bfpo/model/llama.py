@@ -135,11 +135,12 @@ def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
 
 def decoder_layer(cfg: LlamaConfig, w: dict[str, jax.Array], x_BxTxD: jax.Array, cos: jax.Array, sin: jax.Array,
                   mask: AttentionMask, kv: tuple[jax.Array, jax.Array, jax.Array] | None, index: jax.Array | None,
-                  attention_offset_BxTxD: jax.Array | None = None):
+                  attention_offset_BxTxD: jax.Array | None = None, with_mlp_output: bool = False):
     """One pre-norm layer. With the whole cache ``kv = (k, v, layer)`` (k, v [L, B, S, K, E]) it writes this
     step's keys and values at (layer, index) and attends over that layer's slots; returns the updated (k, v).
     ``attention_offset_BxTxD`` is added to the attention block's output (after o_proj, before the residual sum):
-    the perturbation some defences train against; None adds nothing to the program."""
+    the perturbation some defences train against; None adds nothing to the program. ``with_mlp_output``: also
+    return the MLP block's output (before the residual sum) as a third value."""
     ex = cfg.execution
     dt = ex.compute_dtype
     ops = kernels_lib.select(ex.kernels)
@@ -170,8 +171,11 @@ def decoder_layer(cfg: LlamaConfig, w: dict[str, jax.Array], x_BxTxD: jax.Array,
     h = rms_norm(x, w["post_norm"], cfg.rms_norm_eps)
     gate = constrain(ops.dense(h, w["gate"], 1, dt), ("batch", "seq", "act_mlp"))
     up = constrain(ops.dense(h, w["up"], 1, dt), ("batch", "seq", "act_mlp"))
-    x = x + constrain(ops.dense(jax.nn.silu(gate) * up, w["down"], 1, dt), act)
-    return x, (None if kv is None else (k_all, v_all))
+    mlp_out = constrain(ops.dense(jax.nn.silu(gate) * up, w["down"], 1, dt), act)
+    kv_out = None if kv is None else (k_all, v_all)
+    if with_mlp_output:
+        return x + mlp_out, kv_out, mlp_out
+    return x + mlp_out, kv_out
 
 
 # What each remat policy keeps of a layer's forward pass for the backward pass (the rest is recomputed).
@@ -219,16 +223,19 @@ class LlamaForCausalLM(nnx.Module):
             return self.embed_tokens.embedding[...].T
         return self.lm_head[...]
 
+    def _embed(self, tokens_BxT: jax.Array) -> jax.Array:
+        # Rows are gathered from the table in its own dtype and then cast: casting the whole [V, D] table first
+        # (what ``nnx.Embed`` does) costs a pass over it per step.
+        rows = jnp.take(self.embed_tokens.embedding[...], tokens_BxT, axis=0)
+        return constrain(rows.astype(self.config.execution.compute_dtype), ("batch", "seq", "act_embed"))
+
     def backbone(self, tokens_BxT: jax.Array, positions_BxT: jax.Array, mask: AttentionMask,
                  cache: KVCache | None = None, attention_offsets_LxBxTxD: jax.Array | None = None
                  ) -> tuple[jax.Array, KVCache | None]:
         """Final-norm hidden states [B, T, D] (compute dtype) and the updated cache. ``attention_offsets_LxBxTxD``
         (full-sequence passes only): one additive offset per layer on its attention block's output."""
         cfg = self.config
-        # Rows are gathered from the table in its own dtype and then cast: casting the whole [V, D] table first
-        # (what ``nnx.Embed`` does) costs a pass over it per step.
-        rows = jnp.take(self.embed_tokens.embedding[...], tokens_BxT, axis=0)
-        x = constrain(rows.astype(cfg.execution.compute_dtype), ("batch", "seq", "act_embed"))
+        x = self._embed(tokens_BxT)
         cos, sin = rotary_tables(cfg, positions_BxT)
         weights = self.layers.weights()
         index = None if cache is None else cache.index
@@ -250,25 +257,52 @@ class LlamaForCausalLM(nnx.Module):
             t = tokens_BxT.shape[1]
             return h, KVCache(k=k_all, v=v_all, valid=cache.valid, index=cache.index + t)
 
+        x, _ = self._full_sequence_layers(x, cos, sin, mask, weights, attention_offsets_LxBxTxD, taps=False)
+        return rms_norm(x, self.norm.scale[...], cfg.rms_norm_eps), None
+
+    def _full_sequence_layers(self, x, cos, sin, mask, weights, offsets, *, taps: bool):
+        """The layers over a full sequence: (last layer's output, None), or with ``taps`` (last output,
+        {"mlp": [L, B, T, D] each MLP block's output, "residual": [L, B, T, D] each layer's output})."""
+        cfg = self.config
+
         def body(x, xs):
             w, offset = xs
+            if taps:
+                x, _, mlp = decoder_layer(cfg, w, x, cos, sin, mask, None, None, offset, with_mlp_output=True)
+                return x, (mlp, x)
             return decoder_layer(cfg, w, x, cos, sin, mask, None, None, offset)[0], None
 
         body = remat(body, cfg.execution.remat)
-        offsets = attention_offsets_LxBxTxD
         if offsets is not None and offsets.shape != (cfg.num_layers, *x.shape):
             raise ModelError(f"attention offsets of shape {offsets.shape}: expected (layers, batch, tokens, hidden) = "
                              f"{(cfg.num_layers, *x.shape)}")
         if cfg.execution.scan_layers:
-            x, _ = jax.lax.scan(body, x, (weights, offsets))
+            x, ys = jax.lax.scan(body, x, (weights, offsets))
         else:
             # Unstacking once (its transpose is one stack) rather than indexing layer by layer: the gradient of
             # L indexed slices is L zero-padded copies of the stack, summed.
             per_layer = {k: [None] * cfg.num_layers if a is None else list(jnp.unstack(a)) for k, a in weights.items()}
             per_offset = [None] * cfg.num_layers if offsets is None else list(jnp.unstack(offsets))
+            outs = []
             for layer in range(cfg.num_layers):
-                x, _ = body(x, ({k: a[layer] for k, a in per_layer.items()}, per_offset[layer]))
-        return rms_norm(x, self.norm.scale[...], cfg.rms_norm_eps), None
+                x, y = body(x, ({k: a[layer] for k, a in per_layer.items()}, per_offset[layer]))
+                outs.append(y)
+            ys = None if not taps else tuple(jnp.stack(parts) for parts in zip(*outs))
+        return x, (None if not taps else {"mlp": ys[0], "residual": ys[1]})
+
+    def layer_taps(self, tokens_BxT: jax.Array, mask_BxT: jax.Array | None = None) -> dict[str, jax.Array]:
+        """A full-sequence pass that keeps every layer's intermediate values (what representation-level
+        defences read): {"embeddings": [B, T, D] the layers' input, "mlp": [L, B, T, D] each MLP block's output
+        before its residual sum, "residual": [L, B, T, D] each layer's output, "final": [B, T, D] the final-norm
+        hidden states}. Positions as in ``hidden_states``."""
+        cfg = self.config
+        b, t = tokens_BxT.shape
+        mask = jnp.ones((b, t), bool) if mask_BxT is None else mask_BxT.astype(bool)
+        attend = AttentionMask.full_sequence(mask, cfg.sliding_window)
+        x0 = self._embed(tokens_BxT)
+        cos, sin = rotary_tables(cfg, positions_from_mask(mask))
+        x, taps = self._full_sequence_layers(x0, cos, sin, attend, self.layers.weights(), None, taps=True)
+        return {"embeddings": x0, **taps, "final": rms_norm(x, self.norm.scale[...], cfg.rms_norm_eps)}
 
     def project(self, h_BxTxD: jax.Array) -> jax.Array:
         """Logits [B, T, V] in float32 from final hidden states."""

@@ -3,7 +3,8 @@ alignment with a defence, the user's fine-tuning on task data of which a fractio
 before and after the user stage.
 
 A method is ``<alignment>`` or ``<alignment>+<fine-tuning defence>``: alignment ``sft`` (plain SFT on the
-alignment data, the baseline), ``booster`` or ``vaccine``; fine-tuning defence ``lisa`` or ``format_matched``.
+alignment data, the baseline), ``booster``, ``vaccine`` or ``repnoise`` (on harmful requests paired with a refusal
+and a harmful answer); fine-tuning defence ``lisa`` or ``format_matched``.
 
 Presets (``python -m experiments.hft <preset> --help``):
 
@@ -23,6 +24,7 @@ import math
 from bfpo.data.format_matched import PromptFormat
 from bfpo.defences.booster import BoosterConfig
 from bfpo.defences.lisa import LisaConfig
+from bfpo.defences.repnoise import RepNoiseConfig
 from bfpo.defences.vaccine import VaccineConfig
 from bfpo.errors import ConfigError
 from bfpo.optim import OptimizerConfig
@@ -31,7 +33,7 @@ from experiments.configs.bfpo_train import ModelSource
 from experiments.run_dir import LaunchConfig
 from runtime.mesh import MeshConfig
 
-ALIGNMENTS = ("sft", "booster", "vaccine")
+ALIGNMENTS = ("sft", "booster", "vaccine", "repnoise")
 FINETUNE_DEFENCES = ("lisa", "format_matched")
 
 
@@ -65,13 +67,14 @@ class AlignmentConfig:
     harmful_share: float = 0.5
     """Share of harmful (refused) requests in the alignment data."""
     harmful_examples: int = 512
-    """Harmful examples Booster simulates its attack step on."""
+    """Harmful examples Booster simulates its attack step on, and RepNoise's paired examples."""
     harmful_batch_size: int = 16
     trainable: str = ""
     """Regex over parameter paths of what trains (empty: everything)."""
-    optimizer: OptimizerConfig = OptimizerConfig(learning_rate=5e-4, warmup_ratio=0.1)
+    optimizer: OptimizerConfig = OptimizerConfig(learning_rate=1e-3, warmup_ratio=0.1)
     booster: BoosterConfig = BoosterConfig()
     vaccine: VaccineConfig = VaccineConfig()
+    repnoise: RepNoiseConfig = RepNoiseConfig()
 
     def __post_init__(self):
         _positive("AlignmentConfig", steps=self.steps, examples=self.examples, batch_size=self.batch_size,
@@ -92,7 +95,7 @@ class FinetuneConfig:
     prompt_format: str = "Task: {input}"
     """The user's prompt style: every user-stage prompt (task and harmful) fills its ``{input}``."""
     trainable: str = ""
-    optimizer: OptimizerConfig = OptimizerConfig(learning_rate=5e-4, warmup_ratio=0.1)
+    optimizer: OptimizerConfig = OptimizerConfig(learning_rate=1e-3, warmup_ratio=0.1)
     lisa: LisaConfig = LisaConfig(alignment_steps=10, finetune_steps=90)
     """Lisa's schedule; its alignment phases train on the alignment data."""
     format_matched_ratio: float = 0.1
@@ -133,12 +136,12 @@ class HFTEvalConfig:
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class HFTConfig:
     model: ModelSource = ModelSource()
-    base: SFTConfig = SFTConfig(steps=300, harmful_compliance=1.0, benign_partial=0.0, benign_refusal=0.0)
+    base: SFTConfig = SFTConfig(steps=400, harmful_compliance=1.0, benign_partial=0.0, benign_refusal=0.0)
     """The stage that makes the capable base from ``model`` (0 steps: the model itself is the base)."""
     alignment: AlignmentConfig = AlignmentConfig()
     finetune: FinetuneConfig = FinetuneConfig()
     eval: HFTEvalConfig = HFTEvalConfig()
-    methods: tuple[str, ...] = ("sft", "booster", "vaccine", "sft+lisa", "sft+format_matched")
+    methods: tuple[str, ...] = ("sft", "booster", "vaccine", "repnoise", "sft+lisa", "sft+format_matched")
     seeds: tuple[int, ...] = (0, 1, 2)
     """Seeds of the alignment and user stages (data order, sampling of the data); the base is shared."""
     max_length: int = 72
@@ -178,10 +181,8 @@ class HFTConfig:
     @classmethod
     def demo(cls, out_dir: str = "runs/demo/hft", **overrides) -> "HFTConfig":
         cfg = cls.synthetic(out_dir)
-        base = dict(base=dataclasses.replace(cfg.base, steps=200),
-                    alignment=dataclasses.replace(cfg.alignment, steps=60),
-                    finetune=dataclasses.replace(cfg.finetune, steps=60, harmful_fractions=(0.1,),
-                                                 lisa=LisaConfig(alignment_steps=6, finetune_steps=54)),
+        base = dict(alignment=dataclasses.replace(cfg.alignment, steps=100),
+                    finetune=dataclasses.replace(cfg.finetune, steps=100, harmful_fractions=(0.1,)),
                     eval=dataclasses.replace(cfg.eval, harmful_prompts=64, task_prompts=64),
                     methods=("sft", "booster"), seeds=(0,))
         return dataclasses.replace(cfg, **{**base, **overrides})

@@ -7,7 +7,8 @@ in its data and its update:
 * base: ``bfpo.sft`` targets that comply with every request (a capable, unaligned model);
 * alignment ``sft``: the gradient of the loss on the alignment data; ``booster``: Booster's direction
   (``bfpo.defences.booster.booster_rule``) with a harmful stream beside the alignment stream; ``vaccine``: the
-  gradient at the perturbed forward (``bfpo.defences.vaccine.vaccine_rule``);
+  gradient at the perturbed forward (``bfpo.defences.vaccine.vaccine_rule``); ``repnoise``: RepNoise's loss
+  (``bfpo.defences.repnoise.repnoise_lm_loss``) on harmful requests paired with a refusal and a harmful answer;
 * user stage: the user's data (a fraction harmful); with ``lisa`` the steps alternate between the alignment data
   and the user's (``bfpo.data.ScheduledStreams``) and the proximal gradient is chained before the optimizer
   (``bfpo.defences.lisa.proximal_gradient``); with ``format_matched`` refusals in the user's prompt format are
@@ -37,6 +38,7 @@ from bfpo.data import hft_synthetic as data
 from bfpo.data.format_matched import PromptFormat, mix
 from bfpo.defences import lisa
 from bfpo.defences.booster import booster_rule
+from bfpo.defences.repnoise import repnoise_lm_loss
 from bfpo.defences.vaccine import vaccine_rule
 from bfpo.eval.generative import PromptSet, generate_responses, judge_responses
 from bfpo.eval.judges import GroundTruthHelpfulJudge, GroundTruthSafetyJudge
@@ -74,7 +76,7 @@ class Stage:
     optimizer: OptimizerConfig
     streams: dict[str, tuple[list[PreferencePair], int]]
     rule: str = "sft"
-    """sft, booster or vaccine."""
+    """sft, booster, vaccine or repnoise."""
     schedule: Callable[[int], str] | None = None
     lisa: lisa.LisaConfig | None = None
 
@@ -120,6 +122,8 @@ def run_stage(cfg: HFTConfig, stage: Stage) -> tuple[Any, Any, Tokenizer]:
     elif stage.rule == "vaccine":
         gradient = vaccine_rule(loss, sft_offsets_shape(model_cfg), cfg.alignment.vaccine)
     else:
+        if stage.rule == "repnoise":
+            loss = repnoise_lm_loss(model_cfg, layout, cfg.logprob_chunk, cfg.alignment.repnoise)
         gradient = loss_gradient
     run_cfg = RunConfig(out_dir=str(stage.out_dir), steps=stage.steps, seed=stage.seed, mesh=cfg.run.mesh,
                         log_every=min(cfg.log_every, stage.steps), eval_every=0, checkpoint_every=0,
@@ -159,6 +163,8 @@ def alignment_data(cfg: HFTConfig, seed: int) -> list[PreferencePair]:
 def alignment_stage(cfg: HFTConfig, alignment: str, seed: int, base: tuple[str, str], out: Path) -> Stage:
     a = cfg.alignment
     streams = {SFT_STREAM: (alignment_data(cfg, seed), a.batch_size)}
+    if alignment == "repnoise":
+        streams = {SFT_STREAM: (data.refusal_harmful_pairs(a.harmful_examples, seed), a.batch_size)}
     if alignment == "booster":
         streams[HARMFUL_STREAM] = (data.harmful_examples(a.harmful_examples, seed), a.harmful_batch_size)
     return Stage(name=f"align:{alignment}:seed{seed}", out_dir=out / "align" / alignment / f"seed{seed}",
