@@ -7,8 +7,8 @@ fraction p is harmful (with the method's fine-tuning defence: Lisa, format-match
 every fine-tuned model is evaluated: the harmful score (share of held-out harmful requests, in the user's
 prompt format, answered harmfully; also for plain requests) and the fine-tune accuracy on held-out user-task
 questions, greedy replies judged by the synthetic ground truth. The report: a table of the means over seeds with
-their 95% t-intervals (results.md, results.csv, results.json), the harmful-score vs accuracy plot
-(tradeoff.png) and replies of each model to the same prompts (samples.md).
+their 95% t-intervals (results.md, results.csv, results.json), the harmful score and the accuracy against p and
+against each other (tradeoff.png) and replies of each model to the same prompts (samples.md).
 
 Run: ``python -m experiments.hft synthetic`` (or ``demo``, ``smollm2``; ``--help`` lists every field).
 """
@@ -140,37 +140,48 @@ def write_csv(rows: list[dict], path: Path) -> None:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    """tradeoff.png: fine-tune accuracy (x) against harmful score (y) of every method, one point per p joined in
-    order of p (labelled), error bars the 95% intervals over seeds; aligned models before the user stage as
-    squares."""
+    """tradeoff.png: the harmful score (left) and the fine-tune accuracy (middle) against the harmful fraction p,
+    one line per method, and the harmful score against the accuracy (right), one point per method and p; error
+    bars are the 95% intervals over seeds, the aligned models before the user stage are gray squares."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    methods = list(dict.fromkeys(r["method"] for r in rows if r["stage"] == "fine-tuned"))
+    tuned = [r for r in rows if r["stage"] == "fine-tuned"]
+    methods = list(dict.fromkeys(r["method"] for r in tuned))
+    pct = lambda r, k: 100 * (r[k] or 0.0)  # noqa: E731
     for i, method in enumerate(methods):
-        pts = sorted((r for r in rows if r["stage"] == "fine-tuned" and r["method"] == method), key=lambda r: r["p"])
-        x = [100 * r["finetune_accuracy"] for r in pts]
-        y = [100 * r["harmful_score"] for r in pts]
-        err = lambda k: [100 * (r[k] or 0.0) for r in pts]  # noqa: E731
-        ax.errorbar(x, y, xerr=err("finetune_accuracy_ci95"), yerr=err("harmful_score_ci95"), marker="o",
-                    color=colors[i % len(colors)], capsize=2, label=method)
-        for r, xi, yi in zip(pts, x, y):
-            ax.annotate(f"p={r['p']:g}", (xi, yi), textcoords="offset points", xytext=(4, 3), fontsize=7)
+        pts = sorted((r for r in tuned if r["method"] == method), key=lambda r: r["p"])
+        color = colors[i % len(colors)]
+        ps = [r["p"] for r in pts]
+        for ax, key in ((axes[0], "harmful_score"), (axes[1], "finetune_accuracy")):
+            ax.errorbar(ps, [pct(r, key) for r in pts], yerr=[pct(r, f"{key}_ci95") for r in pts], marker="o",
+                        color=color, capsize=2, label=method)
+        axes[2].errorbar([pct(r, "finetune_accuracy") for r in pts], [pct(r, "harmful_score") for r in pts],
+                         xerr=[pct(r, "finetune_accuracy_ci95") for r in pts],
+                         yerr=[pct(r, "harmful_score_ci95") for r in pts], marker="o", color=color, capsize=2,
+                         alpha=0.8, label=method)
     for r in rows:
         if r["stage"] == "aligned":
-            ax.plot(100 * r["finetune_accuracy"], 100 * r["harmful_score"], marker="s", color="gray", linestyle="none")
-            ax.annotate(f"aligned: {r['method']}", (100 * r["finetune_accuracy"], 100 * r["harmful_score"]),
-                        textcoords="offset points", xytext=(4, -9), fontsize=7, color="gray")
-    ax.set_xlabel("fine-tune accuracy on the user task (%)")
-    ax.set_ylabel("harmful score (%), requests in the user's format")
-    ax.set_xlim(-5, 105)
-    ax.set_ylim(-5, 105)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+            axes[2].plot(pct(r, "finetune_accuracy"), pct(r, "harmful_score"), marker="s", color="gray",
+                         linestyle="none")
+            axes[0].plot(0.0, pct(r, "harmful_score"), marker="s", color="gray", linestyle="none")
+    axes[0].set_ylabel("harmful score (%), requests in the user's format")
+    axes[1].set_ylabel("fine-tune accuracy on the user task (%)")
+    for ax in axes[:2]:
+        ax.set_xlabel("harmful fraction p of the user's data")
+    axes[2].set_xlabel("fine-tune accuracy (%)")
+    axes[2].set_ylabel("harmful score (%)")
+    axes[0].set_title("gray: aligned, before the user stage", fontsize=9)
+    axes[2].set_title("one point per method and p", fontsize=9)
+    for ax in axes:
+        ax.set_ylim(-5, 105)
+        ax.grid(alpha=0.3)
+    axes[2].set_xlim(-5, 105)
+    axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -4,7 +4,7 @@
 
 import pytest
 
-from experiments import bfpo_compare, bfpo_train, local_learning_compare, local_learning_train, lsrl_stability
+from experiments import bfpo_compare, bfpo_train, hft, local_learning_compare, local_learning_train, lsrl_stability
 from experiments.config_file import out_dir_of
 from experiments.configs.bfpo_compare import upgrade_compare_flags
 from experiments.configs.bfpo_eval import BFPOEvalConfig
@@ -42,6 +42,7 @@ def mesh_of(cfg):
     (BFPOEvalConfig, [], True),
     (LMGenerateConfig, [], True),
     (bfpo_compare.config_type(), ["synthetic"], True),
+    (hft.config_type(), ["synthetic"], True),
     (local_learning_compare.CompareConfig, [], True),
     (LSRLApproxConfig, [], True),
     (lsrl_stability.config_type(), ["small"], False),
@@ -54,6 +55,8 @@ def test_every_launcher_takes_run_out_dir_and_run_mesh(config_type, head, has_me
     cfg = parse(config_type, [*head, "--run.out-dir", out, *(MESH if has_mesh else [])])
     if hasattr(cfg, "compare"):
         cfg = cfg.compare
+    if hasattr(cfg, "hft"):
+        cfg = cfg.hft
     assert out_dir_of(cfg) == out
     if has_mesh:
         assert mesh_of(cfg) == MeshConfig(data=1, fsdp=8)
