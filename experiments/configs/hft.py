@@ -3,8 +3,9 @@ alignment with a defence, the user's fine-tuning on task data of which a fractio
 before and after the user stage.
 
 A method is ``<alignment>`` or ``<alignment>+<fine-tuning defence>``: alignment ``sft`` (plain SFT on the
-alignment data, the baseline), ``booster``, ``vaccine`` or ``repnoise`` (on harmful requests paired with a refusal
-and a harmful answer); fine-tuning defence ``lisa`` or ``format_matched``.
+alignment data, the baseline), ``bfpo`` (BFPO on preference pairs of the safety task with a frozen reference, the
+codebase's own method as the second baseline), ``booster``, ``vaccine`` or ``repnoise`` (on harmful requests paired
+with a refusal and a harmful answer); fine-tuning defence ``lisa`` or ``format_matched``.
 
 Presets (``python -m experiments.hft <preset> --help``):
 
@@ -27,13 +28,14 @@ from bfpo.defences.lisa import LisaConfig
 from bfpo.defences.repnoise import RepNoiseConfig
 from bfpo.defences.vaccine import VaccineConfig
 from bfpo.errors import ConfigError
+from bfpo.objectives.safety import BFPOConfig
 from bfpo.optim import OptimizerConfig
 from bfpo.sft import SFTConfig
 from experiments.configs.bfpo_train import ModelSource
 from experiments.run_dir import LaunchConfig
 from runtime.mesh import MeshConfig
 
-ALIGNMENTS = ("sft", "booster", "vaccine", "repnoise")
+ALIGNMENTS = ("sft", "bfpo", "booster", "vaccine", "repnoise")
 FINETUNE_DEFENCES = ("lisa", "format_matched")
 
 
@@ -75,6 +77,9 @@ class AlignmentConfig:
     booster: BoosterConfig = BoosterConfig()
     vaccine: VaccineConfig = VaccineConfig()
     repnoise: RepNoiseConfig = RepNoiseConfig()
+    bfpo: BFPOConfig = BFPOConfig()
+    """BFPO's labeling (B1, alpha, tau); its data are ``examples`` preference pairs of the safety task, a quarter
+    of each pair type."""
 
     def __post_init__(self):
         _positive("AlignmentConfig", steps=self.steps, examples=self.examples, batch_size=self.batch_size,
@@ -141,7 +146,7 @@ class HFTConfig:
     alignment: AlignmentConfig = AlignmentConfig()
     finetune: FinetuneConfig = FinetuneConfig()
     eval: HFTEvalConfig = HFTEvalConfig()
-    methods: tuple[str, ...] = ("sft", "booster", "vaccine", "repnoise", "sft+lisa", "sft+format_matched")
+    methods: tuple[str, ...] = ("sft", "bfpo", "booster", "vaccine", "repnoise", "sft+lisa", "sft+format_matched")
     seeds: tuple[int, ...] = (0, 1, 2)
     """Seeds of the alignment and user stages (data order, sampling of the data); the base is shared."""
     max_length: int = 72

@@ -1,11 +1,13 @@
 """The stages of the harmful fine-tuning pipeline as runs of the one training loop, and the evaluation of a stage's
 model: what ``experiments.hft`` chains.
 
-Every stage is supervised fine-tuning (``bfpo.sft.sft_loss``) from the previous stage's exported model, and differs
-in its data and its update:
+Every stage but BFPO's alignment is supervised fine-tuning (``bfpo.sft.sft_loss``) from the previous stage's exported
+model, and they differ in their data and their update:
 
 * base: ``bfpo.sft`` targets that comply with every request (a capable, unaligned model);
-* alignment ``sft``: the gradient of the loss on the alignment data; ``booster``: Booster's direction
+* alignment ``sft``: the gradient of the loss on the alignment data; ``bfpo``: BFPO's loss
+  (``bfpo.train_step.make_preference_loss``) on preference pairs of the synthetic safety task, the reference a
+  frozen copy of the base; ``booster``: Booster's direction
   (``bfpo.defences.booster.booster_rule``) with a harmful stream beside the alignment stream; ``vaccine``: the
   gradient at the perturbed forward (``bfpo.defences.vaccine.vaccine_rule``); ``repnoise``: RepNoise's loss
   (``bfpo.defences.repnoise.repnoise_lm_loss``) on harmful requests paired with a refusal and a harmful answer;
@@ -50,6 +52,7 @@ from bfpo.optim import OptimizerConfig, make_optimizer
 from bfpo.sft import SFT_STREAM, sft_examples, sft_loss, sft_offsets_shape
 from bfpo.tokenize import Tokenizer
 from bfpo.train_params import ParamLayout, policy_params
+from bfpo.train_step import PreferenceConfig, StreamSpec, make_preference_loss
 from experiments.configs.hft import HFTConfig, HFTConfigError, parse_method
 from experiments.run import RunConfig, Task, train
 from experiments.run_dir import standard_json
@@ -60,6 +63,7 @@ from runtime.sharding import shards_of
 from runtime.step import loss_gradient, make_train_step
 
 HARMFUL_STREAM = "harmful"
+PREFERENCE_STREAM = "safety"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +80,7 @@ class Stage:
     optimizer: OptimizerConfig
     streams: dict[str, tuple[list[PreferencePair], int]]
     rule: str = "sft"
-    """sft, booster, vaccine or repnoise."""
+    """sft, bfpo, booster, vaccine or repnoise."""
     schedule: Callable[[int], str] | None = None
     lisa: lisa.LisaConfig | None = None
 
@@ -106,7 +110,7 @@ def run_stage(cfg: HFTConfig, stage: Stage) -> tuple[Any, Any, Tokenizer]:
         shutil.rmtree(stage.out_dir)
     kind, path = stage.source
     model_cfg, loaded, tokenizer = model_source.load_or_init(kind, path, mesh, src.execution, stage.seed)
-    layout = ParamLayout(reference="none", trainable=stage.trainable or None)
+    layout = ParamLayout(reference="frozen" if stage.rule == "bfpo" else "none", trainable=stage.trainable or None)
     tx = make_optimizer(stage.optimizer, stage.steps)
     if stage.lisa is not None:
         tx = optax.chain(lisa.proximal_gradient(stage.lisa, stage.steps), tx)
@@ -124,6 +128,10 @@ def run_stage(cfg: HFTConfig, stage: Stage) -> tuple[Any, Any, Tokenizer]:
     else:
         if stage.rule == "repnoise":
             loss = repnoise_lm_loss(model_cfg, layout, cfg.logprob_chunk, cfg.alignment.repnoise)
+        if stage.rule == "bfpo":
+            loss = make_preference_loss(model_cfg, PreferenceConfig(
+                objective="bfpo", objective_config=cfg.alignment.bfpo, streams=(StreamSpec(name=PREFERENCE_STREAM),),
+                layout=layout, logprob_chunk=cfg.logprob_chunk))
         gradient = loss_gradient
     run_cfg = RunConfig(out_dir=str(stage.out_dir), steps=stage.steps, seed=stage.seed, mesh=cfg.run.mesh,
                         log_every=min(cfg.log_every, stage.steps), eval_every=0, checkpoint_every=0,
@@ -165,6 +173,8 @@ def alignment_stage(cfg: HFTConfig, alignment: str, seed: int, base: tuple[str, 
     streams = {SFT_STREAM: (alignment_data(cfg, seed), a.batch_size)}
     if alignment == "repnoise":
         streams = {SFT_STREAM: (data.refusal_harmful_pairs(a.harmful_examples, seed), a.batch_size)}
+    if alignment == "bfpo":
+        streams = {PREFERENCE_STREAM: (synthetic.make_pairs(a.examples, seed), a.batch_size)}
     if alignment == "booster":
         streams[HARMFUL_STREAM] = (data.harmful_examples(a.harmful_examples, seed), a.harmful_batch_size)
     return Stage(name=f"align:{alignment}:seed{seed}", out_dir=out / "align" / alignment / f"seed{seed}",

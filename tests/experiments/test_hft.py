@@ -20,7 +20,7 @@ from runtime.mesh import MeshConfig
 
 def small_config(out_dir) -> HFTConfig:
     """No base stage (the tiny model's random weights are the base), 3 alignment and 4 user steps, Booster and
-    SFT + Lisa at p = 0.5, 8 prompts per evaluation set."""
+    BFPO + Lisa at p = 0.5, 8 prompts per evaluation set."""
     cfg = HFTConfig.synthetic(str(out_dir))
     return dataclasses.replace(
         cfg, base=dataclasses.replace(cfg.base, steps=0),
@@ -28,7 +28,7 @@ def small_config(out_dir) -> HFTConfig:
         finetune=FinetuneConfig(steps=4, examples=64, batch_size=8, harmful_fractions=(0.5,),
                                 lisa=LisaConfig(alignment_steps=1, finetune_steps=1)),
         eval=HFTEvalConfig(harmful_prompts=8, task_prompts=8, batch_size=8, max_new_tokens=8, samples=2),
-        methods=("booster", "sft+lisa"), seeds=(0,), log_every=2)
+        methods=("booster", "bfpo+lisa"), seeds=(0,), log_every=2)
 
 
 @pytest.fixture(scope="module")
@@ -43,13 +43,17 @@ def test_every_stage_starts_from_its_predecessor(pipeline):
     cfg, records, _ = pipeline
     out = Path(cfg.out_dir)
     assert [(r["stage"], r["method"]) for r in records] == [
-        ("aligned", "sft"), ("aligned", "booster"), ("fine-tuned", "booster"), ("fine-tuned", "sft+lisa")]
-    for method, alignment in (("booster", "booster"), ("sft+lisa", "sft")):
+        ("aligned", "bfpo"), ("aligned", "booster"), ("fine-tuned", "booster"), ("fine-tuned", "bfpo+lisa")]
+    for method, alignment in (("booster", "booster"), ("bfpo+lisa", "bfpo")):
         run_cfg = json.loads((out / "finetune" / method / "p0.5" / "seed0" / "config.json").read_text())
         assert run_cfg["source"] == ["hf", str(out / "align" / alignment / "seed0" / "hf")]
     booster_cfg = json.loads((out / "align" / "booster" / "seed0" / "config.json").read_text())
     assert booster_cfg["rule"] == "booster" and booster_cfg["streams"] == {"sft": 64, "harmful": 32}
-    lisa_cfg = json.loads((out / "finetune" / "sft+lisa" / "p0.5" / "seed0" / "config.json").read_text())
+    bfpo_cfg = json.loads((out / "align" / "bfpo" / "seed0" / "config.json").read_text())
+    assert bfpo_cfg["rule"] == "bfpo" and bfpo_cfg["streams"] == {"safety": 64}
+    first = json.loads((out / "align" / "bfpo" / "seed0" / "metrics.jsonl").read_text().splitlines()[0])
+    assert "safety/rewards/margin" in first  # the stage trained on BFPO's preference loss, not on SFT
+    lisa_cfg = json.loads((out / "finetune" / "bfpo+lisa" / "p0.5" / "seed0" / "config.json").read_text())
     assert lisa_cfg["streams"] == {"user": 64, "alignment": 64}
     for r in records:
         if r["stage"] == "fine-tuned":
@@ -79,7 +83,7 @@ def test_report_files_hold_every_row(pipeline):
     for name in hft.REPORT_FILES:
         assert (report / name).stat().st_size > 0
     table = (report / "results.md").read_text()
-    assert "| fine-tuned | sft+lisa | 0.5 |" in table and "| aligned | booster | - |" in table
+    assert "| fine-tuned | bfpo+lisa | 0.5 |" in table and "| aligned | booster | - |" in table
     assert "synthetic-ground-truth-safety" in table and "synthetic-user-task-accuracy" in table
     saved = json.loads((report / "results.json").read_text())
     assert [m["model"] for m in saved["models"]] == [r["model"] for r in records]
