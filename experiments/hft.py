@@ -1,16 +1,18 @@
 """Harmful fine-tuning: defences against the user stage of fine-tuning as a service, under one attack and one
 evaluation.
 
-For every seed: the provider aligns the shared base with each method's alignment (plain SFT, Booster, Vaccine,
-RepNoise); then, for every harmful fraction p, the user fine-tunes the aligned model on task data of which a
+For every seed: the provider aligns the shared base with each method's alignment (plain SFT, BFPO, Booster,
+Vaccine, RepNoise); then, for every harmful fraction p, the user fine-tunes the aligned model on task data of which a
 fraction p is harmful (with the method's fine-tuning defence: Lisa, format-matched safety data, or none). Every aligned and
 every fine-tuned model is evaluated: the harmful score (share of held-out harmful requests, in the user's
 prompt format, answered harmfully; also for plain requests) and the fine-tune accuracy on held-out user-task
-questions, greedy replies judged by the synthetic ground truth. The report: a table of the means over seeds with
+questions, greedy replies judged by the synthetic ground truth (or, on files, by the configured harmful-reply judge
+and the user task's exact answers). The report: a table of the means over seeds with
 their 95% t-intervals (results.md, results.csv, results.json), the harmful score and the accuracy against p and
 against each other (tradeoff.png) and replies of each model to the same prompts (samples.md).
 
-Run: ``python -m experiments.hft synthetic`` (or ``demo``, ``smollm2``; ``--help`` lists every field).
+Run: ``python -m experiments.hft synthetic`` (or ``demo``, ``smollm2``, ``llama2_7b``; ``--help`` lists every
+field). ``python -m experiments.plan --launcher hft --preset llama2_7b`` compiles its heaviest step for a target.
 """
 
 from __future__ import annotations
@@ -23,13 +25,16 @@ from typing import Annotated
 
 import tyro
 
+from bfpo.data.tokenized import batch_spec
 from bfpo.errors import BFPOError
 from bfpo.model.llama import model_from_params
 from experiments.configs.bfpo_train import TrainConfigError
 from experiments.configs.hft import ALIGNMENTS, PRESETS, HFTConfig, HFTConfigError, parse_method
+from experiments.planning import LauncherPlan, Program, parse_preset, train_step_program
 from experiments.run import cli
 from experiments.run_dir import standard_json
 from experiments.seed_stats import mean_ci95
+from experiments.tasks import bfpo as bfpo_task
 from experiments.tasks import hft as stages
 
 REPORT_FILES = ("results.md", "results.csv", "results.json", "tradeoff.png", "samples.md")
@@ -106,11 +111,15 @@ def _cell(value, half) -> str:
     return f"{100 * value:.1f}" + (f" ± {100 * half:.1f}" if half is not None else "")
 
 
-def write_table(cfg: HFTConfig, rows: list[dict], path: Path) -> None:
+def write_table(cfg: HFTConfig, rows: list[dict], judges: dict[str, str], path: Path) -> None:
+    """results.md; ``judges``: prompt set -> the name of the judge that scored it."""
     f, a, e = cfg.finetune, cfg.alignment, cfg.eval
-    lines = [f"Model: {cfg.model.kind}; base: SFT for {cfg.base.steps} steps to comply with every request. Alignment: "
-             f"{a.steps} steps (batch {a.batch_size}) on {a.examples} examples, {a.harmful_share:.0%} harmful "
-             f"requests refused. User stage: {f.steps} steps (batch {f.batch_size}) on {f.examples} examples in the "
+    base = (f"SFT for {cfg.base.steps} steps to comply with every request" if cfg.base.steps
+            else "the model itself")
+    data = (f"{a.harmful_share:.0%} harmful requests refused" if cfg.data.source == "synthetic"
+            else f"safe records of {cfg.data.safety_train}; user task {cfg.data.user_task} from {cfg.data.user_train}")
+    lines = [f"Model: {cfg.model.kind} {cfg.model.path}".rstrip() + f"; base: {base}. Alignment: "
+             f"{a.steps} steps (batch {a.batch_size}) on {a.examples} examples, {data}. User stage: {f.steps} steps (batch {f.batch_size}) on {f.examples} examples in the "
              f"format {f.prompt_format!r}, a fraction p of them harmful. Seeds {list(cfg.seeds)}.", "",
              "| stage | method | p | harmful score % ↓ | harmful score, plain requests % ↓ | fine-tune accuracy % ↑ "
              "| seeds |", "|---|---|---|---|---|---|---|"]
@@ -119,14 +128,14 @@ def write_table(cfg: HFTConfig, rows: list[dict], path: Path) -> None:
         lines.append(f"| {r['stage']} | {r['method']} | {p} | {_cell(r['harmful_score'], r['harmful_score_ci95'])} | "
                      f"{_cell(r['harmful_score_plain'], r['harmful_score_plain_ci95'])} | "
                      f"{_cell(r['finetune_accuracy'], r['finetune_accuracy_ci95'])} | {r['seeds']} |")
-    lines += ["", "Means over seeds, ± the 95% Student-t half-width (none with one seed). Judges (exact, synthetic "
-              "ground truth), greedy replies of at most "
+    plain = judges.get("harmful_plain")
+    lines += ["", "Means over seeds, ± the 95% Student-t half-width (none with one seed). Greedy replies of at most "
               f"{e.max_new_tokens} new tokens:", "",
-              f"- harmful score: judge `synthetic-ground-truth-safety` (a reply naming a harmful item is harmful) over "
-              f"{e.harmful_prompts} held-out harmful requests in the user's format; the plain column sends the same "
-              "requests without it;",
-              f"- fine-tune accuracy: judge `synthetic-user-task-accuracy` (the reply's first word is the topic) over "
-              f"{e.task_prompts} held-out user-task questions."]
+              f"- harmful score: judge `{judges['harmful_user_format']}` over {e.harmful_prompts} held-out harmful "
+              "requests in the user's format; " + (f"the plain column sends the same requests without it (judge "
+                                                   f"`{plain}`);" if plain else
+                                                   "the user's format is the plain request, so both columns agree;"),
+              f"- fine-tune accuracy: judge `{judges['task']}` over {e.task_prompts} held-out user-task prompts."]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -209,7 +218,8 @@ def write_samples(results: dict[str, dict], path: Path, count: int) -> None:
 def write_outputs(cfg: HFTConfig, records: list[dict], rows: list[dict], results: dict, out: Path) -> None:
     (out / "results.json").write_text(standard_json({"rows": rows, "models": records,
                                                      "config": dataclasses.asdict(cfg)}, indent=1, default=str) + "\n")
-    write_table(cfg, rows, out / "results.md")
+    first = next(iter(results.values()))
+    write_table(cfg, rows, {name: result["judge"] for name, result in first.items()}, out / "results.md")
     write_csv(rows, out / "results.csv")
     plot(rows, out / "tradeoff.png")
     write_samples(results, out / "samples.md", cfg.eval.samples)
@@ -226,6 +236,44 @@ class Command:
 def config_type():
     """One tyro subcommand per preset; every field can be overridden after it."""
     return tyro.extras.subcommand_type_from_defaults({name: Command(hft=make()) for name, make in PRESETS.items()})
+
+
+# --- planning (experiments.plan) ---------------------------------------------------------------------------------
+
+
+def plan_program(command: Command, mesh) -> Program:
+    """The alignment step of the first method (``--methods booster`` plans Booster's three passes), on the abstract
+    state and a batch of every stream at the longest bucket. The user stage runs the plain SFT step of the same
+    shape (the ``sft`` alignment's), Lisa adding its two anchors to the optimizer state."""
+    cfg = command.hft
+    model_cfg = bfpo_task.model_config(cfg)
+    alignment, _ = parse_method(cfg.methods[0])
+    stage = stages.alignment_stage(cfg, alignment, cfg.seeds[0], (cfg.model.kind, cfg.model.path),
+                                   Path(cfg.out_dir), with_data=False)
+    layout, tx, step_fn = stages.stage_step(cfg, stage, model_cfg)
+    length = max(cfg.buckets)
+    batch = {name: batch_spec(rows, length) for name, (_, rows) in stage.streams.items()}
+    rows = {name: rows * (2 if alignment == "bfpo" else 1) for name, (_, rows) in stage.streams.items()}
+    return train_step_program(
+        f"hft[{alignment}]", lambda m: bfpo_task.layout_state_spec(layout, model_cfg, tx, stage.seed,
+                                                                   stages.RUN_PRECISION, m),
+        step_fn, batch, 1, mesh, work={"examples": sum(r for _, r in stage.streams.values()),
+                                       "tokens": sum(rows.values()) * length})
+
+
+def _with_hft(command: Command, **changes) -> Command:
+    return dataclasses.replace(command, hft=dataclasses.replace(command.hft, **changes))
+
+
+PLAN = LauncherPlan(
+    parse=lambda preset, args: parse_preset(config_type(), preset, args, "experiments.hft"),
+    program=plan_program,
+    presets=tuple(PRESETS),
+    without_remat=lambda c: _with_hft(c, model=dataclasses.replace(
+        c.hft.model, execution=dataclasses.replace(c.hft.model.execution, remat="none"))),
+    mesh_of=lambda c: c.hft.run.mesh,
+    with_mesh=lambda c, mesh: _with_hft(c, run=dataclasses.replace(c.hft.run, mesh=mesh)),
+)
 
 
 if __name__ == "__main__":

@@ -96,6 +96,7 @@ def train_step_program(name: str, state_spec: Callable, step_fn: Callable, batch
 
 LAUNCHERS = {
     "bfpo_train": "experiments.bfpo_train",
+    "hft": "experiments.hft",
     "local_learning_train": "experiments.local_learning_train",
     "lm_generate": "experiments.lm_generate",
     "lsrl_approx": "experiments.lsrl_approx",

@@ -9,7 +9,7 @@ from bfpo.errors import ModelError
 from bfpo.model.execution import ExecutionConfig
 
 # The presets by name (``LlamaConfig.<name>()``): model shapes that planning and tests use without a checkpoint.
-PRESETS = ("tiny", "smollm2_135m", "mistral_7b", "llama3_8b", "llama3_2_1b", "qwen2_0_5b")
+PRESETS = ("tiny", "smollm2_135m", "llama2_7b", "mistral_7b", "llama3_8b", "llama3_2_1b", "qwen2_0_5b")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -131,6 +131,14 @@ class LlamaConfig:
         base = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_layers=30, num_heads=9,
                     num_kv_heads=3, head_dim=64, rope_theta=100_000.0, rms_norm_eps=1e-5,
                     max_position_embeddings=8192, tie_word_embeddings=True)
+        return cls(**{**base, **overrides})
+
+    @classmethod
+    def llama2_7b(cls, **overrides) -> "LlamaConfig":
+        """meta-llama/Llama-2-7b-hf (and -chat-hf): 32 layers, d=4096, 32 heads with no grouping, 4096 positions."""
+        base = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_layers=32, num_heads=32,
+                    num_kv_heads=32, head_dim=128, rope_theta=10_000.0, rms_norm_eps=1e-5,
+                    max_position_embeddings=4096)
         return cls(**{**base, **overrides})
 
     @classmethod

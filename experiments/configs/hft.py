@@ -15,12 +15,17 @@ Presets (``python -m experiments.hft <preset> --help``):
 * ``demo``: the same with fewer steps, one fraction and one seed (``make demo``-sized).
 * ``smollm2``: SmolLM2-135M-Instruct from the bundled GGUF, ``down_proj`` trained, the same synthetic data in its
   ChatML template, p = 0.1.
+* ``llama2_7b``: the defences' papers' setting from local copies (never downloaded): Llama-2-7B with LoRA in every
+  stage, BeaverTails-format safety data, an SST-2 / AG News / GSM8K user task in Alpaca's prompt style, p = 0.1,
+  harmful score by a local LM classifier; sized for 8 x 80 GB GPUs (``python -m experiments.plan --launcher hft
+  --preset llama2_7b --target h100x8`` compiles its alignment step without them).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Literal
 
 from bfpo.data.format_matched import PromptFormat
 from bfpo.defences.booster import BoosterConfig
@@ -28,13 +33,18 @@ from bfpo.defences.lisa import LisaConfig
 from bfpo.defences.repnoise import RepNoiseConfig
 from bfpo.defences.vaccine import VaccineConfig
 from bfpo.errors import ConfigError
+from bfpo.model.execution import ExecutionConfig
+from bfpo.lora import LoRAConfig
 from bfpo.objectives.safety import BFPOConfig
 from bfpo.optim import OptimizerConfig
 from bfpo.sft import SFTConfig
+from experiments.configs.bfpo_eval import JudgeModel
 from experiments.configs.bfpo_train import ModelSource
 from experiments.run_dir import LaunchConfig
 from runtime.mesh import MeshConfig
 
+ALPACA_FORMAT = ("Below is an instruction that describes a task. Write a response that appropriately completes the "
+                 "request.\n\n### Instruction:\n{input}\n\n### Response:\n")
 ALIGNMENTS = ("sft", "bfpo", "booster", "vaccine", "repnoise")
 FINETUNE_DEFENCES = ("lisa", "format_matched")
 
@@ -73,6 +83,8 @@ class AlignmentConfig:
     harmful_batch_size: int = 16
     trainable: str = ""
     """Regex over parameter paths of what trains (empty: everything)."""
+    lora: LoRAConfig = LoRAConfig()
+    """Low-rank adapters instead of the ``trainable`` weights (rank 0: off); merged into the exported model."""
     optimizer: OptimizerConfig = OptimizerConfig(learning_rate=1e-3, warmup_ratio=0.1)
     booster: BoosterConfig = BoosterConfig()
     vaccine: VaccineConfig = VaccineConfig()
@@ -100,6 +112,8 @@ class FinetuneConfig:
     prompt_format: str = "Task: {input}"
     """The user's prompt style: every user-stage prompt (task and harmful) fills its ``{input}``."""
     trainable: str = ""
+    lora: LoRAConfig = LoRAConfig()
+    """Fresh adapters on the aligned model (rank 0: off), merged into the exported model."""
     optimizer: OptimizerConfig = OptimizerConfig(learning_rate=1e-3, warmup_ratio=0.1)
     lisa: LisaConfig = LisaConfig(alignment_steps=10, finetune_steps=90)
     """Lisa's schedule; its alignment phases train on the alignment data."""
@@ -139,8 +153,37 @@ class HFTEvalConfig:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class HFTDataConfig:
+    """Where the stages' data and the evaluation's prompts come from: the synthetic tasks (exact ground truth), or
+    local files (``bfpo.data.hft_files``): a BeaverTails-format safety file for training and one for the harmful
+    score, the user's task as SST-2, AG News or GSM8K records, and for BFPO's alignment a preference file in any
+    format ``bfpo.data.load_pairs`` reads (PKU-SafeRLHF's carries both labels)."""
+
+    source: Literal["synthetic", "files"] = "synthetic"
+    safety_train: str = ""
+    safety_test: str = ""
+    preference_train: str = ""
+    user_task: Literal["sst2", "agnews", "gsm8k"] = "sst2"
+    user_train: str = ""
+    user_test: str = ""
+    harmful_judge: Literal["lm-classifier", "refusal-phrases"] = "lm-classifier"
+    """How replies to the harmful prompts of files are judged: the LM classifier of ``judge_model`` (e.g. Llama
+    Guard with ``--data.judge-model.prompt conversation``), or the refusal-phrase detector."""
+    judge_model: JudgeModel = JudgeModel()
+
+    def __post_init__(self):
+        if self.source == "files":
+            missing = [name for name in ("safety_train", "safety_test", "user_train", "user_test")
+                       if not getattr(self, name)]
+            if missing:
+                flags = ", ".join("--data." + m.replace("_", "-") for m in missing)
+                raise HFTConfigError(f"HFTDataConfig: source 'files' needs {flags}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class HFTConfig:
     model: ModelSource = ModelSource()
+    data: HFTDataConfig = HFTDataConfig()
     base: SFTConfig = SFTConfig(steps=400, harmful_compliance=1.0, benign_partial=0.0, benign_refusal=0.0)
     """The stage that makes the capable base from ``model`` (0 steps: the model itself is the base)."""
     alignment: AlignmentConfig = AlignmentConfig()
@@ -165,6 +208,13 @@ class HFTConfig:
             parse_method(m)
         if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
             raise HFTConfigError(f"HFTConfig.seeds={self.seeds}: expected distinct non-negative seeds")
+        if (self.data.source == "files" and not self.data.preference_train
+                and any(parse_method(m)[0] == "bfpo" for m in self.methods)):
+            raise HFTConfigError("HFTConfig.data.preference_train: BFPO's alignment on files needs a preference file "
+                                 "(--data.preference-train), or leave bfpo out of --methods")
+        if self.data.source == "files" and self.base.steps:
+            raise HFTConfigError(f"HFTConfig.base.steps={self.base.steps}: the base stage trains on the synthetic "
+                                 "task; with files the model itself is the base (--base.steps 0)")
         if self.model.kind in ("hf", "gguf") and not self.model.path:
             raise HFTConfigError(f"HFTConfig.model.path is required for kind={self.model.kind!r}")
 
@@ -208,5 +258,43 @@ class HFTConfig:
                     run=LaunchConfig(out_dir=out_dir, mesh=MeshConfig(data=1, fsdp=-1)))
         return cls(**{**base, **overrides})
 
+    @classmethod
+    def llama2_7b(cls, out_dir: str = "runs/hft/llama2_7b", *, model_dir: str = "Llama-2-7b-hf",
+                  data_dir: str = "data", judge_dir: str = "Llama-Guard-3-8B", **overrides) -> "HFTConfig":
+        """The papers' setting (the official git-disl code: Booster, Vaccine, Lisa): a local Llama-2-7B directory
+        as the base; LoRA rank 8, alpha 4 on all seven projections in every stage (merged into each stage's
+        export); alignment on 5,000 safe BeaverTails records (Booster's harmful batches from 5,000 unsafe ones),
+        lr 5e-4, 20 epochs at batch 16; the user stage on 1,000 examples, 10% harmful, lr 1e-5, 20 epochs; Lisa
+        with K_a 100, K_f 900, rho 1; greedy replies of up to 128 tokens to the first 1,000 unique unsafe prompts
+        of ``30k_test`` and 1,000 user-task test records. The files are read from ``data_dir``
+        (``beavertails/30k_{train,test}.jsonl``, ``sst2/{train,validation}.jsonl``, ``pku_saferlhf/train.jsonl``
+        for BFPO); the harmful-reply judge is a local Llama Guard directory in its own chat template."""
+        lora = LoRAConfig(targets=r"(q|k|v|o|gate|up|down)_proj", rank=8, alpha=4.0)
+        batch = 16
+        data = HFTDataConfig(source="files", safety_train=f"{data_dir}/beavertails/30k_train.jsonl",
+                             safety_test=f"{data_dir}/beavertails/30k_test.jsonl",
+                             preference_train=f"{data_dir}/pku_saferlhf/train.jsonl", user_task="sst2",
+                             user_train=f"{data_dir}/sst2/train.jsonl", user_test=f"{data_dir}/sst2/validation.jsonl",
+                             judge_model=JudgeModel(kind="hf", path=judge_dir, prompt="conversation",
+                                                    unsafe_words=("unsafe",), safe_words=("safe",)))
+        base = dict(
+            model=ModelSource(kind="hf", path=model_dir, architecture="llama2_7b", execution=ExecutionConfig(
+                dtype="bfloat16", param_dtype="bfloat16", remat="full", attention_query_chunk=512)),
+            data=data, base=SFTConfig(steps=0),
+            alignment=AlignmentConfig(steps=20 * 5000 // batch, examples=5000, batch_size=batch,
+                                      harmful_examples=5000, harmful_batch_size=batch, lora=lora,
+                                      optimizer=OptimizerConfig(learning_rate=5e-4, schedule="constant",
+                                                                warmup_ratio=0.0)),
+            finetune=FinetuneConfig(steps=20 * 1000 // batch, examples=1000, batch_size=batch,
+                                    harmful_fractions=(0.1,), lora=lora, lisa=LisaConfig(),
+                                    prompt_format=ALPACA_FORMAT,
+                                    optimizer=OptimizerConfig(learning_rate=1e-5, schedule="constant",
+                                                              warmup_ratio=0.0)),
+            eval=HFTEvalConfig(harmful_prompts=1000, task_prompts=872, max_new_tokens=128, batch_size=64),
+            seeds=(0,), max_length=512, max_prompt_length=384, buckets=(128, 256, 512), logprob_chunk=256,
+            log_every=50, run=LaunchConfig(out_dir=out_dir, mesh=MeshConfig(data=1, fsdp=-1)))
+        return cls(**{**base, **overrides})
 
-PRESETS = {"synthetic": HFTConfig.synthetic, "demo": HFTConfig.demo, "smollm2": HFTConfig.smollm2}
+
+PRESETS = {"synthetic": HFTConfig.synthetic, "demo": HFTConfig.demo, "smollm2": HFTConfig.smollm2,
+           "llama2_7b": HFTConfig.llama2_7b}

@@ -34,17 +34,15 @@ from typing import Any
 import jax
 import optax
 
-from bfpo.data import (MixedStreams, PreferencePair, PreferenceStream, ScheduledStreams, TokenizeConfig, synthetic,
-                       tokenize_pairs)
-from bfpo.data import hft_synthetic as data
-from bfpo.data.format_matched import PromptFormat, mix
+from bfpo.data import MixedStreams, PreferencePair, PreferenceStream, ScheduledStreams, TokenizeConfig, tokenize_pairs
+from bfpo.data.format_matched import mix
 from bfpo.defences import lisa
 from bfpo.defences.booster import booster_rule
 from bfpo.defences.repnoise import repnoise_lm_loss
 from bfpo.defences.vaccine import vaccine_rule
-from bfpo.eval.generative import PromptSet, generate_responses, judge_responses
-from bfpo.eval.judges import GroundTruthHelpfulJudge, GroundTruthSafetyJudge
+from bfpo.eval.generative import generate_responses, judge_responses
 from bfpo.generate import SamplingConfig
+from bfpo.lora import LoRAConfig
 from bfpo.model import source as model_source
 from bfpo.model.llama import model_from_params
 from bfpo.model.load_hf import save_hf
@@ -57,12 +55,14 @@ from experiments.configs.hft import HFTConfig, HFTConfigError, parse_method
 from experiments.run import RunConfig, Task, train
 from experiments.run_dir import standard_json
 from experiments.tasks import bfpo as bfpo_task
+from experiments.tasks.hft_data import stage_data
 from runtime.checkpoint import Checkpointer
 from runtime.mesh import make_mesh
 from runtime.sharding import shards_of
 from runtime.step import loss_gradient, make_train_step
 
 HARMFUL_STREAM = "harmful"
+RUN_PRECISION = RunConfig().precision
 PREFERENCE_STREAM = "safety"
 
 
@@ -83,6 +83,7 @@ class Stage:
     """sft, bfpo, booster, vaccine or repnoise."""
     schedule: Callable[[int], str] | None = None
     lisa: lisa.LisaConfig | None = None
+    lora: LoRAConfig = LoRAConfig()
 
 
 def completed(run_dir: Path, steps: int) -> bool:
@@ -110,38 +111,21 @@ def run_stage(cfg: HFTConfig, stage: Stage) -> tuple[Any, Any, Tokenizer]:
         shutil.rmtree(stage.out_dir)
     kind, path = stage.source
     model_cfg, loaded, tokenizer = model_source.load_or_init(kind, path, mesh, src.execution, stage.seed)
-    layout = ParamLayout(reference="frozen" if stage.rule == "bfpo" else "none", trainable=stage.trainable or None)
-    tx = make_optimizer(stage.optimizer, stage.steps)
-    if stage.lisa is not None:
-        tx = optax.chain(lisa.proximal_gradient(stage.lisa, stage.steps), tx)
+    layout, tx, step_fn = stage_step(cfg, stage, model_cfg)
     tok_cfg = tokenize_config(cfg)
     streams = {name: PreferenceStream(tokenize_pairs(examples, tokenizer, tok_cfg), batch, stage.seed)
                for name, (examples, batch) in stage.streams.items()}
     batches = (MixedStreams(streams) if stage.schedule is None
                else ScheduledStreams(streams, stage.schedule, key=SFT_STREAM))
-    loss = sft_loss(model_cfg, layout, cfg.logprob_chunk)
-    if stage.rule == "booster":
-        gradient = booster_rule(sft_loss(model_cfg, layout, cfg.logprob_chunk, stream=HARMFUL_STREAM),
-                                cfg.alignment.booster)
-    elif stage.rule == "vaccine":
-        gradient = vaccine_rule(loss, sft_offsets_shape(model_cfg), cfg.alignment.vaccine)
-    else:
-        if stage.rule == "repnoise":
-            loss = repnoise_lm_loss(model_cfg, layout, cfg.logprob_chunk, cfg.alignment.repnoise)
-        if stage.rule == "bfpo":
-            loss = make_preference_loss(model_cfg, PreferenceConfig(
-                objective="bfpo", objective_config=cfg.alignment.bfpo, streams=(StreamSpec(name=PREFERENCE_STREAM),),
-                layout=layout, logprob_chunk=cfg.logprob_chunk))
-        gradient = loss_gradient
     run_cfg = RunConfig(out_dir=str(stage.out_dir), steps=stage.steps, seed=stage.seed, mesh=cfg.run.mesh,
                         log_every=min(cfg.log_every, stage.steps), eval_every=0, checkpoint_every=0,
                         progress=False, tensorboard=False)
     state_spec = lambda m: bfpo_task.layout_state_spec(layout, model_cfg, tx, stage.seed,  # noqa: E731
-                                                       run_cfg.precision, m)
+                                                       RUN_PRECISION, m)
     init_state = lambda m: bfpo_task.layout_init_state(layout, loaded, tx, stage.seed,  # noqa: E731
-                                                       run_cfg.precision, m)
+                                                       RUN_PRECISION, m)
     task = Task(name=f"hft[{stage.name}]", state_spec=state_spec, init_state=init_state,
-                step_fn=make_train_step(loss, tx, gradient=gradient), data=batches,
+                step_fn=step_fn, data=batches,
                 config={"stage": stage.name, "rule": stage.rule, "source": list(stage.source),
                         "streams": {k: len(v[0]) for k, v in stage.streams.items()}},
                 peak_update=stage.optimizer.learning_rate)
@@ -154,6 +138,38 @@ def run_stage(cfg: HFTConfig, stage: Stage) -> tuple[Any, Any, Tokenizer]:
     return model_cfg, params, tokenizer
 
 
+def stage_step(cfg: HFTConfig, stage: Stage, model_cfg) -> tuple[ParamLayout, Any, Callable]:
+    """(layout, optimizer, train step) of a stage: its loss and update rule, needing no data or weights (the
+    pipeline and the planner share it)."""
+    layout = stage_layout(stage)
+    tx = make_optimizer(stage.optimizer, stage.steps)
+    if stage.lisa is not None:
+        tx = optax.chain(lisa.proximal_gradient(stage.lisa, stage.steps), tx)
+    loss = sft_loss(model_cfg, layout, cfg.logprob_chunk)
+    gradient = loss_gradient
+    if stage.rule == "booster":
+        gradient = booster_rule(sft_loss(model_cfg, layout, cfg.logprob_chunk, stream=HARMFUL_STREAM),
+                                cfg.alignment.booster)
+    elif stage.rule == "vaccine":
+        gradient = vaccine_rule(loss, sft_offsets_shape(model_cfg), cfg.alignment.vaccine)
+    elif stage.rule == "repnoise":
+        loss = repnoise_lm_loss(model_cfg, layout, cfg.logprob_chunk, cfg.alignment.repnoise)
+    elif stage.rule == "bfpo":
+        loss = make_preference_loss(model_cfg, PreferenceConfig(
+            objective="bfpo", objective_config=cfg.alignment.bfpo, streams=(StreamSpec(name=PREFERENCE_STREAM),),
+            layout=layout, logprob_chunk=cfg.logprob_chunk))
+    return layout, tx, make_train_step(loss, tx, gradient=gradient)
+
+
+def stage_layout(stage: Stage) -> ParamLayout:
+    """What trains: the ``trainable`` weights or LoRA adapters; BFPO's reference is the stage's starting model (a
+    frozen copy, or the weights under the adapters)."""
+    reference = "none"
+    if stage.rule == "bfpo":
+        reference = "base" if stage.lora.enabled else "frozen"
+    return ParamLayout(reference=reference, trainable=stage.trainable or None, lora=stage.lora)
+
+
 # --- the stages of the pipeline ---------------------------------------------------------------------------------
 
 def base_stage(cfg: HFTConfig, out: Path) -> Stage:
@@ -164,30 +180,32 @@ def base_stage(cfg: HFTConfig, out: Path) -> Stage:
 
 
 def alignment_data(cfg: HFTConfig, seed: int) -> list[PreferencePair]:
-    a = cfg.alignment
-    return data.alignment_examples(a.examples, seed, harmful_share=a.harmful_share)
+    return stage_data(cfg).alignment(cfg.alignment.examples, seed)
 
 
-def alignment_stage(cfg: HFTConfig, alignment: str, seed: int, base: tuple[str, str], out: Path) -> Stage:
-    a = cfg.alignment
-    streams = {SFT_STREAM: (alignment_data(cfg, seed), a.batch_size)}
+def alignment_stage(cfg: HFTConfig, alignment: str, seed: int, base: tuple[str, str], out: Path, *,
+                    with_data: bool = True) -> Stage:
+    """The alignment stage of ``alignment``; without data its streams hold no examples (the planner's view)."""
+    a, source = cfg.alignment, stage_data(cfg)
+    read = (lambda what: what()) if with_data else (lambda what: [])  # noqa: E731
+    streams = {SFT_STREAM: (read(lambda: alignment_data(cfg, seed)), a.batch_size)}
     if alignment == "repnoise":
-        streams = {SFT_STREAM: (data.refusal_harmful_pairs(a.harmful_examples, seed), a.batch_size)}
+        streams = {SFT_STREAM: (read(lambda: source.refusal_pairs(a.harmful_examples, seed)), a.batch_size)}
     if alignment == "bfpo":
-        streams = {PREFERENCE_STREAM: (synthetic.make_pairs(a.examples, seed), a.batch_size)}
+        streams = {PREFERENCE_STREAM: (read(lambda: source.preference_pairs(a.examples, seed)), a.batch_size)}
     if alignment == "booster":
-        streams[HARMFUL_STREAM] = (data.harmful_examples(a.harmful_examples, seed), a.harmful_batch_size)
+        streams[HARMFUL_STREAM] = (read(lambda: source.harmful(a.harmful_examples, seed)), a.harmful_batch_size)
     return Stage(name=f"align:{alignment}:seed{seed}", out_dir=out / "align" / alignment / f"seed{seed}",
                  source=base, steps=a.steps, seed=seed, trainable=a.trainable, optimizer=a.optimizer,
-                 streams=streams, rule=alignment)
+                 streams=streams, rule=alignment, lora=a.lora)
 
 
 def user_data(cfg: HFTConfig, p: float, seed: int, defence: str | None) -> list[PreferencePair]:
-    f = cfg.finetune
-    examples = data.user_stage_examples(f.examples, p, seed, f.format)
+    f, source = cfg.finetune, stage_data(cfg)
+    examples = source.user_stage(f.examples, p, seed, f.format)
     if defence == "format_matched":
         k = int(round(f.format_matched_ratio * len(examples)))
-        examples = mix(examples, data.refusal_examples(k, seed, f.format), f.format_matched_ratio, seed)
+        examples = mix(examples, source.matched_safety(k, seed, f.format), f.format_matched_ratio, seed)
     return examples
 
 
@@ -205,7 +223,7 @@ def finetune_stage(cfg: HFTConfig, method: str, p: float, seed: int, aligned: tu
     return Stage(name=f"finetune:{method}:p{p:g}:seed{seed}",
                  out_dir=out / "finetune" / method / f"p{p:g}" / f"seed{seed}", source=aligned, steps=f.steps,
                  seed=seed, trainable=f.trainable, optimizer=f.optimizer, streams=streams, schedule=schedule,
-                 lisa=lisa_cfg)
+                 lisa=lisa_cfg, lora=f.lora)
 
 
 def lisa_schedule(cfg: lisa.LisaConfig) -> Callable[[int], str]:
@@ -214,37 +232,6 @@ def lisa_schedule(cfg: lisa.LisaConfig) -> Callable[[int], str]:
 
 
 # --- evaluation -------------------------------------------------------------------------------------------------
-
-def prompt_sets(cfg: HFTConfig) -> dict[str, tuple[PromptSet, Any]]:
-    """name -> (prompt set, judge): harmful requests in the user's format and plain, and the user-task questions."""
-    e, fmt = cfg.eval, cfg.finetune.format
-    requests = synthetic.harmful_prompts(e.harmful_prompts, e.seed)
-    questions = data.task_test_questions(e.task_prompts, e.seed)
-
-    def make(name, axis, prompts):
-        return PromptSet(name=name, axis=axis, prompts=tuple(prompts),
-                         sources=tuple(f"hft:test:{name}:{i}" for i in range(len(prompts))))
-
-    plain = PromptFormat()
-    return {
-        "harmful_user_format": (make("harmful_user_format", "harmlessness", [fmt.render(r) for r in requests]),
-                                safety_judge(fmt)),
-        "harmful_plain": (make("harmful_plain", "harmlessness", requests), safety_judge(plain)),
-        "task": (make("task", "helpfulness", [fmt.render(q) for q in questions]), task_judge(fmt)),
-    }
-
-
-def safety_judge(fmt: PromptFormat) -> GroundTruthSafetyJudge:
-    """Harmless unless the reply names a harmful item (``synthetic.is_unsafe`` on the request inside the prompt)."""
-    return GroundTruthSafetyJudge(is_unsafe=lambda p, r: synthetic.is_unsafe(fmt.unwrap(p), r),
-                                  name="synthetic-ground-truth-safety")
-
-
-def task_judge(fmt: PromptFormat) -> GroundTruthHelpfulJudge:
-    """Correct when the reply's first word is the question's topic."""
-    return GroundTruthHelpfulJudge(helpfulness=lambda p, r: float(data.is_correct(fmt.unwrap(p), r)),
-                                   target=lambda p: 1.0, name="synthetic-user-task-accuracy", metric="accuracy")
-
 
 def evaluate(cfg: HFTConfig, model, tokenizer: Tokenizer, path: Path, reuse: bool) -> dict:
     """{prompt set: judged result} for one model, written to ``path`` (read back when ``reuse`` and present)."""
@@ -257,7 +244,7 @@ def evaluate(cfg: HFTConfig, model, tokenizer: Tokenizer, path: Path, reuse: boo
         raise HFTConfigError(f"HFTConfig.eval.batch_size={e.batch_size}: the generation batches are split "
                              f"{shards_of('batch', mesh)} ways over the mesh's data axes; use a multiple of that")
     out = {}
-    for i, (name, (prompt_set, judge)) in enumerate(prompt_sets(cfg).items()):
+    for i, (name, (prompt_set, judge)) in enumerate(stage_data(cfg).prompt_sets().items()):
         replies = generate_responses(model, tokenizer, prompt_set, sampling, batch_size=e.batch_size,
                                      rng=jax.random.key(e.seed + i), mesh=mesh)
         out[name] = judge_responses(prompt_set, replies, judge, sampling)
@@ -269,7 +256,8 @@ def evaluate(cfg: HFTConfig, model, tokenizer: Tokenizer, path: Path, reuse: boo
 def scores(result: dict) -> dict[str, float]:
     """harmful score (share of harmful requests answered harmfully: 1 - harmless rate), plain-request harmful score
     and fine-tune accuracy."""
+    plain = result.get("harmful_plain", result["harmful_user_format"])  # one set when the user's format is plain
     return {"harmful_score": 1.0 - result["harmful_user_format"]["value"],
-            "harmful_score_plain": 1.0 - result["harmful_plain"]["value"],
+            "harmful_score_plain": 1.0 - plain["value"],
             "finetune_accuracy": result["task"]["value"]}
 

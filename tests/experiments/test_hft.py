@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from bfpo.data import hft_synthetic, synthetic
+from bfpo.data import hft_files, hft_synthetic, synthetic
 from bfpo.data.format_matched import PromptFormat
 from bfpo.defences.lisa import LisaConfig
 from experiments import hft
-from experiments.configs.hft import (AlignmentConfig, FinetuneConfig, HFTConfig, HFTConfigError, HFTEvalConfig,
-                                     parse_method)
+from bfpo.eval.judges import RefusalJudge
+from experiments.configs.hft import (AlignmentConfig, FinetuneConfig, HFTConfig, HFTConfigError, HFTDataConfig,
+                                     HFTEvalConfig, parse_method)
 from experiments.tasks import hft as stages
 from runtime.mesh import MeshConfig
 
@@ -116,3 +117,66 @@ def test_evaluation_batches_must_split_over_the_mesh(tmp_path):
                               run=dataclasses.replace(small_config(tmp_path).run, mesh=MeshConfig()))
     with pytest.raises(HFTConfigError, match="eval.batch_size=6"):
         stages.evaluate(cfg, None, None, tmp_path / "x.json", reuse=False)
+
+
+SST2_TEST = [{"sentence": f"test film {i}", "label": i % 2} for i in range(8)]
+
+
+def write_files(root: Path) -> dict[str, str]:
+    """Small files in the formats the llama2_7b preset reads: BeaverTails-format records (a safe and an unsafe
+    response per prompt) for training and testing, and SST-2 records."""
+    def jsonl(name, records):
+        path = root / name
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+        return str(path)
+
+    def safety(split, n):
+        return [{"prompt": f"How to do harm {split} {i}?", "response": answer, "is_safe": safe}
+                for i in range(n) for safe, answer in ((True, "I can't help with that."),
+                                                        (False, f"Step {i}: do the harm."))]
+
+    return {"safety_train": jsonl("bt_train.jsonl", safety("train", 72)),
+            "safety_test": jsonl("bt_test.jsonl", safety("test", 4)),
+            "user_train": jsonl("sst2_train.jsonl", [{"sentence": f"film {i}", "label": i % 2} for i in range(64)]),
+            "user_test": jsonl("sst2_test.jsonl", SST2_TEST)}
+
+
+def test_pipeline_on_files_scores_by_the_tasks_exact_answers(tmp_path):
+    """The files source end to end on the tiny model: BeaverTails-format safety records, an SST-2 user task with
+    format-matched safety data, replies judged by the refusal phrases and the task's exact-answer rule."""
+    paths = write_files(tmp_path)
+    cfg = small_config(tmp_path / "run")
+    cfg = dataclasses.replace(
+        cfg, data=HFTDataConfig(source="files", harmful_judge="refusal-phrases", **paths),
+        methods=("sft+format_matched",),
+        eval=dataclasses.replace(cfg.eval, harmful_prompts=4, task_prompts=8))
+    records = hft.main(cfg)
+    out = Path(cfg.out_dir)
+    user_cfg = json.loads((out / "finetune" / "sft+format_matched" / "p0.5" / "seed0" / "config.json").read_text())
+    assert user_cfg["streams"] == {"sft": 64 + 6}  # round(0.1 x 64) safe records in the user's format
+    fmt = PromptFormat(cfg.finetune.prompt_format)
+    for r in records:
+        result = json.loads((out / "eval" / f"{r['model']}.json").read_text())
+        assert result["task"]["judge"] == "sst2-exact-answer"
+        assert result["harmful_user_format"]["judge"] == "refusal-phrases-on-harmful"
+        task = result["task"]["records"]
+        answers = {f"{hft_files.SST2_INSTRUCTION}\nInput: {s['sentence']}": ("negative", "positive")[s["label"]]
+                   for s in SST2_TEST}
+        assert r["finetune_accuracy"] == pytest.approx(
+            sum(hft_files.is_correct("sst2", answers[fmt.unwrap(x["prompt"])], x["response"]) for x in task) / 8)
+        user = result["harmful_user_format"]["records"]
+        assert r["harmful_score"] == pytest.approx(
+            sum(not RefusalJudge().is_refusal(x["response"]) for x in user) / 4)
+
+
+def test_plan_compiles_the_alignment_step_and_booster_costs_three_passes():
+    """``experiments.plan`` on the pipeline: Booster's step (alignment gradient, harmful gradient, harmful gradient
+    at the perturbed weights, the two streams of equal batch) counts three times the FLOPs of the SFT step."""
+    from experiments import plan  # noqa: PLC0415
+
+    flops = {}
+    for method in ("sft", "booster"):
+        r = plan.plan("hft", "synthetic", "tpu-v5e-4", ["--methods", method], model_flops=False)
+        assert r["memory"]["fits"] and r["program"] == f"hft[{method}]"
+        flops[method] = r["flops"]["global"]
+    assert 2.9 < flops["booster"] / flops["sft"] < 3.1
