@@ -197,6 +197,9 @@ class HFTConfig:
     buckets: tuple[int, ...] = (72,)
     logprob_chunk: int = 128
     log_every: int = 50
+    checkpoint_every: int = 0
+    """Steps between a stage's checkpoints (0: only its last); with ``--reuse`` a killed stage resumes from its
+    latest checkpoint (the same stage only: its config.json must match), bit for bit as if never stopped."""
     run: LaunchConfig = LaunchConfig(out_dir="runs/hft/synthetic", mesh=MeshConfig())
     reuse: bool = False
     """Keep the stages a previous invocation finished in ``run.out_dir``."""
@@ -206,6 +209,8 @@ class HFTConfig:
             raise HFTConfigError(f"HFTConfig.methods={self.methods}: must be non-empty and distinct")
         for m in self.methods:
             parse_method(m)
+        if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
+            raise HFTConfigError(f"HFTConfig.checkpoint_every={self.checkpoint_every!r}: expected an integer >= 0")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
             raise HFTConfigError(f"HFTConfig.seeds={self.seeds}: expected distinct non-negative seeds")
         if (self.data.source == "files" and not self.data.preference_train
@@ -292,7 +297,7 @@ class HFTConfig:
                                                               warmup_ratio=0.0)),
             eval=HFTEvalConfig(harmful_prompts=1000, task_prompts=872, max_new_tokens=128, batch_size=64),
             seeds=(0,), max_length=512, max_prompt_length=384, buckets=(128, 256, 512), logprob_chunk=256,
-            log_every=50, run=LaunchConfig(out_dir=out_dir, mesh=MeshConfig(data=1, fsdp=-1)))
+            log_every=50, checkpoint_every=250, run=LaunchConfig(out_dir=out_dir, mesh=MeshConfig(data=1, fsdp=-1)))
         return cls(**{**base, **overrides})
 
 

@@ -25,6 +25,7 @@ synthetic ground truth.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import shutil
 from collections.abc import Callable
@@ -94,6 +95,27 @@ def completed(run_dir: Path, steps: int) -> bool:
     return s.get("stopped") == "completed" and s.get("steps_done") == steps
 
 
+def stage_config(stage: Stage) -> dict:
+    """What a stage's ``config.json`` records: everything that decides its training, so that a stage is resumed
+    only by the same stage."""
+    return json.loads(standard_json({
+        "stage": stage.name, "rule": stage.rule, "source": list(stage.source), "steps": stage.steps,
+        "seed": stage.seed, "trainable": stage.trainable, "optimizer": dataclasses.asdict(stage.optimizer),
+        "lora": dataclasses.asdict(stage.lora), "lisa": stage.lisa and dataclasses.asdict(stage.lisa),
+        "streams": {k: len(v[0]) for k, v in stage.streams.items()},
+        "examples": {k: hashlib.sha256("\n".join(e.source for e in v[0]).encode()).hexdigest()[:16]
+                     for k, v in stage.streams.items()}}))
+
+
+def resumable(run_dir: Path, config: dict) -> bool:
+    """A killed stage: the same stage's config and at least one checkpoint, no finished summary."""
+    path = run_dir / "config.json"
+    if not path.exists() or json.loads(path.read_text()) != config:
+        return False
+    with Checkpointer(str(run_dir.absolute() / "checkpoints")) as ckpt:
+        return ckpt.latest_step() is not None
+
+
 def tokenize_config(cfg: HFTConfig) -> TokenizeConfig:
     return TokenizeConfig(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length, buckets=cfg.buckets)
 
@@ -107,7 +129,9 @@ def run_stage(cfg: HFTConfig, stage: Stage) -> tuple[Any, Any, Tokenizer]:
     if cfg.reusing and completed(stage.out_dir, stage.steps):
         model_cfg, params, tokenizer = model_source.load_model("hf", str(hf_dir), mesh, src.execution)
         return model_cfg, params, tokenizer
-    if stage.out_dir.exists():
+    config = stage_config(stage)
+    resume = cfg.reusing and resumable(stage.out_dir, config)
+    if stage.out_dir.exists() and not resume:
         shutil.rmtree(stage.out_dir)
     kind, path = stage.source
     model_cfg, loaded, tokenizer = model_source.load_or_init(kind, path, mesh, src.execution, stage.seed)
@@ -118,16 +142,15 @@ def run_stage(cfg: HFTConfig, stage: Stage) -> tuple[Any, Any, Tokenizer]:
     batches = (MixedStreams(streams) if stage.schedule is None
                else ScheduledStreams(streams, stage.schedule, key=SFT_STREAM))
     run_cfg = RunConfig(out_dir=str(stage.out_dir), steps=stage.steps, seed=stage.seed, mesh=cfg.run.mesh,
-                        log_every=min(cfg.log_every, stage.steps), eval_every=0, checkpoint_every=0,
-                        progress=False, tensorboard=False)
+                        log_every=min(cfg.log_every, stage.steps), eval_every=0,
+                        checkpoint_every=cfg.checkpoint_every, resume=resume, progress=False, tensorboard=False)
     state_spec = lambda m: bfpo_task.layout_state_spec(layout, model_cfg, tx, stage.seed,  # noqa: E731
                                                        RUN_PRECISION, m)
     init_state = lambda m: bfpo_task.layout_init_state(layout, loaded, tx, stage.seed,  # noqa: E731
                                                        RUN_PRECISION, m)
     task = Task(name=f"hft[{stage.name}]", state_spec=state_spec, init_state=init_state,
                 step_fn=step_fn, data=batches,
-                config={"stage": stage.name, "rule": stage.rule, "source": list(stage.source),
-                        "streams": {k: len(v[0]) for k, v in stage.streams.items()}},
+                config=config,
                 peak_update=stage.optimizer.learning_rate)
     train(run_cfg, task)
     abstract, shardings = state_spec(mesh)

@@ -180,3 +180,31 @@ def test_plan_compiles_the_alignment_step_and_booster_costs_three_passes():
         assert r["memory"]["fits"] and r["program"] == f"hft[{method}]"
         flops[method] = r["flops"]["global"]
     assert 2.9 < flops["booster"] / flops["sft"] < 3.1
+
+
+def test_a_killed_stage_resumes_to_the_same_model(tmp_path):
+    """A stage stopped after its step-2 checkpoint and rerun with ``--reuse`` continues from that checkpoint and
+    exports the uninterrupted stage's weights bit for bit; a stage whose config changed starts over."""
+    import chex  # noqa: PLC0415
+    import shutil  # noqa: PLC0415
+
+    cfg = dataclasses.replace(small_config(tmp_path), checkpoint_every=2, reuse=True)
+    stage = stages.alignment_stage(cfg, "sft", 0, (cfg.model.kind, cfg.model.path), tmp_path)
+    stage = dataclasses.replace(stage, steps=4)
+    _, uninterrupted, _ = stages.run_stage(cfg, stage)
+    run_dir = stage.out_dir
+    # What a kill after step 3 leaves: the step-2 checkpoint, no final checkpoint, summary or export.
+    shutil.rmtree(run_dir / "checkpoints" / "4")
+    shutil.rmtree(run_dir / "hf")
+    (run_dir / "summary.json").unlink()
+    kept = (run_dir / "checkpoints" / "2").stat().st_mtime_ns
+    _, resumed, _ = stages.run_stage(cfg, stage)
+    assert (run_dir / "checkpoints" / "2").stat().st_mtime_ns == kept
+    chex.assert_trees_all_equal(resumed, uninterrupted)
+
+    shutil.rmtree(run_dir / "hf")
+    (run_dir / "summary.json").unlink()
+    changed = dataclasses.replace(stage, optimizer=dataclasses.replace(stage.optimizer, learning_rate=2e-3))
+    stages.run_stage(cfg, changed)
+    assert json.loads((run_dir / "config.json").read_text())["optimizer"]["learning_rate"] == 2e-3
+    assert (run_dir / "checkpoints" / "2").stat().st_mtime_ns != kept
