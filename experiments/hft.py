@@ -242,23 +242,31 @@ def config_type():
 
 
 def plan_program(command: Command, mesh) -> Program:
-    """The alignment step of the first method (``--methods booster`` plans Booster's three passes), on the abstract
-    state and a batch of every stream at the longest bucket. The user stage runs the plain SFT step of the same
-    shape (the ``sft`` alignment's), Lisa adding its two anchors to the optimizer state."""
+    """The step of the first method's alignment stage (``--methods booster`` plans Booster's three passes), or,
+    for a method with Lisa, its user stage (the proximal gradient's two anchors in the optimizer state), on the
+    abstract state and a batch of every stream the step reads at the longest bucket. The other user stages run
+    the ``sft`` alignment's step."""
     cfg = command.hft
     model_cfg = bfpo_task.model_config(cfg)
-    alignment, _ = parse_method(cfg.methods[0])
-    stage = stages.alignment_stage(cfg, alignment, cfg.seeds[0], (cfg.model.kind, cfg.model.path),
-                                   Path(cfg.out_dir), with_data=False)
+    method = cfg.methods[0]
+    alignment, defence = parse_method(method)
+    source, out = (cfg.model.kind, cfg.model.path), Path(cfg.out_dir)
+    if defence == "lisa":
+        stage = stages.finetune_stage(cfg, method, cfg.finetune.harmful_fractions[0], cfg.seeds[0], source, out,
+                                      with_data=False)
+        read = {stages.SFT_STREAM: cfg.finetune.batch_size}  # one stream per step, by Lisa's phase
+    else:
+        stage = stages.alignment_stage(cfg, alignment, cfg.seeds[0], source, out, with_data=False)
+        read = {name: rows for name, (_, rows) in stage.streams.items()}
     layout, tx, step_fn = stages.stage_step(cfg, stage, model_cfg)
     length = max(cfg.buckets)
-    batch = {name: batch_spec(rows, length) for name, (_, rows) in stage.streams.items()}
-    rows = {name: rows * (2 if alignment == "bfpo" else 1) for name, (_, rows) in stage.streams.items()}
+    batch = {name: batch_spec(rows, length) for name, rows in read.items()}
+    rows_per_example = 2 if stage.rule == "bfpo" else 1
     return train_step_program(
-        f"hft[{alignment}]", lambda m: bfpo_task.layout_state_spec(layout, model_cfg, tx, stage.seed,
-                                                                   stages.RUN_PRECISION, m),
-        step_fn, batch, 1, mesh, work={"examples": sum(r for _, r in stage.streams.values()),
-                                       "tokens": sum(rows.values()) * length})
+        f"hft[{method if defence == 'lisa' else alignment}]",
+        lambda m: bfpo_task.layout_state_spec(layout, model_cfg, tx, stage.seed, stages.RUN_PRECISION, m),
+        step_fn, batch, 1, mesh, work={"examples": sum(read.values()),
+                                       "tokens": sum(read.values()) * rows_per_example * length})
 
 
 def _with_hft(command: Command, **changes) -> Command:

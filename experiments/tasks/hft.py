@@ -232,13 +232,15 @@ def user_data(cfg: HFTConfig, p: float, seed: int, defence: str | None) -> list[
     return examples
 
 
-def finetune_stage(cfg: HFTConfig, method: str, p: float, seed: int, aligned: tuple[str, str], out: Path) -> Stage:
+def finetune_stage(cfg: HFTConfig, method: str, p: float, seed: int, aligned: tuple[str, str], out: Path, *,
+                   with_data: bool = True) -> Stage:
+    """The user stage of ``method`` at harmful fraction ``p``; without data its streams hold no examples."""
     f = cfg.finetune
     _, defence = parse_method(method)
-    streams = {"user": (user_data(cfg, p, seed, defence), f.batch_size)}
+    streams = {"user": (user_data(cfg, p, seed, defence) if with_data else [], f.batch_size)}
     schedule, lisa_cfg = None, None
     if defence == "lisa":
-        streams["alignment"] = (alignment_data(cfg, seed), f.batch_size)
+        streams["alignment"] = (alignment_data(cfg, seed) if with_data else [], f.batch_size)
         lisa_cfg = f.lisa
         schedule = lisa_schedule(lisa_cfg)
     else:

@@ -169,17 +169,28 @@ def test_pipeline_on_files_scores_by_the_tasks_exact_answers(tmp_path):
             sum(not RefusalJudge().is_refusal(x["response"]) for x in user) / 4)
 
 
-def test_plan_compiles_the_alignment_step_and_booster_costs_three_passes():
+def test_plan_compiles_the_stage_steps_booster_at_three_passes_and_lisa_with_its_anchors():
     """``experiments.plan`` on the pipeline: Booster's step (alignment gradient, harmful gradient, harmful gradient
-    at the perturbed weights, the two streams of equal batch) counts three times the FLOPs of the SFT step."""
+    at the perturbed weights, the two streams of equal batch) counts three times the FLOPs of the SFT step; Lisa's
+    user stage holds its two anchors (one parameter copy each) beside the SFT step's state."""
+    import jax  # noqa: PLC0415
+
+    from bfpo.model.config import LlamaConfig  # noqa: PLC0415
+    from bfpo.model.llama import init_params  # noqa: PLC0415
     from experiments import plan  # noqa: PLC0415
 
-    flops = {}
-    for method in ("sft", "booster"):
+    reports = {}
+    for method in ("sft", "booster", "sft+lisa"):
         r = plan.plan("hft", "synthetic", "tpu-v5e-4", ["--methods", method], model_flops=False)
         assert r["memory"]["fits"] and r["program"] == f"hft[{method}]"
-        flops[method] = r["flops"]["global"]
+        reports[method] = r
+    flops = {m: r["flops"]["global"] for m, r in reports.items()}
     assert 2.9 < flops["booster"] / flops["sft"] < 3.1
+    assert flops["sft+lisa"] == pytest.approx(flops["sft"], rel=0.02)
+    shapes = jax.eval_shape(lambda: init_params(LlamaConfig.tiny(), 0))
+    param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes))
+    arguments = {m: r["memory"]["argument_bytes_from_shardings"] for m, r in reports.items()}
+    assert arguments["sft+lisa"] - arguments["sft"] == pytest.approx(2 * param_bytes, abs=64)
 
 
 def test_a_killed_stage_resumes_to_the_same_model(tmp_path):
