@@ -101,6 +101,25 @@ class AlignmentConfig:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class RewriterModel:
+    """How format-matched safety examples get the user's prompt style: ``none`` renders them in
+    ``FinetuneConfig.prompt_format`` (a template); otherwise a local causal LM (the bundled SmolLM2, a GGUF file or a
+    Hugging Face directory) rewrites each request greedily, shown ``shots`` of the user's prompts as the style
+    (``bfpo.data.format_rewrite``)."""
+
+    kind: Literal["none", "smollm2", "gguf", "hf"] = "none"
+    path: str = ""
+    shots: int = 3
+    max_new_tokens: int = 64
+    batch_size: int = 16
+
+    def __post_init__(self):
+        _positive("RewriterModel", shots=self.shots, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size)
+        if self.kind in ("gguf", "hf") and not self.path:
+            raise HFTConfigError(f"RewriterModel.path is required for kind={self.kind!r}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class FinetuneConfig:
     """The user's stage: SFT on ``examples`` examples in the user's prompt format, a fraction of them harmful."""
 
@@ -119,6 +138,8 @@ class FinetuneConfig:
     """Lisa's schedule; its alignment phases train on the alignment data."""
     format_matched_ratio: float = 0.1
     """Format-matched refusals added per user example."""
+    rewriter: RewriterModel = RewriterModel()
+    """Who puts the safety examples in the user's style: the template (``prompt_format``) or a local model."""
 
     def __post_init__(self):
         _positive("FinetuneConfig", steps=self.steps, examples=self.examples, batch_size=self.batch_size)

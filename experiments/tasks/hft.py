@@ -36,7 +36,8 @@ import jax
 import optax
 
 from bfpo.data import MixedStreams, PreferencePair, PreferenceStream, ScheduledStreams, TokenizeConfig, tokenize_pairs
-from bfpo.data.format_matched import mix
+from bfpo.data.format_matched import PromptFormat, mix
+from bfpo.data.format_rewrite import rewrite_with_model
 from bfpo.defences import lisa
 from bfpo.defences.booster import booster_rule
 from bfpo.defences.repnoise import repnoise_lm_loss
@@ -103,8 +104,8 @@ def stage_config(stage: Stage) -> dict:
         "seed": stage.seed, "trainable": stage.trainable, "optimizer": dataclasses.asdict(stage.optimizer),
         "lora": dataclasses.asdict(stage.lora), "lisa": stage.lisa and dataclasses.asdict(stage.lisa),
         "streams": {k: len(v[0]) for k, v in stage.streams.items()},
-        "examples": {k: hashlib.sha256("\n".join(e.source for e in v[0]).encode()).hexdigest()[:16]
-                     for k, v in stage.streams.items()}}))
+        "examples": {k: hashlib.sha256(json.dumps([[e.source, e.prompt, e.chosen, e.rejected] for e in v[0]])
+                                       .encode()).hexdigest()[:16] for k, v in stage.streams.items()}}))
 
 
 def resumable(run_dir: Path, config: dict) -> bool:
@@ -228,8 +229,23 @@ def user_data(cfg: HFTConfig, p: float, seed: int, defence: str | None) -> list[
     examples = source.user_stage(f.examples, p, seed, f.format)
     if defence == "format_matched":
         k = int(round(f.format_matched_ratio * len(examples)))
-        examples = mix(examples, source.matched_safety(k, seed, f.format), f.format_matched_ratio, seed)
+        examples = mix(examples, matched_safety(cfg, source, k, seed, examples), f.format_matched_ratio, seed)
     return examples
+
+
+def matched_safety(cfg: HFTConfig, source, k: int, seed: int, user: list[PreferencePair]) -> list[PreferencePair]:
+    """``k`` safety examples in the user's style: rendered in the user's template, or rewritten by the configured
+    local model with the first ``shots`` user prompts as the style."""
+    f, r = cfg.finetune, cfg.finetune.rewriter
+    if r.kind == "none":
+        return source.matched_safety(k, seed, f.format)
+    mesh = make_mesh(cfg.run.mesh)
+    model_cfg, params, tokenizer = model_source.load_model(r.kind, r.path, mesh)
+    style = [ex.prompt[0]["content"] for ex in user[:r.shots]]
+    return rewrite_with_model(model_from_params(model_cfg, params), tokenizer,
+                              source.matched_safety(k, seed, PromptFormat()), style,
+                              SamplingConfig(max_new_tokens=r.max_new_tokens, temperature=0.0),
+                              batch_size=r.batch_size, mesh=mesh)
 
 
 def finetune_stage(cfg: HFTConfig, method: str, p: float, seed: int, aligned: tuple[str, str], out: Path, *,

@@ -58,6 +58,7 @@ class SyntheticData:
         return hft_synthetic.user_stage_examples(n, p, seed, fmt)
 
     def matched_safety(self, k: int, seed: int, fmt: PromptFormat) -> list[PreferencePair]:
+        """Harmful requests in ``fmt`` answered by a refusal (``PromptFormat()``: the plain requests)."""
         return hft_synthetic.refusal_examples(k, seed, fmt)
 
     def prompt_sets(self) -> dict[str, tuple[PromptSet, Any]]:
@@ -125,6 +126,7 @@ class FileData:
         return files.user_stage_examples(self.tasks, self.safety, n, p, seed, fmt)
 
     def matched_safety(self, k: int, seed: int, fmt: PromptFormat) -> list[PreferencePair]:
+        """Safe records in ``fmt`` (``PromptFormat()``: as they are)."""
         return files.safe_examples(self.safety, k, seed, fmt, stream=files.STREAM_MATCHED)
 
     def prompt_sets(self) -> dict[str, tuple[PromptSet, Any]]:
