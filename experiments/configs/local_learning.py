@@ -57,7 +57,7 @@ class DataConfig:
 
     @property
     def num_classes(self) -> int:
-        return {"digits": 10, "mnist5k": 10, "cifar10": 10, "cifar100": 100,
+        return {"digits": 10, "mnist5k": 10, "mnist1d": 10, "cifar10": 10, "cifar100": 100,
                 "npz": self.npz_num_classes}.get(self.source, self.tfds_num_classes)
 
 
