@@ -6,20 +6,22 @@ model, and they differ in their data and their update:
 
 * base: ``bfpo.sft`` targets that comply with every request (a capable, unaligned model);
 * alignment ``sft``: the gradient of the loss on the alignment data; ``bfpo``: BFPO's loss
-  (``bfpo.train_step.make_preference_loss``) on preference pairs of the synthetic safety task, the reference a
-  frozen copy of the base; ``booster``: Booster's direction
+  (``bfpo.train_step.make_preference_loss``) on preference pairs (the synthetic safety task's, or the preference
+  file's), the reference the stage's starting model (a frozen copy, or the weights under LoRA); ``booster``: Booster's direction
   (``bfpo.defences.booster.booster_rule``) with a harmful stream beside the alignment stream; ``vaccine``: the
   gradient at the perturbed forward (``bfpo.defences.vaccine.vaccine_rule``); ``repnoise``: RepNoise's loss
   (``bfpo.defences.repnoise.repnoise_lm_loss``) on harmful requests paired with a refusal and a harmful answer;
 * user stage: the user's data (a fraction harmful); with ``lisa`` the steps alternate between the alignment data
   and the user's (``bfpo.data.ScheduledStreams``) and the proximal gradient is chained before the optimizer
-  (``bfpo.defences.lisa.proximal_gradient``); with ``format_matched`` refusals in the user's prompt format are
-  mixed into the user's data (``bfpo.data.format_matched``).
+  (``bfpo.defences.lisa.proximal_gradient``); with ``format_matched`` safety examples in the user's prompt style
+  (by the user's template, or rewritten by a local model: ``bfpo.data.format_rewrite``) are mixed into the user's
+  data (``bfpo.data.format_matched``).
 
-Each stage writes its run directory (metrics, checkpoint, summary) and its model as ``hf/``; a finished stage is
-reused when asked. The evaluation replies greedily (as the official evaluations do) to held-out harmful
-requests in the user's format and as plain requests, and to held-out user-task questions, each judged by the
-synthetic ground truth.
+Every stage can train LoRA adapters instead of weights (merged into its export). Each stage writes its run
+directory (metrics, checkpoints, summary) and its model as ``hf/``; when asked, a finished stage is reused and a
+killed one resumes from its latest checkpoint. The data and the judges come from ``experiments.tasks.hft_data``.
+The evaluation replies greedily (as the official evaluations do) to held-out harmful requests in the user's format
+and as plain requests, and to held-out user-task prompts.
 """
 
 from __future__ import annotations
