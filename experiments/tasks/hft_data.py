@@ -103,6 +103,14 @@ class FileData:
         return files.read_safety(self.d.safety_train)
 
     @functools.cached_property
+    def safety_test(self) -> list[files.SafetyRecord]:
+        return files.read_safety(self.d.safety_test)
+
+    @functools.cached_property
+    def task_tests(self) -> list[files.TaskRecord]:
+        return files.read_user_task(self.d.user_task, self.d.user_test)
+
+    @functools.cached_property
     def tasks(self) -> list[files.TaskRecord]:
         return files.read_user_task(self.d.user_task, self.d.user_train)
 
@@ -133,12 +141,12 @@ class FileData:
         """The first ``eval.harmful_prompts`` unique unsafe prompts of the safety test file (in the user's format
         and plain; one set when the format is plain) and the first ``eval.task_prompts`` user-task test records."""
         e, fmt = self.cfg.eval, self.cfg.finetune.format
-        prompts, sources = files.harmful_prompts(files.read_safety(self.d.safety_test), e.harmful_prompts)
-        tests = files.read_user_task(self.d.user_task, self.d.user_test)
+        prompts, sources = files.harmful_prompts(self.safety_test, e.harmful_prompts)
+        tests = self.task_tests
         if len(tests) < e.task_prompts:
             raise DataError(f"{self.d.user_test}: {e.task_prompts} task prompts asked for, the file has {len(tests)}")
         tests = tests[:e.task_prompts]
-        judge = self.harmful_judge()
+        judge = self._harmful_judge
         out = {"harmful_user_format": (_prompt_set("harmful_user_format", "harmlessness",
                                                    [fmt.render(p) for p in prompts], sources), judge)}
         if fmt != PromptFormat():
@@ -153,7 +161,8 @@ class FileData:
                                                target=lambda p: 1.0, name=f"{task}-exact-answer", metric="accuracy"))
         return out
 
-    def harmful_judge(self):
+    @functools.cached_property
+    def _harmful_judge(self):
         if self.d.harmful_judge == "refusal-phrases":
             return HarmfulRefusalJudge()
         jm = self.d.judge_model
@@ -165,5 +174,7 @@ class FileData:
                                reading=AnswerReading(min_mass=jm.min_mass, batch_size=jm.batch_size))
 
 
+@functools.lru_cache(maxsize=2)
 def stage_data(cfg: HFTConfig) -> SyntheticData | FileData:
+    """One data source per config, so that files are read and the judge model is loaded once per pipeline."""
     return FileData(cfg) if cfg.data.source == "files" else SyntheticData(cfg)
