@@ -33,7 +33,7 @@ from experiments.configs.hft import ALIGNMENTS, PRESETS, HFTConfig, HFTConfigErr
 from experiments.planning import LauncherPlan, Program, parse_preset, train_step_program
 from experiments.run import cli
 from experiments.run_dir import standard_json
-from experiments.seed_stats import mean_ci95
+from experiments.seed_stats import mean_ci95, standard_error
 from experiments.tasks import bfpo as bfpo_task
 from experiments.tasks import hft as stages
 
@@ -92,7 +92,8 @@ def main(cfg: HFTConfig, report_dir: str | None = None) -> list[dict]:
 # --- report -----------------------------------------------------------------------------------------------------
 
 def summary_rows(records: list[dict]) -> list[dict]:
-    """One row per (stage, method, p): each score's mean over seeds with its 95% t half-width, and n seeds."""
+    """One row per (stage, method, p): each score's mean over seeds with its 95% t half-width and its standard
+    error, and n seeds."""
     groups: dict[tuple, list[dict]] = {}
     for r in records:
         groups.setdefault((r["stage"], r["method"], r["p"]), []).append(r)
@@ -101,14 +102,15 @@ def summary_rows(records: list[dict]) -> list[dict]:
         row = {"stage": stage, "method": method, "p": p, "seeds": len(rs)}
         for k in SCORES:
             row[k], row[f"{k}_ci95"] = mean_ci95([r[k] for r in rs])
+            row[f"{k}_se"] = standard_error([r[k] for r in rs])
         rows.append(row)
     return rows
 
 
-def _cell(value, half) -> str:
+def _cell(value, half, se) -> str:
     if value is None:
         return "-"
-    return f"{100 * value:.1f}" + (f" ± {100 * half:.1f}" if half is not None else "")
+    return f"{100 * value:.1f}" + (f" ± {100 * half:.1f} (se {100 * se:.1f})" if half is not None else "")
 
 
 def write_table(cfg: HFTConfig, rows: list[dict], judges: dict[str, str], path: Path) -> None:
@@ -125,11 +127,11 @@ def write_table(cfg: HFTConfig, rows: list[dict], judges: dict[str, str], path: 
              "| seeds |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         p = "-" if r["p"] is None else f"{r['p']:g}"
-        lines.append(f"| {r['stage']} | {r['method']} | {p} | {_cell(r['harmful_score'], r['harmful_score_ci95'])} | "
-                     f"{_cell(r['harmful_score_plain'], r['harmful_score_plain_ci95'])} | "
-                     f"{_cell(r['finetune_accuracy'], r['finetune_accuracy_ci95'])} | {r['seeds']} |")
+        cells = " | ".join(_cell(r[k], r[f"{k}_ci95"], r[f"{k}_se"]) for k in SCORES)
+        lines.append(f"| {r['stage']} | {r['method']} | {p} | {cells} | {r['seeds']} |")
     plain = judges.get("harmful_plain")
-    lines += ["", "Means over seeds, ± the 95% Student-t half-width (none with one seed). Greedy replies of at most "
+    lines += ["", "Means over seeds, ± the 95% Student-t half-width, with the standard error in brackets (neither with "
+              "one seed). Greedy replies of at most "
               f"{e.max_new_tokens} new tokens:", "",
               f"- harmful score: judge `{judges['harmful_user_format']}` over {e.harmful_prompts} held-out harmful "
               "requests in the user's format; " + (f"the plain column sends the same requests without it (judge "
@@ -140,7 +142,7 @@ def write_table(cfg: HFTConfig, rows: list[dict], judges: dict[str, str], path: 
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
-    fields = ["stage", "method", "p", "seeds"] + [x for k in SCORES for x in (k, f"{k}_ci95")]
+    fields = ["stage", "method", "p", "seeds"] + [x for k in SCORES for x in (k, f"{k}_ci95", f"{k}_se")]
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(fields)

@@ -29,6 +29,15 @@ def mean_ci95(values: Sequence[float | None]) -> tuple[float | None, float | Non
     return mean, float(stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n))
 
 
+def standard_error(values: Sequence[float | None]) -> float | None:
+    """The standard error of the mean, s / sqrt(n), of the non-missing values; None for fewer than two."""
+    vals = [float(v) for v in values if v is not None]
+    if len(vals) < 2:
+        return None
+    mean = sum(vals) / len(vals)
+    return math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) / math.sqrt(len(vals))
+
+
 def paired_difference(a: dict[int, float], b: dict[int, float]) -> tuple[float | None, float | None, int]:
     """(mean, ci95 half-width, n) of a[seed] - b[seed] over the seeds both have."""
     seeds = sorted(set(a) & set(b))

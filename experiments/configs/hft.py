@@ -30,6 +30,7 @@ from typing import Literal
 from bfpo.data.format_matched import PromptFormat
 from bfpo.defences.booster import BoosterConfig
 from bfpo.defences.lisa import LisaConfig
+from bfpo.defences.registry import defences_of
 from bfpo.defences.repnoise import RepNoiseConfig
 from bfpo.defences.vaccine import VaccineConfig
 from bfpo.errors import ConfigError
@@ -45,8 +46,8 @@ from runtime.mesh import MeshConfig
 
 ALPACA_FORMAT = ("Below is an instruction that describes a task. Write a response that appropriately completes the "
                  "request.\n\n### Instruction:\n{input}\n\n### Response:\n")
-ALIGNMENTS = ("sft", "bfpo", "booster", "vaccine", "repnoise")
-FINETUNE_DEFENCES = ("lisa", "format_matched")
+ALIGNMENTS = ("sft", "bfpo") + defences_of("alignment")
+FINETUNE_DEFENCES = defences_of("fine-tuning")
 
 
 class HFTConfigError(ConfigError):

@@ -11,6 +11,7 @@ import pytest
 from bfpo.defences.booster import BoosterConfig, booster_gradient, booster_rule
 from bfpo.defences.lisa import LisaConfig, init_state, lisa_objective, phase_name, proximal_gradient, record_switch
 from bfpo.defences.vaccine import VaccineConfig, vaccine_gradient, vaccine_rule
+from bfpo.errors import BFPOError
 from runtime.metrics import Metric
 from runtime.train_state import merge_by_mask
 
@@ -160,3 +161,23 @@ def test_sft_loss_with_zero_offsets_is_the_sft_loss():
     moved, _ = loss(params, batch, None, 0.5 * jnp.ones(shape))
     assert float(zero) == pytest.approx(float(plain), rel=1e-6)
     assert abs(float(moved) - float(plain)) > 1e-3
+
+
+def test_the_registry_names_every_defence_by_stage_and_the_pipeline_offers_exactly_those():
+    from bfpo.defences import registry
+    from experiments.configs.hft import ALIGNMENTS, FINETUNE_DEFENCES, parse_method
+
+    assert registry.defences_of("alignment") == ("booster", "vaccine", "repnoise")
+    assert registry.defences_of("fine-tuning") == ("lisa", "format_matched")
+    assert ALIGNMENTS == ("sft", "bfpo", *registry.defences_of("alignment"))
+    assert FINETUNE_DEFENCES == registry.defences_of("fine-tuning")
+    assert registry.get_defence("booster").step_form is booster_rule
+    assert registry.get_defence("lisa").step_form is proximal_gradient
+    for name, d in registry.DEFENCES.items():
+        assert d.stage in registry.STAGES and d.source
+        method = name if d.stage == "alignment" else f"sft+{name}"
+        assert parse_method(method) == ((name, None) if d.stage == "alignment" else ("sft", name))
+    with pytest.raises(BFPOError, match="defence='tar'"):
+        registry.get_defence("tar")
+    with pytest.raises(BFPOError, match="stage='pretraining'"):
+        registry.defences_of("pretraining")

@@ -219,3 +219,19 @@ def test_a_killed_stage_resumes_to_the_same_model(tmp_path):
     stages.run_stage(cfg, changed)
     assert json.loads((run_dir / "config.json").read_text())["optimizer"]["learning_rate"] == 2e-3
     assert (run_dir / "checkpoints" / "2").stat().st_mtime_ns != kept
+
+
+def test_summary_rows_give_the_mean_its_interval_and_its_standard_error():
+    import numpy as np  # noqa: PLC0415
+    from scipy import stats  # noqa: PLC0415
+
+    scores = [0.2, 0.5, 0.8]
+    records = [{"stage": "fine-tuned", "method": "sft", "p": 0.1, "seed": s, "harmful_score": v,
+                "harmful_score_plain": 0.0, "finetune_accuracy": 0.5} for s, v in enumerate(scores)]
+    (row,) = hft.summary_rows(records)
+    se = np.std(scores, ddof=1) / np.sqrt(3)
+    assert row["harmful_score"] == pytest.approx(0.5) and row["harmful_score_se"] == pytest.approx(se)
+    assert row["harmful_score_ci95"] == pytest.approx(stats.t.ppf(0.975, 2) * se)
+    assert row["finetune_accuracy_se"] == 0.0 and row["seeds"] == 3
+    (single,) = hft.summary_rows(records[:1])
+    assert single["harmful_score_se"] is None and single["harmful_score_ci95"] is None
