@@ -2,9 +2,9 @@
 evaluation.
 
 For every seed: the provider aligns the shared base with each method's alignment (plain SFT, BFPO, Booster,
-Vaccine, RepNoise); then, for every harmful fraction p, the user fine-tunes the aligned model on task data of which a
-fraction p is harmful (with the method's fine-tuning defence: Lisa, format-matched safety data, or none). Every aligned and
-every fine-tuned model is evaluated: the harmful score (share of held-out harmful requests, in the user's
+Vaccine, RepNoise); then, for every harmful fraction p, the user fine-tunes the aligned model on task data of which
+a fraction p is harmful (with the method's fine-tuning defence: Lisa, format-matched safety data, or none). Every
+aligned and every fine-tuned model is evaluated: the harmful score (share of held-out harmful requests, in the user's
 prompt format, answered harmfully; also for plain requests) and the fine-tune accuracy on held-out user-task
 questions, greedy replies judged by the synthetic ground truth (or, on files, by the configured harmful-reply judge
 and the user task's exact answers). The report: a table of the means over seeds with
@@ -119,10 +119,12 @@ def write_table(cfg: HFTConfig, rows: list[dict], judges: dict[str, str], path: 
     base = (f"SFT for {cfg.base.steps} steps to comply with every request" if cfg.base.steps
             else "the model itself")
     data = (f"{a.harmful_share:.0%} harmful requests refused" if cfg.data.source == "synthetic"
-            else f"safe records of {cfg.data.safety_train}; user task {cfg.data.user_task} from {cfg.data.user_train}")
-    lines = [f"Model: {cfg.model.kind} {cfg.model.path}".rstrip() + f"; base: {base}. Alignment: "
-             f"{a.steps} steps (batch {a.batch_size}) on {a.examples} examples, {data}. User stage: {f.steps} steps (batch {f.batch_size}) on {f.examples} examples in the "
-             f"format {f.prompt_format!r}, a fraction p of them harmful. Seeds {list(cfg.seeds)}.", "",
+            else f"safe records of {cfg.data.safety_train}; user task {cfg.data.user_task} from "
+                 f"{cfg.data.user_train}")
+    lines = [f"Model: {cfg.model.kind} {cfg.model.path}".rstrip() + f"; base: {base}. Alignment: {a.steps} steps "
+             f"(batch {a.batch_size}) on {a.examples} examples, {data}. User stage: {f.steps} steps (batch "
+             f"{f.batch_size}) on {f.examples} examples in the format {f.prompt_format!r}, a fraction p of them "
+             f"harmful. Seeds {list(cfg.seeds)}.", "",
              "| stage | method | p | harmful score % ↓ | harmful score, plain requests % ↓ | fine-tune accuracy % ↑ "
              "| seeds |", "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -130,8 +132,8 @@ def write_table(cfg: HFTConfig, rows: list[dict], judges: dict[str, str], path: 
         cells = " | ".join(_cell(r[k], r[f"{k}_ci95"], r[f"{k}_se"]) for k in SCORES)
         lines.append(f"| {r['stage']} | {r['method']} | {p} | {cells} | {r['seeds']} |")
     plain = judges.get("harmful_plain")
-    lines += ["", "Means over seeds, ± the 95% Student-t half-width, with the standard error in brackets (neither with "
-              "one seed). Greedy replies of at most "
+    lines += ["", "Means over seeds, ± the 95% Student-t half-width, with the standard error in brackets (neither "
+              "with one seed). Greedy replies of at most "
               f"{e.max_new_tokens} new tokens:", "",
               f"- harmful score: judge `{judges['harmful_user_format']}` over {e.harmful_prompts} held-out harmful "
               "requests in the user's format; " + (f"the plain column sends the same requests without it (judge "

@@ -143,7 +143,8 @@ class ModelSource:
     path: str = ""
     architecture: str = ""
     """A ``LlamaConfig`` preset (llama2_7b, mistral_7b, llama3_8b, llama3_2_1b, qwen2_0_5b, smollm2_135m) describing
-    the model when its directory is not at hand: ``experiments.plan`` then plans without it. A readable config.json wins."""
+    the model when its directory is not at hand: ``experiments.plan`` then plans without it. A readable config.json
+    wins."""
     execution: Annotated[ExecutionConfig, tyro.conf.arg(name="")] = ExecutionConfig()
     """How the model runs (dtypes, remat, kernels, ...): its flags are ``--model.dtype``, ``--model.remat``, ..."""
 

@@ -7,9 +7,9 @@ model, and they differ in their data and their update:
 * base: ``bfpo.sft`` targets that comply with every request (a capable, unaligned model);
 * alignment ``sft``: the gradient of the loss on the alignment data; ``bfpo``: BFPO's loss
   (``bfpo.train_step.make_preference_loss``) on preference pairs (the synthetic safety task's, or the preference
-  file's), the reference the stage's starting model (a frozen copy, or the weights under LoRA); ``booster``: Booster's direction
-  (``bfpo.defences.booster.booster_rule``) with a harmful stream beside the alignment stream; ``vaccine``: the
-  gradient at the perturbed forward (``bfpo.defences.vaccine.vaccine_rule``); ``repnoise``: RepNoise's loss
+  file's), the reference the stage's starting model (a frozen copy, or the weights under LoRA); ``booster``:
+  Booster's direction (``bfpo.defences.booster.booster_rule``) with a harmful stream beside the alignment stream;
+  ``vaccine``: the gradient at the perturbed forward (``bfpo.defences.vaccine.vaccine_rule``); ``repnoise``: RepNoise's loss
   (``bfpo.defences.repnoise.repnoise_lm_loss``) on harmful requests paired with a refusal and a harmful answer;
 * user stage: the user's data (a fraction harmful); with ``lisa`` the steps alternate between the alignment data
   and the user's (``bfpo.data.ScheduledStreams``) and the proximal gradient is chained before the optimizer
