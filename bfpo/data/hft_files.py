@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from bfpo.data.format_matched import PromptFormat
+from bfpo.data.hft_synthetic import supervised_example
 from bfpo.data.records import PreferencePair
 from bfpo.errors import DataError
 from bfpo.eval.files import field, read_records, where
@@ -88,12 +89,6 @@ def read_safety(path: str | Path) -> list[SafetyRecord]:
     return out
 
 
-def _example(prompt: str, answer: str, safe: bool, source: str) -> PreferencePair:
-    """A supervised example in the pair layout the streams batch (chosen = rejected = the target)."""
-    return PreferencePair(prompt=({"role": "user", "content": prompt},), chosen=answer, rejected=answer,
-                          chosen_safe=safe, rejected_safe=safe, source=source)
-
-
 def _draw(records: Sequence, n: int, seed: int, stream: int, what: str, path_hint: str) -> list:
     """``n`` records without replacement in a seeded order; refuses asking for more than there are."""
     if n > len(records):
@@ -110,7 +105,7 @@ def safe_examples(records: Sequence[SafetyRecord], n: int, seed: int, fmt: Promp
                   stream: int = STREAM_ALIGNMENT) -> list[PreferencePair]:
     """``n`` safe (prompt, response) records in ``fmt``: the alignment data, or format-matched safety data."""
     safe = [r for r in records if r.safe]
-    return [_example(fmt.render(r.prompt), r.response, True, r.source)
+    return [supervised_example(fmt.render(r.prompt), r.response, True, r.source)
             for r in _draw(safe, n, seed, stream, "safe records", _hint(records))]
 
 
@@ -118,7 +113,7 @@ def harmful_examples(records: Sequence[SafetyRecord], n: int, seed: int, fmt: Pr
                      stream: int = STREAM_HARMFUL) -> list[PreferencePair]:
     """``n`` unsafe (prompt, response) records in ``fmt``: the attack's examples and Booster's harmful data."""
     unsafe = [r for r in records if not r.safe]
-    return [_example(fmt.render(r.prompt), r.response, False, r.source)
+    return [supervised_example(fmt.render(r.prompt), r.response, False, r.source)
             for r in _draw(unsafe, n, seed, stream, "unsafe records", _hint(records))]
 
 
@@ -196,7 +191,7 @@ def read_user_task(task: str, path: str | Path) -> list[TaskRecord]:
 def task_examples(records: Sequence[TaskRecord], n: int, seed: int, fmt: PromptFormat = PromptFormat()
                   ) -> list[PreferencePair]:
     hint = records[0].source.rsplit(":", 1)[0] if records else "user task file"
-    return [_example(fmt.render(r.prompt), r.target, True, r.source)
+    return [supervised_example(fmt.render(r.prompt), r.target, True, r.source)
             for r in _draw(records, n, seed, STREAM_USER, "task records", hint)]
 
 

@@ -36,7 +36,7 @@ WORD = re.compile(r"[a-z]+")
 STREAM_ALIGNMENT, STREAM_HARMFUL, STREAM_TASK, STREAM_ATTACK, STREAM_MATCHED, STREAM_EVAL = range(20, 26)
 
 
-def _example(prompt: str, answer: str, safe: bool, source: str) -> PreferencePair:
+def supervised_example(prompt: str, answer: str, safe: bool, source: str) -> PreferencePair:
     """A supervised example in the pair layout the streams batch (chosen = rejected = the target)."""
     return PreferencePair(prompt=({"role": "user", "content": prompt},), chosen=answer, rejected=answer,
                           chosen_safe=safe, rejected_safe=safe, source=source)
@@ -58,7 +58,7 @@ def alignment_examples(n: int, seed: int, *, harmful_share: float = 0.5, split: 
         harmful = bool(rng.random() < harmful_share)
         request = synthetic.make_prompt(rng, sorted(synthetic.HARMFUL_TOPICS if harmful else synthetic.BENIGN_TOPICS))
         answer = synthetic.refusal(rng) if harmful else full_listing(rng, request)
-        out.append(_example(request, answer, True, f"hft:alignment:{split}:{seed}:{i}"))
+        out.append(supervised_example(request, answer, True, f"hft:alignment:{split}:{seed}:{i}"))
     return out
 
 
@@ -69,7 +69,7 @@ def harmful_examples(n: int, seed: int, fmt: PromptFormat = PromptFormat(), *, s
     out = []
     for i in range(n):
         request = synthetic.make_prompt(rng, sorted(synthetic.HARMFUL_TOPICS))
-        out.append(_example(fmt.render(request), full_listing(rng, request), False,
+        out.append(supervised_example(fmt.render(request), full_listing(rng, request), False,
                             f"hft:harmful:{split}:{seed}:{i}"))
     return out
 
@@ -80,7 +80,8 @@ def refusal_examples(n: int, seed: int, fmt: PromptFormat, *, split: str = "trai
     out = []
     for i in range(n):
         request = synthetic.make_prompt(rng, sorted(synthetic.HARMFUL_TOPICS))
-        out.append(_example(fmt.render(request), synthetic.refusal(rng), True, f"hft:refusal:{split}:{seed}:{i}"))
+        out.append(supervised_example(fmt.render(request), synthetic.refusal(rng), True,
+                                      f"hft:refusal:{split}:{seed}:{i}"))
     return out
 
 
@@ -112,7 +113,7 @@ def task_examples(n: int, seed: int, fmt: PromptFormat = PromptFormat(), *, spli
     out = []
     for i in range(n):
         question, topic = task_question(rng)
-        out.append(_example(fmt.render(question), f"{topic}.", True, f"hft:task:{split}:{seed}:{i}"))
+        out.append(supervised_example(fmt.render(question), f"{topic}.", True, f"hft:task:{split}:{seed}:{i}"))
     return out
 
 
